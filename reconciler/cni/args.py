@@ -1,0 +1,139 @@
+"""The arguments of one plugin call: environment, stdin, and their validation.
+
+`CmdArgs` is what every plugin verb receives, whether it was exec'd by a
+runtime, called by our chain runner in-process, or forwarded by the warm-path
+daemon. Plugins never read `os.environ` themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from reconciler.errors import (
+    DECODING_FAILURE,
+    INVALID_ENVIRONMENT,
+    INVALID_NETWORK_CONFIG,
+    UNKNOWN_CONTAINER,
+    CNIError,
+)
+
+ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_container_id(container_id: str) -> None:
+    if not container_id:
+        raise CNIError(UNKNOWN_CONTAINER, "missing containerID")
+    if not ID_RE.match(container_id):
+        raise CNIError(INVALID_ENVIRONMENT, "invalid characters in containerID", container_id)
+
+
+def validate_ifname(ifname: str) -> None:
+    """Linux interface name rules, as libcni's utils.ValidateInterfaceName."""
+    if not ifname:
+        raise CNIError(INVALID_ENVIRONMENT, "interface name is empty")
+    if len(ifname.encode()) > 15:
+        raise CNIError(
+            INVALID_ENVIRONMENT, "interface name is too long", "interface name should be less than 16 characters"
+        )
+    if ifname in (".", ".."):
+        raise CNIError(INVALID_ENVIRONMENT, "interface name is . or ..")
+    for ch in ifname:
+        if ch in "/:" or ch.isspace():
+            raise CNIError(
+                INVALID_ENVIRONMENT, "interface name contains / or : or whitespace characters", ifname
+            )
+
+
+def validate_network_name(name: str) -> None:
+    if not name:
+        raise CNIError(INVALID_NETWORK_CONFIG, "missing network name")
+    if not ID_RE.match(name):
+        raise CNIError(INVALID_NETWORK_CONFIG, "invalid characters found in network name", name)
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """`K1=V1;K2=V2` -> dict. Unknown keys are the caller's business (IgnoreUnknown)."""
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for pair in raw.split(";"):
+        if not pair:
+            continue
+        parts = pair.split("=")
+        if len(parts) != 2:
+            raise CNIError(INVALID_ENVIRONMENT, f"ARGS: invalid pair {pair!r}")
+        out[parts[0]] = parts[1]
+    return out
+
+
+@dataclass(frozen=True)
+class CmdArgs:
+    """One verb's inputs (the skel's CmdArgs, plus the decoded config)."""
+
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: str = ""
+    path: str = ""
+    stdin: bytes = b""
+    host_netns: str | None = None  # the caller's netns for host-side work; None = ours
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, command: str, stdin: bytes, **kwargs: Any) -> CmdArgs:
+        return cls(command=command, stdin=stdin, config=decode_config(stdin), **kwargs)
+
+    def with_config(self, config: dict[str, Any], command: str | None = None) -> CmdArgs:
+        """The same call with another stdin (delegation, chains)."""
+        data = json.dumps(config).encode()
+        return replace(self, config=config, stdin=data, command=command or self.command)
+
+    @property
+    def cni_version(self) -> str:
+        return str(self.config.get("cniVersion") or "0.1.0")
+
+    @property
+    def network_name(self) -> str:
+        return str(self.config.get("name") or "")
+
+    @property
+    def cni_args(self) -> dict[str, str]:
+        return parse_cni_args(self.args)
+
+    def conf(self, model: type[M]) -> M:
+        """Validate the config against a plugin's model; errors name the field (code 7)."""
+        try:
+            return model.model_validate(self.config)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
+
+    def runtime_config(self) -> dict[str, Any]:
+        rc = self.config.get("runtimeConfig")
+        return rc if isinstance(rc, dict) else {}
+
+
+def decode_config(stdin: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(stdin or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CNIError(DECODING_FAILURE, "error parsing configuration", str(exc)) from exc
+    if not isinstance(data, dict):
+        raise CNIError(DECODING_FAILURE, "error parsing configuration", "network config is not a JSON object")
+    return data
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> CNIError:
+    """A pydantic error as CNI code 7, naming the field path of the first problem."""
+    problems = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+    return CNIError(INVALID_NETWORK_CONFIG, "invalid network config: " + "; ".join(problems))
