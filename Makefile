@@ -1,0 +1,47 @@
+# cni-reconciler: `sudo make run` and `sudo make test` are the whole set-up.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+# Debian packages needed at run time and by the tests (the reference plugins are the test oracle).
+APT_PACKAGES := iproute2 iptables nftables libnftables1 conntrack containernetworking-plugins \
+	dnsmasq-base graphviz procps kmod psmisc systemd
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: setup apt venv run test test-host test-vm lint bench clean-state
+
+setup: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: setup
+	$(VENV)/bin/reconciler apply --specs specs --state state; rc=$$?; \
+	$(VENV)/bin/reconciler status --specs specs --state state; exit $$rc
+
+test: setup lint test-host
+
+lint:
+	$(VENV)/bin/ruff check reconciler tests bench
+	$(VENV)/bin/lint-imports
+
+test-host:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/run.py
+
+clean-state:
+	rm -rf state/results state/networks state/reconciler

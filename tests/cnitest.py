@@ -1,0 +1,59 @@
+"""Helpers to exec a CNI plugin binary (ours or the reference) exactly as a runtime does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class PluginRun:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+
+def exec_plugin(
+    binary: str | Path,
+    command: str,
+    config: dict | bytes | str,
+    *,
+    netns: str = "",
+    ifname: str = "eth0",
+    container_id: str = "ctr1",
+    cni_path: str | Path = "",
+    cni_args: str = "",
+    extra_env: dict[str, str] | None = None,
+    netns_exec: str | None = None,
+    timeout: float = 60,
+) -> PluginRun:
+    """Run `binary` with the CNI environment; `netns_exec` runs it inside that named netns (the 'host')."""
+    if isinstance(config, dict):
+        stdin = json.dumps(config).encode()
+    elif isinstance(config, str):
+        stdin = config.encode()
+    else:
+        stdin = config
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update(
+        CNI_COMMAND=command,
+        CNI_CONTAINERID=container_id,
+        CNI_NETNS=netns,
+        CNI_IFNAME=ifname,
+        CNI_PATH=str(cni_path or Path(binary).parent),
+        CNI_ARGS=cni_args,
+    )
+    env.update(extra_env or {})
+    cmd = [str(binary)]
+    if netns_exec:
+        cmd = ["ip", "netns", "exec", netns_exec, *cmd]
+    proc = subprocess.run(cmd, input=stdin, env=env, capture_output=True, timeout=timeout)
+    return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
