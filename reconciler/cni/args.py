@@ -39,7 +39,9 @@ def validate_ifname(ifname: str) -> None:
         raise CNIError(INVALID_ENVIRONMENT, "interface name is empty")
     if len(ifname.encode()) > 15:
         raise CNIError(
-            INVALID_ENVIRONMENT, "interface name is too long", "interface name should be less than 16 characters"
+            INVALID_ENVIRONMENT,
+            "interface name is too long",
+            "interface name should be less than 16 characters",
         )
     if ifname in (".", ".."):
         raise CNIError(INVALID_ENVIRONMENT, "interface name is . or ..")

@@ -95,10 +95,14 @@ def result_for_version(result: Result, version: str) -> dict[str, Any]:
         for ip in out.get("ips", []):
             ip["version"] = str(ipaddress.ip_interface(ip["address"]).version)
             # 0.3.x/0.4.0 list "version" first; keep key order close to the reference.
-        out["ips"] = [
-            {"version": ip["version"], **{k: v for k, v in ip.items() if k != "version"}}
-            for ip in out.get("ips", [])
-        ] or out.pop("ips", None) or []
+        out["ips"] = (
+            [
+                {"version": ip["version"], **{k: v for k, v in ip.items() if k != "version"}}
+                for ip in out.get("ips", [])
+            ]
+            or out.pop("ips", None)
+            or []
+        )
         if not out["ips"]:
             out.pop("ips")
         if out.get("dns") is None:

@@ -1,0 +1,193 @@
+"""The network-config-list runner, with libcni's semantics.
+
+ADD runs the plugins in order passing each result on as `prevResult`, then
+caches the final result; DEL runs them in reverse with the cached result; CHECK
+uses the cached result (refused when `disableCheck`); GC first DELs every cached
+attachment that is not valid, then sends GC with `cni.dev/valid-attachments`;
+STATUS asks each plugin. Capability args become `runtimeConfig` only for
+plugins that declare the capability.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.cni import cache
+from reconciler.cni.args import CmdArgs, validate_container_id, validate_ifname, validate_network_name
+from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
+from reconciler.cni.invoke import run_plugin
+from reconciler.cni.types import Result
+from reconciler.cni.version import at_least, parse_result, result_for_version
+from reconciler.errors import INCOMPATIBLE_VERSION, CNIError
+
+
+@dataclass(frozen=True)
+class RuntimeConf:
+    """libcni's RuntimeConf: who the attachment is, plus capability args."""
+
+    container_id: str
+    netns: str
+    ifname: str = "eth0"
+    args: tuple[tuple[str, str], ...] = ()
+    capability_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cni_args(self) -> str:
+        return ";".join(f"{k}={v}" for k, v in self.args)
+
+
+def plugin_stdin(
+    netlist: NetworkConfigList,
+    plugin: dict[str, Any],
+    rt: RuntimeConf | None,
+    prev_result: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The stdin libcni builds for one plugin of a list."""
+    conf = dict(plugin)
+    conf["name"] = netlist.name
+    conf["cniVersion"] = netlist.cni_version
+    if rt is not None:
+        caps = plugin.get("capabilities") or {}
+        runtime = {k: v for k, v in rt.capability_args.items() if caps.get(k)}
+        if runtime:
+            conf["runtimeConfig"] = runtime
+    if prev_result is not None:
+        conf["prevResult"] = prev_result
+    return conf
+
+
+class Runner:
+    """Drives plugin chains; our types in-process unless `exec_mode`."""
+
+    def __init__(
+        self,
+        cni_path: list[str] | str,
+        cache_dir: str,
+        exec_mode: bool = False,
+        host_netns: str | None = None,
+    ) -> None:
+        self.cni_path = cni_path if isinstance(cni_path, str) else os.pathsep.join(cni_path)
+        self.cache_dir = cache_dir
+        self.exec_mode = exec_mode
+        self.host_netns = host_netns
+
+    def _call(
+        self, command: str, plugin: dict[str, Any], stdin: dict[str, Any], rt: RuntimeConf | None
+    ) -> dict[str, Any] | None:
+        args = CmdArgs(
+            command=command,
+            container_id=rt.container_id if rt else "",
+            netns=rt.netns if rt else "",
+            ifname=rt.ifname if rt else "",
+            args=rt.cni_args if rt else "",
+            path=self.cni_path,
+            stdin=json.dumps(stdin).encode(),
+            host_netns=self.host_netns,
+            config=stdin,
+        )
+        try:
+            return run_plugin(plugin["type"], args, exec_mode=self.exec_mode)
+        except CNIError as err:
+            verb = command.lower()
+            raise CNIError(
+                err.code, f"plugin type={plugin['type']!r} failed ({verb}): {err.msg}", err.details
+            ) from err
+
+    def add(self, netlist: NetworkConfigList, rt: RuntimeConf) -> Result:
+        validate_container_id(rt.container_id)
+        validate_network_name(netlist.name)
+        validate_ifname(rt.ifname)
+        prev: dict[str, Any] | None = None
+        for plugin in netlist.plugins:
+            prev = self._call("ADD", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
+        if prev is None:
+            raise CNIError(INCOMPATIBLE_VERSION, f"network {netlist.name!r}: no result from the chain")
+        entry = cache.CacheEntry(
+            container_id=rt.container_id,
+            network_name=netlist.name,
+            ifname=rt.ifname,
+            netns=rt.netns,
+            config=netlist.raw,
+            cni_args=list(rt.args),
+            capability_args=rt.capability_args,
+            result=prev,
+        )
+        cache.write(self.cache_dir, entry)
+        return parse_result(prev, netlist.cni_version)
+
+    def cached_result(self, netlist: NetworkConfigList, rt: RuntimeConf) -> dict[str, Any] | None:
+        entry = cache.read(self.cache_dir, netlist.name, rt.container_id, rt.ifname)
+        if entry is None or entry.result is None:
+            return None
+        try:
+            result = parse_result(entry.result, netlist.cni_version)
+            return result_for_version(result, netlist.cni_version)
+        except CNIError:
+            return None
+
+    def check(self, netlist: NetworkConfigList, rt: RuntimeConf) -> None:
+        if not at_least(netlist.cni_version, "0.4.0"):
+            raise CNIError(
+                INCOMPATIBLE_VERSION,
+                f"configuration version {netlist.cni_version!r} does not support the CHECK command",
+            )
+        if netlist.disable_check:
+            return
+        prev = self.cached_result(netlist, rt)
+        if prev is None:
+            raise CNIError(
+                3, f"no cached result for {netlist.name}/{rt.container_id}/{rt.ifname}: was it added?"
+            )
+        for plugin in netlist.plugins:
+            self._call("CHECK", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
+
+    def delete(self, netlist: NetworkConfigList, rt: RuntimeConf) -> None:
+        prev = self.cached_result(netlist, rt) if at_least(netlist.cni_version, "0.4.0") else None
+        for plugin in reversed(netlist.plugins):
+            self._call("DEL", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
+        cache.delete(self.cache_dir, netlist.name, rt.container_id, rt.ifname)
+
+    def delete_cached(self, entry: cache.CacheEntry) -> None:
+        """DEL an attachment using only what its cache entry holds (its network file may be gone)."""
+        netlist = conflist_from_bytes(entry.config, f"cache:{entry.network_name}")
+        rt = RuntimeConf(
+            entry.container_id, entry.netns, entry.ifname, tuple(entry.cni_args), entry.capability_args
+        )
+        self.delete(netlist, rt)
+
+    def gc(self, netlist: NetworkConfigList, valid: list[tuple[str, str]]) -> list[CNIError]:
+        """libcni GCNetworkList: DEL stale cached attachments, then GC every plugin; errors collected."""
+        if netlist.disable_gc:
+            return []
+        errors: list[CNIError] = []
+        valid_set = set(valid)
+        for entry in cache.list_entries(self.cache_dir, netlist.name):
+            if (entry.container_id, entry.ifname) in valid_set:
+                continue
+            rt = RuntimeConf(
+                entry.container_id, entry.netns, entry.ifname, tuple(entry.cni_args), entry.capability_args
+            )
+            try:
+                self.delete(netlist, rt)
+            except CNIError as err:
+                errors.append(err)
+        if at_least(netlist.cni_version, "1.1.0"):
+            attachments = [{"containerID": cid, "ifname": ifname} for cid, ifname in valid]
+            for plugin in netlist.plugins:
+                stdin = plugin_stdin(netlist, plugin, None, None)
+                stdin["cni.dev/valid-attachments"] = attachments
+                stdin["cni.dev/attachments"] = attachments
+                try:
+                    self._call("GC", plugin, stdin, None)
+                except CNIError as err:
+                    errors.append(err)
+        return errors
+
+    def status(self, netlist: NetworkConfigList) -> None:
+        if not at_least(netlist.cni_version, "1.1.0"):
+            return
+        for plugin in netlist.plugins:
+            self._call("STATUS", plugin, plugin_stdin(netlist, plugin, None, None), None)
