@@ -1,0 +1,139 @@
+"""IP addresses on links: add (idempotent), delete, list, and wait for IPv6 DAD to settle."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.kernel import netns as nsmod
+from reconciler.kernel.links import get as get_link
+from reconciler.kernel.netns import KernelError, LinkNotFound
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+IFA_F_PERMANENT = 0x80
+
+SCOPE_UNIVERSE = 0
+SCOPE_LINK = 253
+SCOPE_HOST = 254
+
+
+@dataclass(frozen=True)
+class Address:
+    index: int  # ifindex of the link
+    address: IPInterface
+    scope: int
+    flags: int
+
+    @property
+    def tentative(self) -> bool:
+        return bool(self.flags & IFA_F_TENTATIVE)
+
+    @property
+    def dad_failed(self) -> bool:
+        return bool(self.flags & IFA_F_DADFAILED)
+
+    @property
+    def is_global(self) -> bool:
+        """Global unicast in the sense Go's IP.IsGlobalUnicast uses (not loopback/link-local/multicast)."""
+        ip = self.address.ip
+        return not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified)
+
+
+def from_msg(msg: Any) -> Address:
+    prefix = int(msg["prefixlen"])
+    addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+    local = msg.get_attr("IFA_LOCAL")
+    if local and msg["family"] == 2:  # for IPv4 point-to-point, IFA_LOCAL is ours
+        addr = local
+    flags = msg.get_attr("IFA_FLAGS")
+    return Address(
+        index=int(msg["index"]),
+        address=ipaddress.ip_interface(f"{addr}/{prefix}"),
+        scope=int(msg["scope"]),
+        flags=int(flags if flags is not None else msg["flags"]),
+    )
+
+
+def list_addrs(netns: str | None = None, ifname: str | None = None, family: int | None = None) -> list[Address]:
+    """Addresses of the namespace, or of one link; family 4 or 6 filters."""
+    with nsmod.ipr(netns) as ipr:
+        spec: dict[str, Any] = {}
+        if ifname is not None:
+            spec["index"] = get_link(ifname, netns).index
+        out = [from_msg(m) for m in ipr.addr("dump", **spec)]
+    if ifname is not None:
+        out = [a for a in out if a.index == spec["index"]]
+    if family is not None:
+        out = [a for a in out if a.address.version == family]
+    return out
+
+
+def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, nodad: bool = False,
+        scope: int | None = None) -> bool:
+    """Add `address` to `ifname`; False (no error) if it is already there with that prefix."""
+    from pyroute2 import NetlinkError
+
+    iface = ipaddress.ip_interface(address)
+    index = get_link(ifname, netns).index
+    spec: dict[str, Any] = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
+    if nodad and iface.version == 6:
+        spec["flags"] = IFA_F_NODAD
+    if scope is not None:
+        spec["scope"] = scope
+    with nsmod.ipr(netns) as ipr:
+        try:
+            ipr.addr("add", **spec)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False
+            if exc.code == errno.ENODEV:
+                raise LinkNotFound(ifname, netns) from exc
+            raise KernelError(exc.code, f"add {iface} to {ifname!r}: {os.strerror(exc.code)}") from exc
+    return True
+
+
+def delete(ifname: str, address: IPInterface | str, netns: str | None = None) -> bool:
+    """Remove `address` from `ifname`; False if it (or the link) was not there."""
+    from pyroute2 import NetlinkError
+
+    iface = ipaddress.ip_interface(address)
+    try:
+        index = get_link(ifname, netns).index
+    except (LinkNotFound, nsmod.NetnsNotFound):
+        return False
+    with nsmod.ipr(netns) as ipr:
+        try:
+            ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        except NetlinkError as exc:
+            if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                return False
+            raise KernelError(exc.code, f"delete {iface} from {ifname!r}: {os.strerror(exc.code)}") from exc
+    return True
+
+
+def settle(ifname: str, netns: str | None = None, timeout: float = 5.0) -> None:
+    """Wait until no IPv6 address of `ifname` is tentative; raise if DAD failed or time ran out."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        pending = []
+        for addr in list_addrs(netns, ifname, family=6):
+            if addr.dad_failed:
+                raise KernelError(errno.EADDRINUSE, f"{addr.address} on {ifname!r}: duplicate address detected")
+            if addr.tentative:
+                pending.append(addr)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise KernelError(errno.ETIMEDOUT, f"{ifname!r}: addresses still tentative after {timeout}s: "
+                              + ", ".join(str(a.address) for a in pending))
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)

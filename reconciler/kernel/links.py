@@ -1,0 +1,405 @@
+"""Network links: read, create (veth, bridge, macvlan, ipvlan, vlan, dummy, tap), change, delete.
+
+Plain names, indexes and strings in; `Link` records out. Creation is
+errno-idempotent only where the caller asks (`ensure_bridge`); a plain
+`create_*` raises `LinkExists` so callers can tell "mine" from "someone's".
+Deletion of something already gone is success.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.kernel import netns as nsmod
+from reconciler.kernel.netns import KernelError, LinkNotFound
+
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+IFF_LOWER_UP = 0x10000
+SAME = "<same netns>"  # default target: create the link where its parent is
+
+
+class LinkExists(KernelError):
+    def __init__(self, name: str, netns: str | None) -> None:
+        super().__init__(errno.EEXIST, f"link {name!r} already exists in {netns or 'current netns'}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Link:
+    """One interface as the kernel reports it."""
+
+    index: int
+    name: str
+    kind: str  # "" for plain devices (lo, physical)
+    mac: str
+    mtu: int
+    up: bool
+    promisc: bool
+    operstate: str
+    master: int | None = None  # ifindex of the master (bridge, vrf, bond)
+    link: int | None = None  # IFLA_LINK: veth peer / macvlan parent ifindex
+    link_netnsid: int | None = None  # set when `link` lives in another namespace
+    slave_kind: str = ""
+    info: dict[str, Any] = field(default_factory=dict, compare=False)  # IFLA_INFO_DATA
+    slave_info: dict[str, Any] = field(default_factory=dict, compare=False)  # IFLA_INFO_SLAVE_DATA
+    alias: str = ""
+
+    @property
+    def macvlan_mode(self) -> str:
+        return str(self.info.get("IFLA_MACVLAN_MODE", ""))
+
+    @property
+    def hairpin(self) -> bool:
+        return bool(self.slave_info.get("IFLA_BRPORT_MODE", 0))
+
+    @property
+    def isolated(self) -> bool:
+        return bool(self.slave_info.get("IFLA_BRPORT_ISOLATED", 0))
+
+
+def _nested(msg: Any, key: str) -> dict[str, Any]:
+    value = msg.get_attr(key) if msg is not None else None
+    if value is None:
+        return {}
+    return {name: val for name, val in value.get("attrs", [])}
+
+
+def from_msg(msg: Any) -> Link:
+    """Convert a pyroute2 RTM_NEWLINK message."""
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = slave_kind = ""
+    info: dict[str, Any] = {}
+    slave_info: dict[str, Any] = {}
+    if linkinfo is not None:
+        kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
+        slave_kind = linkinfo.get_attr("IFLA_INFO_SLAVE_KIND") or ""
+        info = _nested(linkinfo, "IFLA_INFO_DATA")
+        slave_info = _nested(linkinfo, "IFLA_INFO_SLAVE_DATA")
+    flags = int(msg["flags"])
+    return Link(
+        index=int(msg["index"]),
+        name=msg.get_attr("IFLA_IFNAME") or "",
+        kind=kind,
+        mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(),
+        mtu=int(msg.get_attr("IFLA_MTU") or 0),
+        up=bool(flags & IFF_UP),
+        promisc=bool(flags & IFF_PROMISC),
+        operstate=str(msg.get_attr("IFLA_OPERSTATE") or ""),
+        master=msg.get_attr("IFLA_MASTER"),
+        link=msg.get_attr("IFLA_LINK"),
+        link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
+        slave_kind=slave_kind,
+        info=info,
+        slave_info=slave_info,
+        alias=msg.get_attr("IFLA_IFALIAS") or "",
+    )
+
+
+def list_links(netns: str | None = None) -> list[Link]:
+    """All links of a namespace, sorted by index."""
+    with nsmod.ipr(netns) as ipr:
+        return sorted((from_msg(m) for m in ipr.link("dump")), key=lambda link: link.index)
+
+
+def find(name: str, netns: str | None = None) -> Link | None:
+    """The link called `name`, or None."""
+    from pyroute2 import NetlinkError
+
+    with nsmod.ipr(netns) as ipr:
+        try:
+            msgs = ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise KernelError(exc.code, f"get link {name!r}: {exc}") from exc
+    return from_msg(msgs[0]) if msgs else None
+
+
+def get(name: str, netns: str | None = None) -> Link:
+    """The link called `name`; raises LinkNotFound."""
+    link = find(name, netns)
+    if link is None:
+        raise LinkNotFound(name, netns)
+    return link
+
+
+def by_index(index: int, netns: str | None = None) -> Link | None:
+    from pyroute2 import NetlinkError
+
+    with nsmod.ipr(netns) as ipr:
+        try:
+            msgs = ipr.link("get", index=index)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise KernelError(exc.code, f"get link #{index}: {exc}") from exc
+    return from_msg(msgs[0]) if msgs else None
+
+
+def _call(netns: str | None, what: str, name: str, command: str, **spec: Any) -> None:
+    """Run one RTM_*LINK request, mapping errno to our exceptions."""
+    from pyroute2 import NetlinkError
+
+    with nsmod.ipr(netns) as ipr:
+        try:
+            ipr.link(command, **spec)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise LinkExists(name, netns) from exc
+            if exc.code == errno.ENODEV and command != "add":
+                raise LinkNotFound(name, netns) from exc
+            raise KernelError(exc.code, f"{what} {name!r}: {os.strerror(exc.code)}") from exc
+
+
+def _index(name: str, netns: str | None) -> int:
+    return get(name, netns).index
+
+
+def _common(mtu: int | None, mac: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if mtu:
+        spec["mtu"] = mtu
+    if mac:
+        spec["address"] = mac
+    return spec
+
+
+def create_veth(
+    name: str,
+    peer: str,
+    *,
+    netns: str | None = None,
+    peer_netns: str | None = None,
+    mtu: int | None = None,
+    mac: str | None = None,
+    peer_mac: str | None = None,
+) -> tuple[Link, Link]:
+    """A veth pair: `name` in `netns`, `peer` in `peer_netns`. Returns (link, peer)."""
+    peer_spec: dict[str, Any] = {"ifname": peer, **_common(mtu, peer_mac)}
+    if not nsmod.same(netns, peer_netns):
+        peer_spec["net_ns_fd"] = nsmod.resolve(peer_netns) or "/proc/self/ns/net"
+    _call(netns, "create veth", name, "add", ifname=name, kind="veth", peer=peer_spec, **_common(mtu, mac))
+    return get(name, netns), get(peer, peer_netns)
+
+
+def create_bridge(
+    name: str, *, netns: str | None = None, mtu: int | None = None, vlan_filtering: bool = False
+) -> Link:
+    spec = _common(mtu, None)
+    if vlan_filtering:
+        spec["br_vlan_filtering"] = 1
+    _call(netns, "create bridge", name, "add", ifname=name, kind="bridge", **spec)
+    return get(name, netns)
+
+
+def ensure_bridge(
+    name: str, *, netns: str | None = None, mtu: int | None = None, vlan_filtering: bool = False
+) -> tuple[Link, bool]:
+    """Create the bridge unless a bridge of that name exists. Returns (bridge, created).
+
+    Raises KernelError(EEXIST) when `name` exists and is not a bridge. Safe under concurrent callers.
+    """
+    existing = find(name, netns)
+    created = False
+    if existing is None:
+        try:
+            existing = create_bridge(name, netns=netns, mtu=mtu, vlan_filtering=vlan_filtering)
+            created = True
+        except LinkExists:
+            existing = get(name, netns)
+    if existing.kind != "bridge":
+        raise KernelError(errno.EEXIST, f"{name!r} already exists but is not a bridge")
+    if vlan_filtering and not existing.info.get("IFLA_BR_VLAN_FILTERING"):
+        _call(netns, "set vlan_filtering on", name, "set", index=existing.index, kind="bridge",
+              br_vlan_filtering=1)
+    return existing, created
+
+
+def _create_on_parent(
+    kind: str,
+    name: str,
+    parent: str,
+    *,
+    netns: str | None,
+    target_netns: str | None,
+    mtu: int | None,
+    mac: str | None,
+    **data: Any,
+) -> Link:
+    """Create a link stacked on `parent` (in `netns`) and move it to `target_netns` in the same call."""
+    spec: dict[str, Any] = {"ifname": name, "kind": kind, "link": _index(parent, netns), **_common(mtu, mac)}
+    spec.update(data)
+    if target_netns == SAME:
+        target_netns = netns
+    if not nsmod.same(netns, target_netns):
+        spec["net_ns_fd"] = nsmod.resolve(target_netns) or "/proc/self/ns/net"
+    _call(netns, f"create {kind}", name, "add", **spec)
+    return get(name, target_netns)
+
+
+def create_macvlan(
+    name: str, parent: str, mode: str = "bridge", *, netns: str | None = None,
+    target_netns: str | None = SAME, mtu: int | None = None, mac: str | None = None,
+) -> Link:
+    """A macvlan on `parent` (modes private, vepa, bridge, passthru), created directly in `target_netns`."""
+    return _create_on_parent("macvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
+                             mac=mac, macvlan_mode=mode)
+
+
+def create_ipvlan(
+    name: str, parent: str, mode: str = "l2", *, netns: str | None = None,
+    target_netns: str | None = SAME, mtu: int | None = None,
+) -> Link:
+    modes = {"l2": 0, "l3": 1, "l3s": 2}
+    return _create_on_parent("ipvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
+                             mac=None, mode=modes[mode])
+
+
+def create_vlan(
+    name: str, parent: str, vlan_id: int, *, netns: str | None = None,
+    target_netns: str | None = SAME, mtu: int | None = None,
+) -> Link:
+    return _create_on_parent("vlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
+                             mac=None, vlan_id=vlan_id)
+
+
+def create_dummy(name: str, *, netns: str | None = None, mtu: int | None = None,
+                 mac: str | None = None) -> Link:
+    _call(netns, "create dummy", name, "add", ifname=name, kind="dummy", **_common(mtu, mac))
+    return get(name, netns)
+
+
+def create_tap(name: str, *, netns: str | None = None, multi_queue: bool = False,
+               uid: int | None = None, gid: int | None = None) -> Link:
+    """A persistent tap device (tun driver, IFF_TAP|IFF_VNET_HDR)."""
+    spec: dict[str, Any] = {"ifname": name, "kind": "tuntap", "mode": "tap", "vnet_hdr": True}
+    if multi_queue:
+        spec["multi_queue"] = True
+    if uid is not None:
+        spec["uid"] = uid
+    if gid is not None:
+        spec["gid"] = gid
+    _call(netns, "create tap", name, "add", **spec)
+    return get(name, netns)
+
+
+def delete(name: str, netns: str | None = None) -> bool:
+    """Delete `name`; True if it existed. A missing link or namespace is success."""
+    try:
+        _call(netns, "delete", name, "del", ifname=name)
+    except LinkNotFound:
+        return False
+    except nsmod.NetnsNotFound:
+        return False
+    return True
+
+
+def set_link(name: str, netns: str | None = None, **attrs: Any) -> None:
+    """Low-level RTM_SETLINK by name (pyroute2 attribute names: mtu, address, master, state, ...)."""
+    _call(netns, "set", name, "set", index=_index(name, netns), **attrs)
+
+
+def set_up(name: str, netns: str | None = None) -> None:
+    set_link(name, netns, state="up")
+
+
+def set_down(name: str, netns: str | None = None) -> None:
+    set_link(name, netns, state="down")
+
+
+def set_mtu(name: str, mtu: int, netns: str | None = None) -> None:
+    set_link(name, netns, mtu=mtu)
+
+
+def set_mac(name: str, mac: str, netns: str | None = None) -> None:
+    set_link(name, netns, address=mac)
+
+
+def set_master(name: str, master: str | None, netns: str | None = None) -> None:
+    """Enslave `name` to `master` (None: release)."""
+    set_link(name, netns, master=_index(master, netns) if master else 0)
+
+
+def set_promisc(name: str, on: bool, netns: str | None = None) -> None:
+    link = get(name, netns)
+    flags = IFF_PROMISC if on else 0
+    _call(netns, "set promisc", name, "set", index=link.index, flags=flags, change=IFF_PROMISC)
+
+
+def set_alias(name: str, alias: str, netns: str | None = None) -> None:
+    set_link(name, netns, ifalias=alias)
+
+
+def set_bridge_port(name: str, netns: str | None = None, *, hairpin: bool | None = None,
+                    isolated: bool | None = None) -> None:
+    """Bridge-port flags of an enslaved link (`bridge link set dev X hairpin/isolated on|off`)."""
+    spec: dict[str, Any] = {}
+    if hairpin is not None:
+        spec["mode"] = 1 if hairpin else 0
+    if isolated is not None:
+        spec["isolated"] = 1 if isolated else 0
+    if not spec:
+        return
+    _call(netns, "set bridge port", name, "set", index=_index(name, netns), kind="bridge_slave", **spec)
+
+
+def bridge_vlan(name: str, vid: int, *, add: bool = True, pvid: bool = False, untagged: bool = False,
+                netns: str | None = None, vid_end: int | None = None) -> None:
+    """Add/remove a VLAN (or range) on a bridge port (`bridge vlan add|del dev X vid N [pvid] [untagged]`)."""
+    from pyroute2 import NetlinkError
+
+    flags = (2 if pvid else 0) | (4 if untagged else 0)
+    index = _index(name, netns)
+    entries: list[dict[str, Any]] = []
+    if vid_end is not None and vid_end != vid:
+        entries = [{"vid": vid, "flags": flags | 8}, {"vid": vid_end, "flags": flags | 16}]
+    else:
+        entries = [{"vid": vid, "flags": flags}]
+    with nsmod.ipr(netns) as ipr:
+        for entry in entries:
+            try:
+                ipr.vlan_filter("add" if add else "del", index=index, vlan_info=entry)
+            except NetlinkError as exc:
+                if not add and exc.code in (errno.ENOENT, errno.EINVAL):
+                    continue
+                raise KernelError(exc.code, f"bridge vlan {vid} on {name!r}: {os.strerror(exc.code)}") from exc
+
+
+def move(name: str, target_netns: str | None, *, netns: str | None = None, new_name: str | None = None) -> None:
+    """Move `name` into `target_netns` (None: the current namespace), optionally renaming it in the same call."""
+    target = nsmod.resolve(target_netns) or "/proc/self/ns/net"
+    spec: dict[str, Any] = {"net_ns_fd": target}
+    if new_name:
+        spec["ifname"] = new_name
+    set_link(name, netns, **spec)
+
+
+def rename(name: str, new_name: str, netns: str | None = None) -> None:
+    """Rename (the link is brought down first if needed, as the kernel requires)."""
+    link = get(name, netns)
+    if link.up:
+        set_down(name, netns)
+    set_link(name, netns, ifname=new_name)
+
+
+def wait_oper_up(name: str, netns: str | None = None, delays_ms: tuple[int, ...] = (0, 50, 500, 1000, 1000)) -> bool:
+    """Poll until the link's operstate is UP; False if it never got there."""
+    for delay in delays_ms:
+        time.sleep(delay / 1000)
+        link = find(name, netns)
+        if link is not None and link.operstate == "UP":
+            return True
+    return False
+
+
+def peer_index(name: str, netns: str | None = None) -> int | None:
+    """The ifindex of a veth's peer (in the peer's own namespace)."""
+    link = get(name, netns)
+    if link.kind != "veth":
+        raise KernelError(errno.EINVAL, f"{name!r} is not a veth")
+    return link.link

@@ -1,0 +1,272 @@
+"""Network namespaces: netlink handles bound to a namespace, and running code inside one.
+
+Every kernel function takes ``netns: str | None``: a path such as
+``/run/netns/x`` (a bare name is looked up under /run/netns), or None for the
+namespace this process is in. Netlink sockets are opened inside the target
+namespace by pyroute2 (a short-lived child enters it and hands the socket
+back), so no thread of ours ever calls setns. Work that needs a namespace's
+procfs view (sysctls) runs in a forked child via `run_in`.
+
+Inside ``with session():`` handles are cached per namespace and closed at the
+end, so one plugin verb pays for opening each namespace once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import errno
+import os
+import pickle
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+class KernelError(OSError):
+    """A kernel operation failed; `errno` carries the kernel's error number."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(code, msg)
+        self.code = code
+        self.msg = msg
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class NetnsNotFound(KernelError):
+    """The namespace path does not exist or is not a network namespace."""
+
+    def __init__(self, path: str, why: str = "no such network namespace") -> None:
+        super().__init__(errno.ENOENT, f"{path}: {why}")
+        self.path = path
+
+
+class LinkNotFound(KernelError):
+    def __init__(self, name: str | int, netns: str | None) -> None:
+        super().__init__(errno.ENODEV, f"link {name!r} not found in {netns or 'current netns'}")
+        self.name = name
+
+
+def resolve(netns: str | None) -> str | None:
+    """A namespace argument as an absolute path (None stays None)."""
+    if netns in (None, ""):
+        return None
+    assert netns is not None
+    return netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
+
+
+def exists(netns: str | None) -> bool:
+    """True when `netns` names an existing network namespace (None: always)."""
+    path = resolve(netns)
+    if path is None:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return _is_netns_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_netns_fd(fd: int) -> bool:
+    # NS_GET_NSTYPE ioctl = _IO(0xb7, 0x3) (Linux >= 4.11): anything else is not a netns.
+    import fcntl
+
+    try:
+        kind = fcntl.ioctl(fd, 0xB703)
+    except OSError:
+        return False
+    return kind == CLONE_NEWNET
+
+
+def check(netns: str | None) -> str | None:
+    """Resolve and verify `netns`, raising NetnsNotFound."""
+    path = resolve(netns)
+    if path is not None and not exists(path):
+        raise NetnsNotFound(path)
+    return path
+
+
+def same_as_current(netns: str | None) -> bool:
+    """True when `netns` is the namespace this process runs in."""
+    path = resolve(netns)
+    if path is None:
+        return True
+    try:
+        a, b = os.stat(path), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def identity(netns: str | None) -> tuple[int, int] | None:
+    """(dev, inode) of a namespace; None if it does not exist."""
+    path = resolve(netns) or "/proc/self/ns/net"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def same(a: str | None, b: str | None) -> bool:
+    """True when both arguments name the same namespace."""
+    if resolve(a) == resolve(b):
+        return True
+    ia, ib = identity(a), identity(b)
+    return ia is not None and ia == ib
+
+
+def _open_ipr(path: str | None) -> Any:
+    from pyroute2 import IPRoute
+
+    if path is None:
+        return IPRoute()
+    try:
+        return IPRoute(netns=path, flags=0)  # flags=0: never create the namespace file
+    except FileNotFoundError as exc:
+        raise NetnsNotFound(path) from exc
+    except OSError as exc:
+        raise NetnsNotFound(path, str(exc)) from exc
+
+
+_SESSION: contextvars.ContextVar[dict[str | None, Any] | None] = contextvars.ContextVar(
+    "reconciler_kernel_session", default=None
+)
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """Cache one netlink handle per namespace until the block ends."""
+    if _SESSION.get() is not None:
+        yield
+        return
+    cache: dict[str | None, Any] = {}
+    token = _SESSION.set(cache)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+        for ipr in cache.values():
+            with contextlib.suppress(Exception):
+                ipr.close()
+
+
+@contextlib.contextmanager
+def ipr(netns: str | None) -> Iterator[Any]:
+    """A pyroute2 IPRoute bound to `netns` (cached inside a `session`)."""
+    path = resolve(netns)
+    if path is not None and same_as_current(path):
+        path = None
+    cache = _SESSION.get()
+    if cache is not None:
+        handle = cache.get(path)
+        if handle is None:
+            handle = cache[path] = _open_ipr(path)
+        yield handle
+        return
+    handle = _open_ipr(path)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def forget(netns: str | None) -> None:
+    """Drop a cached handle (the namespace was deleted)."""
+    cache = _SESSION.get()
+    if cache is None:
+        return
+    handle = cache.pop(resolve(netns), None)
+    if handle is not None:
+        with contextlib.suppress(Exception):
+            handle.close()
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def run_in(netns: str | None, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(*args)` inside `netns` in a forked child; return its (picklable) result or raise its error."""
+    path = resolve(netns)
+    if path is None or same_as_current(path):
+        return fn(*args)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise NetnsNotFound(path) from exc
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: enter the namespace, run, report, exit without cleanup handlers
+        os.close(rd)
+        try:
+            _setns(fd)
+            payload = pickle.dumps((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            try:
+                payload = pickle.dumps((False, exc))
+            except Exception:  # noqa: BLE001
+                payload = pickle.dumps((False, OSError(errno.EIO, repr(exc))))
+        os.write(wr, struct.pack("!I", len(payload)))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(wr, view):]
+        os._exit(0)
+    os.close(wr)
+    os.close(fd)
+    try:
+        data = b""
+        while chunk := os.read(rd, 65536):
+            data += chunk
+    finally:
+        os.close(rd)
+        os.waitpid(pid, 0)
+    if len(data) < 4:
+        raise KernelError(errno.EIO, f"child in {path} died without an answer")
+    ok, value = pickle.loads(data[4:])
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def create(name: str) -> str:
+    """Create /run/netns/NAME (like `ip netns add`); return its path. Existing: returned as is."""
+    from pyroute2 import netns as pnetns
+
+    path = os.path.join(NETNS_RUN_DIR, name)
+    if not exists(path):
+        pnetns.create(name)
+    return path
+
+
+def remove(netns: str) -> None:
+    """Delete a named namespace (unmount + unlink); gone already is fine."""
+    from pyroute2 import netns as pnetns
+
+    path = resolve(netns)
+    assert path is not None
+    forget(path)
+    if os.path.exists(path):
+        with contextlib.suppress(FileNotFoundError):
+            pnetns.remove(os.path.basename(path))
+
+
+def list_named() -> list[str]:
+    """Names under /run/netns."""
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []

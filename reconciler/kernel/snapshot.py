@@ -1,0 +1,60 @@
+"""One read of a namespace's links, addresses and routes, shared by many CHECKs."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from reconciler.kernel import addrs as addrmod
+from reconciler.kernel import links as linkmod
+from reconciler.kernel import netns as nsmod
+from reconciler.kernel import routes as routemod
+from reconciler.kernel.addrs import Address
+from reconciler.kernel.links import Link
+from reconciler.kernel.routes import RouteEntry
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Links, addresses and routes (all tables) of one namespace, read once."""
+
+    netns: str | None
+    links: tuple[Link, ...] = ()
+    addresses: tuple[Address, ...] = ()
+    routes: tuple[RouteEntry, ...] = ()
+    _by_name: dict[str, Link] = field(default_factory=dict, compare=False, repr=False)
+
+    def link(self, name: str) -> Link | None:
+        return self._by_name.get(name)
+
+    def link_by_index(self, index: int | None) -> Link | None:
+        return next((lk for lk in self.links if lk.index == index), None) if index else None
+
+    def addrs_of(self, name: str) -> list[Address]:
+        link = self.link(name)
+        return [a for a in self.addresses if link is not None and a.index == link.index]
+
+    def routes_of(self, name: str | None = None, table: int | None = routemod.TABLE_MAIN) -> list[RouteEntry]:
+        index = None
+        if name is not None:
+            link = self.link(name)
+            if link is None:
+                return []
+            index = link.index
+        return [r for r in self.routes
+                if (table is None or r.table == table) and (index is None or r.oif == index)]
+
+    def has_address(self, name: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bool:
+        return any(a.address == address for a in self.addrs_of(name))
+
+
+def snapshot(netns: str | None = None) -> Snapshot:
+    """Dump links, addresses and routes of `netns` over one netlink handle."""
+    with nsmod.ipr(netns) as ipr:
+        links = tuple(sorted((linkmod.from_msg(m) for m in ipr.link("dump")), key=lambda lk: lk.index))
+        addresses = tuple(addrmod.from_msg(m) for m in ipr.addr("dump"))
+        routes: list[RouteEntry] = []
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            routes.extend(routemod.from_msg(m) for m in ipr.route("dump", family=fam))
+    return Snapshot(netns, links, addresses, tuple(routes), {lk.name: lk for lk in links})

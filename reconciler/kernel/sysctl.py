@@ -1,0 +1,90 @@
+"""Sysctls under /proc/sys/net, read and written inside the right namespace.
+
+/proc/sys/net shows the namespace of the process that opens it, so for
+another namespace the work runs in a forked child (`netns.run_in`); a batch
+of keys costs one fork.
+"""
+
+from __future__ import annotations
+
+import os
+
+from reconciler.kernel import netns as nsmod
+
+ROOT = "/proc/sys"
+
+
+def _path(key: str) -> str:
+    """`net.ipv4.ip_forward` or `net/ipv4/ip_forward` -> /proc/sys/net/ipv4/ip_forward (net.* only)."""
+    rel = key.strip("/") if "/" in key else key.replace(".", "/")
+    if not rel.startswith("net/"):
+        raise ValueError(f"sysctl {key!r}: only net.* keys are namespaced")
+    if ".." in rel.split("/"):
+        raise ValueError(f"sysctl {key!r}: bad key")
+    return os.path.join(ROOT, rel)
+
+
+def key_for(*parts: str) -> str:
+    """Build a slash-form key that tolerates dots in interface names: key_for('net','ipv6','conf','eth0.5','accept_dad')."""
+    return "/".join(parts)
+
+
+def _read_many(keys: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for key in keys:
+        try:
+            with open(_path(key)) as fh:
+                out[key] = fh.read().strip()
+        except FileNotFoundError:
+            out[key] = None
+    return out
+
+
+def _write_many(values: list[tuple[str, str]], only_if_different: bool) -> dict[str, str | None]:
+    before: dict[str, str | None] = {}
+    for key, value in values:
+        path = _path(key)
+        try:
+            with open(path) as fh:
+                current = fh.read().strip()
+        except FileNotFoundError:
+            before[key] = None
+            raise
+        before[key] = current
+        if only_if_different and current == str(value):
+            continue
+        with open(path, "w") as fh:
+            fh.write(str(value))
+    return before
+
+
+def read(key: str, netns: str | None = None) -> str | None:
+    """The value of one sysctl (None if the key does not exist)."""
+    return nsmod.run_in(netns, _read_many, [key])[key]
+
+
+def read_many(keys: list[str], netns: str | None = None) -> dict[str, str | None]:
+    return nsmod.run_in(netns, _read_many, list(keys))
+
+
+def write(key: str, value: str | int, netns: str | None = None) -> str | None:
+    """Set one sysctl (skipped when already equal); returns the previous value."""
+    return write_many({key: value}, netns)[key]
+
+
+def write_many(values: dict[str, str | int], netns: str | None = None,
+               only_if_different: bool = True) -> dict[str, str | None]:
+    """Set several sysctls in one namespace visit, in order; returns the previous values."""
+    items = [(k, str(v)) for k, v in values.items()]
+    return nsmod.run_in(netns, _write_many, items, only_if_different)
+
+
+def enable_forwarding(ipv4: bool, ipv6: bool, netns: str | None = None) -> None:
+    """ip_forward / conf.all.forwarding = 1 where not already (never reverted, as the reference)."""
+    values: dict[str, str | int] = {}
+    if ipv4:
+        values["net/ipv4/ip_forward"] = 1
+    if ipv6:
+        values["net/ipv6/conf/all/forwarding"] = 1
+    if values:
+        write_many(values, netns)
