@@ -105,6 +105,8 @@ class Runner:
             prev = self._call("ADD", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
         if prev is None:
             raise CNIError(INCOMPATIBLE_VERSION, f"network {netlist.name!r}: no result from the chain")
+        result = parse_result(prev, netlist.cni_version)
+        prev = result_for_version(result, netlist.cni_version)
         entry = cache.CacheEntry(
             container_id=rt.container_id,
             network_name=netlist.name,
@@ -116,7 +118,7 @@ class Runner:
             result=prev,
         )
         cache.write(self.cache_dir, entry)
-        return parse_result(prev, netlist.cni_version)
+        return result
 
     def cached_result(self, netlist: NetworkConfigList, rt: RuntimeConf) -> dict[str, Any] | None:
         entry = cache.read(self.cache_dir, netlist.name, rt.container_id, rt.ifname)
