@@ -1,0 +1,278 @@
+"""The allocation store in the reference host-local's on-disk format.
+
+Layout of ``<dataDir>/<network>/`` (shared with /usr/lib/cni/host-local):
+``<ip>`` files holding ``<containerID>\\r\\n<ifname>`` (pre-0.7 files hold only
+the id), ``last_reserved_ip.<rangeSetIndex>``, and ``lock``, a file both
+implementations ``flock(LOCK_EX)`` around every read-modify-write.
+
+Crash safety: a reservation is written to a temporary file, fsync'd, then
+``link(2)``-ed to its final name, which fails instead of overwriting an existing
+reservation; the directory is fsync'd before a result is returned. A process
+killed at any instant leaves either a complete reservation or none, plus at
+most a temporary file that the next locked scan removes. An empty or garbled
+reservation (the reference writes after ``O_CREAT|O_EXCL``, so a crash there
+leaves an empty file) is never trusted: the locked scan reclaims it.
+
+Path safety: the network name is validated, the network directory is opened
+with ``O_NOFOLLOW`` and every file is opened relative to it, again without
+following symlinks. Everything we create is owner-only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.errors import INVALID_NETWORK_CONFIG, IO_FAILURE, CNIError
+
+log = logging.getLogger("reconciler.ipam.host-local")
+
+LOCK_NAME = "lock"
+LAST_PREFIX = "last_reserved_ip."
+TMP_PREFIX = ".rcn-tmp-"
+LINE_BREAK = "\r\n"
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_RDONLY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a reservation; `ifname` is None for pre-0.7 id-only files."""
+
+    container_id: str
+    ifname: str | None
+
+    def matches(self, container_id: str, ifname: str) -> bool:
+        return self.container_id == container_id.strip() and self.ifname in (ifname, None)
+
+    def encode(self) -> bytes:
+        return f"{self.container_id}{LINE_BREAK}{self.ifname}".encode()
+
+
+def parse_owner(data: bytes) -> Owner | None:
+    """The reservation content, or None if it is empty or garbled (a half-written file)."""
+    try:
+        text = data.decode().strip()
+    except UnicodeDecodeError:
+        return None
+    parts = text.split(LINE_BREAK)
+    if not parts[0] or not NAME_RE.match(parts[0]) or len(parts) > 2:
+        return None
+    if len(parts) == 1:
+        return Owner(parts[0], None)
+    ifname = parts[1]
+    if not ifname or len(ifname.encode()) > 15 or any(c in "/:" or c.isspace() for c in ifname):
+        return None
+    return Owner(parts[0], ifname)
+
+
+def ip_name(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a directory entry reserves, or None if it is not a reservation file."""
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Scan:
+    """A consistent view of the network directory, taken under the lock."""
+
+    owners: dict[str, Owner]  # ip string -> holder
+    foreign: set[str]  # reservation names we cannot read (symlinks, directories): taken, untouched
+
+    def taken(self, name: str) -> bool:
+        return name in self.owners or name in self.foreign
+
+    def held_by(self, container_id: str, ifname: str) -> list[str]:
+        exact = [n for n, o in self.owners.items() if o.container_id == container_id and o.ifname == ifname]
+        if exact:
+            return exact
+        return [n for n, o in self.owners.items() if o.container_id == container_id and o.ifname is None]
+
+
+def validate_network(name: str) -> None:
+    if not name or not NAME_RE.match(name):
+        raise CNIError(INVALID_NETWORK_CONFIG, "invalid characters found in network name", name)
+
+
+class DiskStore:
+    """One network's directory. Use `open()`, then `locked()` around every transaction."""
+
+    def __init__(self, dir_fd: int, path: str) -> None:
+        self.fd = dir_fd
+        self.path = path
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, data_dir: str, network: str, *, create: bool = True) -> DiskStore | None:
+        """Open (creating if asked) `<data_dir>/<network>`; None if absent and not creating."""
+        validate_network(network)
+        path = os.path.join(data_dir, network)
+        try:
+            if create:
+                os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
+                with suppress(FileExistsError):
+                    os.mkdir(path, DIR_MODE)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if create:
+                raise CNIError(IO_FAILURE, f"cannot create allocation store {path}") from None
+            return None
+        except OSError as exc:
+            raise CNIError(
+                IO_FAILURE, f"cannot open allocation store {path}", exc.strerror or str(exc)
+            ) from exc
+        return cls(fd, path)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        os.close(self.fd)
+
+    def __enter__(self) -> DiskStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def locked(self) -> Iterator[Scan]:
+        """Hold the network's lock (the reference's discipline) and yield a fresh scan."""
+        if self._lock_fd is None:
+            try:
+                self._lock_fd = os.open(
+                    LOCK_NAME,
+                    os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    FILE_MODE,
+                    dir_fd=self.fd,
+                )
+            except OSError as exc:
+                raise CNIError(IO_FAILURE, f"cannot open lock in {self.path}", exc.strerror or "") from exc
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield self.scan()
+            os.fsync(self.fd)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # Reading
+
+    def scan(self) -> Scan:
+        """Read every reservation; drop temporaries and untrustworthy files (caller holds the lock)."""
+        owners: dict[str, Owner] = {}
+        foreign: set[str] = set()
+        for name in os.listdir(self.fd):
+            if name.startswith(TMP_PREFIX):
+                self._unlink(name)
+                log.warning("removed temporary file %s left by a killed process", name)
+                continue
+            if ip_name(name) is None:
+                continue
+            data = self._read(name)
+            if data is None:
+                foreign.add(name)
+                continue
+            owner = parse_owner(data)
+            if owner is None:
+                log.warning(
+                    "reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64]
+                )
+                self._unlink(name)
+                continue
+            owners[name] = owner
+        return Scan(owners, foreign)
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            fd = os.open(name, _RDONLY | os.O_NONBLOCK, dir_fd=self.fd)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                return None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return os.read(fd, 4096)
+        finally:
+            os.close(fd)
+
+    def last_reserved(self, index: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        data = self._read(f"{LAST_PREFIX}{index}")
+        if not data:
+            return None
+        try:
+            return ip_name(data.decode().strip())
+        except UnicodeDecodeError:
+            return None
+
+    # Writing (caller holds the lock)
+
+    def reserve(self, name: str, owner: Owner) -> bool:
+        """Create reservation `name` for `owner`; False if it already exists. Never overwrites."""
+        tmp = self._write_tmp(owner.encode())
+        try:
+            os.link(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise CNIError(IO_FAILURE, f"cannot reserve {name} in {self.path}", exc.strerror or "") from exc
+        finally:
+            self._unlink(tmp)
+        return True
+
+    def set_last_reserved(self, index: int, ip: str) -> None:
+        """Replace `last_reserved_ip.<index>` atomically (tmp + fsync + rename)."""
+        tmp = self._write_tmp(ip.encode())
+        try:
+            os.rename(tmp, f"{LAST_PREFIX}{index}", src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except OSError as exc:
+            self._unlink(tmp)
+            raise CNIError(IO_FAILURE, f"cannot write {LAST_PREFIX}{index}", exc.strerror or "") from exc
+
+    def release(self, name: str) -> None:
+        self._unlink(name)
+
+    def probe_writable(self) -> None:
+        """Raise OSError unless a file can be created, synced and removed here."""
+        self._unlink(self._write_tmp(b"probe"))
+
+    def _write_tmp(self, data: bytes) -> str:
+        name = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, FILE_MODE, dir_fd=self.fd)
+        except OSError as exc:
+            raise CNIError(
+                IO_FAILURE, f"cannot write to allocation store {self.path}", exc.strerror or ""
+            ) from exc
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            self._unlink(name)
+            raise CNIError(
+                IO_FAILURE, f"cannot write to allocation store {self.path}", exc.strerror or ""
+            ) from exc
+        os.close(fd)
+        return name
+
+    def _unlink(self, name: str) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.fd)
