@@ -11,11 +11,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+
+from reconciler.kernel.netns import NetnsNotFound
+from reconciler.kernel.netns import ipr as _ipr
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ LATENCY_USEC = 25_000  # the reference's fixed tbf latency (25 ms)
 TBF_HANDLE = 0x10000  # 1:
 INGRESS_HANDLE = 0xFFFF0000  # ffff:
 TC_H_ROOT = 0xFFFFFFFF
+TC_H_INGRESS = 0xFFFFFFF1
 REDIRECT_CLASSID = 0x10001  # 1:1, as the reference's u32 filter
 ETH_P_ALL = 0x0003
 IFB_PREFIX = "bwp"
@@ -87,22 +89,7 @@ class LinkInfo:
     mtu: int
     mac: str
     kind: str
-
-
-@contextmanager
-def _ipr(netns: str | None) -> Iterator[Any]:
-    """An IPRoute bound to `netns`; never creates a namespace that does not exist."""
-    from pyroute2 import IPRoute
-
-    ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-def _code(exc: BaseException) -> int:
-    return int(getattr(exc, "code", 0) or getattr(exc, "errno", 0) or 0)
+    alias: str = ""
 
 
 def _link(msg: Any) -> LinkInfo:
@@ -114,6 +101,7 @@ def _link(msg: Any) -> LinkInfo:
         mtu=int(msg.get("IFLA_MTU") or 0),
         mac=str(msg.get("IFLA_ADDRESS") or ""),
         kind=str(kind or ""),
+        alias=str(msg.get("IFLA_IFALIAS") or ""),
     )
 
 
@@ -151,8 +139,8 @@ def veth_peer_index(ifname: str, netns: str | None) -> int:
         return int(msg.get("IFLA_LINK") or 0)
 
 
-def ensure_ifb(name: str, mtu: int, netns: str | None = None) -> tuple[LinkInfo, bool]:
-    """Create the ifb `name` (up, txqlen 0, `mtu`) unless it exists; returns (link, created)."""
+def ensure_ifb(name: str, mtu: int, netns: str | None = None, alias: str = "") -> tuple[LinkInfo, bool]:
+    """Create the ifb `name` (up, txqlen 0, `mtu`, ifalias `alias`) unless it exists; returns (link, created)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     with _ipr(netns) as ipr:
@@ -169,7 +157,15 @@ def ensure_ifb(name: str, mtu: int, netns: str | None = None) -> tuple[LinkInfo,
         if link.kind != "ifb":
             raise TcError(f"{name} exists and is not an ifb device (kind {link.kind or 'unknown'})")
         ipr.link("set", index=idx, state="up", mtu=mtu)
+        if alias and created:
+            ipr.link("set", index=idx, ifalias=alias)
         return _link(ipr.get_links(idx)[0]), created
+
+
+def links_of_kind(kind: str, netns: str | None = None) -> list[LinkInfo]:
+    """Every link of `kind` (e.g. "ifb") in `netns`."""
+    with _ipr(netns) as ipr:
+        return [link for link in (_link(m) for m in ipr.get_links()) if link.kind == kind]
 
 
 def delete_link(name: str, netns: str | None = None) -> bool:
@@ -183,7 +179,7 @@ def delete_link(name: str, netns: str | None = None) -> bool:
                 return False
             ipr.link("del", index=idx[0])
             return True
-    except FileNotFoundError:
+    except NetnsNotFound:
         return False
     except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
@@ -303,13 +299,13 @@ def clear_qdiscs(dev: str, netns: str | None = None, *, root: bool = True, ingre
             idx = ipr.link_lookup(ifname=dev)
             if not idx:
                 return
-            for wanted, kind, handle in ((root, "tbf", TBF_HANDLE), (ingress, "ingress", INGRESS_HANDLE)):
+            for wanted, parent in ((root, TC_H_ROOT), (ingress, TC_H_INGRESS)):
                 if not wanted:
                     continue
                 try:
-                    ipr.tc("del", kind, idx[0], handle)
+                    ipr.tc("del", index=idx[0], parent=parent)
                 except NetlinkError as exc:
                     if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                         raise
-    except FileNotFoundError:
+    except NetnsNotFound:
         return
