@@ -1,0 +1,203 @@
+"""`reconciler plan|apply|check|gc|status|watch`: the reconciler's commands and exit codes.
+
+plan/check: 0 in sync, 2 changes pending or drift found, 1 error.
+apply: 0 converged, 3 partial, 1 error (bad flags, lock held with --no-wait, state unreadable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
+    p.add_argument("--specs", default=os.environ.get("RECONCILER_SPECS", "./specs"), help="specs directory")
+    p.add_argument("--state", default=os.environ.get("RECONCILER_STATE", "./state"), help="state directory")
+    if output:
+        p.add_argument("--output", choices=("text", "json"), default="text")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="show what apply would do (exit 2 when there are changes)")
+    _common(p)
+    p.add_argument("--verbose", "-v", action="store_true", help="also list attachments in sync")
+    p.set_defaults(handler=cmd_plan)
+    p = sub.add_parser("apply", help="make the host match the specs (exit 3 when partial)")
+    _common(p)
+    p.add_argument("--no-wait", action="store_true", help="exit 1 at once if another reconciler holds the lock")
+    p.set_defaults(handler=cmd_apply)
+    p = sub.add_parser("check", help="CNI CHECK every owned attachment (exit 2 on drift)")
+    _common(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing, just set the exit code")
+    p.add_argument("--no-wait", action="store_true", help="exit 1 at once if a pass is running")
+    p.set_defaults(handler=cmd_check)
+    p = sub.add_parser("gc", help="free leaked allocations, orphaned cache entries and namespaces")
+    _common(p)
+    p.add_argument("--grace", type=float, default=300.0, help="seconds a leak must stay unreferenced (300)")
+    p.add_argument("--no-wait", action="store_true")
+    p.set_defaults(handler=cmd_gc)
+    p = sub.add_parser("status", help="attachments, their last action and the last pass")
+    _common(p)
+    p.set_defaults(handler=cmd_status)
+    p = sub.add_parser("watch", help="reconcile on file changes, every --interval, and on SIGHUP")
+    _common(p)
+    p.add_argument("--interval", type=float, default=30.0, help="periodic resync in seconds (30)")
+    p.add_argument("--debounce", type=float, default=0.5, help="quiet time before a pass on file events")
+    p.add_argument("--metrics-address", default=None, help="HOST:PORT for Prometheus metrics")
+    p.set_defaults(handler=cmd_watch)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from reconciler.engine.apply import Engine
+
+    show = None if getattr(args, "output", "text") == "text" else False
+    return Engine(args.specs, args.state, show_progress=show)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "output", "text") == "json":
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif text:
+        print(text)
+
+
+def _fail(msg: str) -> int:
+    print(f"reconciler: {msg}", file=sys.stderr)
+    return 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from reconciler.engine.status import render_plan
+    from reconciler.errors import ReconcilerError
+
+    try:
+        engine = _engine(args)
+        plan, _ = engine.plan()
+    except ReconcilerError as err:
+        return _fail(str(err))
+    _emit(args, plan.to_json(), render_plan(plan, args.verbose))
+    return 2 if plan.has_changes else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.engine.apply import state_lock
+    from reconciler.errors import ReconcilerError
+
+    try:
+        engine = _engine(args)
+        with state_lock(engine.state_dir, wait=not args.no_wait):
+            report = engine.apply()
+    except ReconcilerError as err:
+        return _fail(str(err))
+    lines = [f"recovered: {r}" for r in report.recovered]
+    lines += [f"error: {e}" for e in report.plan.errors]
+    for out in report.outcomes:
+        extra = f": {out.error}" if out.error and out.result != "ok" else ""
+        ips = f" {','.join(out.ips)}" if out.ips else ""
+        lines.append(f"{out.action} {out.key}: {out.result}{ips}{extra}")
+    if not report.outcomes:
+        lines.append("Nothing to do: the host matches the specs." if not report.plan.errors else "")
+    done = sum(1 for o in report.outcomes if o.result == "ok")
+    lines.append(f"Apply: {done} done, {len(report.failed)} failed, {len(report.plan.errors)} spec error(s).")
+    data = {"summary": report.summary(), "outcomes": [o.__dict__ for o in report.outcomes],
+            "plan": report.plan.to_json()}
+    _emit(args, data, "\n".join(line for line in lines if line))
+    return report.exit_code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from reconciler.engine.apply import state_lock
+    from reconciler.errors import ReconcilerError
+
+    try:
+        engine = _engine(args)
+        with state_lock(engine.state_dir, wait=not args.no_wait, shared=True):
+            specs = engine.load()
+            records = engine.inventory.records()
+            obs = engine.observe(records)
+    except ReconcilerError as err:
+        return _fail(str(err))
+    drift = {k: v for k, v in obs.drift.items() if v}
+    missing = sorted(k for k in specs.attachments if k not in records)
+    for key in missing:
+        drift[key] = ["not applied (desired in " + specs.attachments[key].file + ")"]
+    if not args.quiet:
+        lines = [f"spec error: {e}" for e in specs.errors]
+        for key in sorted(drift):
+            lines.append(f"DRIFT {key}:")
+            lines += [f"  - {d}" for d in drift[key]]
+        ok = len(records) - len([k for k in drift if k in records])
+        lines.append(f"Check: {ok} in sync, {len(drift)} drifted.")
+        _emit(args, {"drift": drift, "in_sync": ok, "spec_errors": [str(e) for e in specs.errors]}, "\n".join(lines))
+    return 2 if drift else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from reconciler.engine.apply import state_lock
+    from reconciler.engine.gc import run_gc
+    from reconciler.errors import ReconcilerError
+
+    try:
+        engine = _engine(args)
+        with state_lock(engine.state_dir, wait=not args.no_wait):
+            report = run_gc(engine, args.grace)
+    except ReconcilerError as err:
+        return _fail(str(err))
+    lines = [f"freed {f}" for f in report.freed] + [f"deleted netns {n}" for n in report.namespaces]
+    lines += [f"pending (grace) {p}" for p in report.pending] + [f"skipped {s}" for s in report.skipped]
+    lines += [f"error: {e}" for e in report.errors]
+    lines.append(f"GC: {len(report.freed)} freed, {len(report.pending)} waiting out the grace period.")
+    _emit(args, report.to_json(), "\n".join(lines))
+    return 1 if report.errors else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.engine.inventory import Inventory
+    from reconciler.engine.status import render_status, status_data
+    from reconciler.errors import ReconcilerError
+
+    try:
+        data = status_data(Inventory(args.state))
+    except ReconcilerError as err:
+        return _fail(str(err))
+    _emit(args, data, render_status(data))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from reconciler.engine.watch import Watcher
+
+    engine = _engine(args)
+    engine.show_progress = False
+    if args.metrics_address:
+        _serve_metrics(args.metrics_address)
+    return Watcher(engine, interval=args.interval, debounce=args.debounce).run()
+
+
+def _serve_metrics(address: str) -> None:
+    try:
+        from prometheus_client import start_http_server
+    except ImportError:
+        log.warning("prometheus-client is not installed: no metrics")
+        return
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m reconciler.cli.engine_cmd apply ...`)."""
+    parser = argparse.ArgumentParser(prog="reconciler")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

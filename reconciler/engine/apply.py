@@ -1,0 +1,373 @@
+"""One reconcile pass: lock, recover the journal, observe, plan, execute with undo, record status."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.cni import cache
+from reconciler.cni.chain import Runner, RuntimeConf
+from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
+from reconciler.engine.inventory import Inventory, Record
+from reconciler.engine.journal import Intent, Journal
+from reconciler.engine.observe import Observation, judge, observe
+from reconciler.engine.planner import Plan, Step, make_plan
+from reconciler.engine.progress import Progress
+from reconciler.engine.specs import Attachment, Specs, load_specs
+from reconciler.errors import CNIError, LockBusy, StateError
+from reconciler.kernel import namespaces
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
+BACKOFF_AFTER = 3  # consecutive repairs without an in-sync pass before backing off
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: str | Path, wait: bool = True, shared: bool = False) -> Iterator[None]:
+    """flock on `<state>/reconciler/lock`: exclusive for apply/gc/watch passes, shared for check."""
+    path = Path(state_dir) / "reconciler" / "lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise StateError(f"{path}: cannot open the state lock: {err.strerror}") from err
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        try:
+            fcntl.flock(fd, mode | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as err:
+            raise LockBusy(f"another reconciler is applying in {state_dir} (lock {path} is held)") from err
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Outcome:
+    key: str
+    action: str
+    result: str  # ok | failed | failing | skipped
+    error: str = ""
+    ips: list[str] = field(default_factory=list)
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class PassReport:
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.result in ("failed", "failing")]
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.failed or self.plan.errors else 0
+
+    def summary(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            counts[f"{o.action}:{o.result}"] = counts.get(f"{o.action}:{o.result}", 0) + 1
+        return {
+            "started": self.started,
+            "finished": self.finished,
+            "duration": round(self.finished - self.started, 3),
+            "outcomes": counts,
+            "failed": len(self.failed),
+            "spec_errors": self.plan.errors,
+            "recovered": self.recovered,
+            "converged": self.exit_code == 0,
+        }
+
+
+def with_data_dir(netlist: NetworkConfigList, data_dir: str) -> NetworkConfigList:
+    """host-local sections without `dataDir` use the state's `networks/` store, exec'd or not."""
+    obj = json.loads(netlist.raw)
+    changed = False
+    for plugin in obj.get("plugins") or []:
+        ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
+        if isinstance(ipam, dict) and ipam.get("type") == "host-local" and not ipam.get("dataDir"):
+            ipam["dataDir"] = data_dir
+            changed = True
+    if not changed:
+        return netlist
+    return conflist_from_bytes(json.dumps(obj).encode(), netlist.source)
+
+
+def with_requested_ips(netlist: NetworkConfigList, ips: list[str]) -> NetworkConfigList:
+    """Ask host-local/static for these addresses again (`args.cni.ips`), so a repair keeps them."""
+    obj = json.loads(netlist.raw)
+    bare = [ip.split("/")[0] for ip in ips]
+    for plugin in obj.get("plugins") or []:
+        ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
+        if isinstance(ipam, dict) and ipam.get("type") in ("host-local",) and bare:
+            args = plugin.setdefault("args", {})
+            args.setdefault("cni", {})["ips"] = bare
+    return conflist_from_bytes(json.dumps(obj).encode(), netlist.source)
+
+
+class Engine:
+    """The reconciler over one specs directory and one state directory."""
+
+    def __init__(
+        self,
+        specs_dir: str | Path,
+        state_dir: str | Path,
+        cni_path: str | None = None,
+        exec_mode: bool | None = None,
+        verify_retries: int = 5,
+        verify_delay: float = 0.2,
+        show_progress: bool | None = None,
+    ) -> None:
+        self.specs_dir = str(specs_dir)
+        self.state_dir = str(Path(state_dir).absolute())
+        self.inventory = Inventory(self.state_dir)
+        self.journal = Journal(self.state_dir)
+        path = cni_path or os.environ.get("CNI_PATH") or DEFAULT_CNI_PATH
+        if exec_mode is None:
+            exec_mode = os.environ.get("RECONCILER_EXEC_MODE") == "1"
+        self.runner = Runner(path, self.state_dir, exec_mode=exec_mode)
+        self.data_dir = str(Path(self.state_dir) / "networks")
+        os.environ.setdefault("RECONCILER_IPAM_DATADIR", self.data_dir)
+        self.verify_retries = verify_retries
+        self.verify_delay = verify_delay
+        self.show_progress = show_progress
+        self.backoff_base = float(os.environ.get("RECONCILER_REPAIR_BACKOFF", "10"))
+
+    # ---- reading
+    def load(self) -> Specs:
+        return load_specs(self.specs_dir)
+
+    def observe(self, records: dict[str, Record], keys: set[str] | None = None, deep: bool = True) -> Observation:
+        chosen = [r for k, r in records.items() if keys is None or k in keys]
+        bar = Progress(len(chosen), "observe", enabled=self.show_progress)
+        try:
+            return observe(chosen, self.runner, deep, progress=bar.step)
+        finally:
+            bar.close()
+
+    def plan(self, specs: Specs | None = None) -> tuple[Plan, Observation]:
+        specs = specs or self.load()
+        records = self.inventory.records()
+        # only attachments that stay as they are need a live verdict
+        keep = {
+            k
+            for k, rec in records.items()
+            if k in specs.attachments
+            and rec.fingerprint == specs.attachments[k].fingerprint(specs.networks[rec.network])
+        }
+        obs = self.observe(records, keep)
+        status = self.inventory.status()["attachments"]
+        backoff = {k: float(v.get("backoff_until") or 0) for k, v in status.items()}
+        plan = make_plan(
+            specs, records, obs.drift, self.inventory.namespaces(), obs.live_namespaces, backoff, time.time()
+        )
+        return plan, obs
+
+    # ---- recovery
+    def recover(self) -> list[str]:
+        """Finish or undo whatever a killed process left half-done (before planning anything)."""
+        done = []
+        records = self.inventory.records()
+        for intent in self.journal.pending():
+            rt = RuntimeConf(
+                intent.container_id, intent.netns, intent.ifname,
+                tuple((k, v) for k, v in intent.cni_args), intent.capability_args,
+            )
+            entry = cache.read(self.state_dir, intent.network, intent.container_id, intent.ifname)
+            try:
+                if entry is not None and entry.config:
+                    self.runner.delete_cached(entry)
+                elif intent.config:
+                    self.runner.delete(conflist_from_bytes(intent.config, "journal"), rt)
+            except CNIError as err:
+                log.warning("recovery of %s: DEL failed: %s", intent.key, err)
+                continue
+            self.inventory.drop(intent.key)
+            records.pop(intent.key, None)
+            if intent.netns_name and not any(r.netns == intent.netns_name for r in records.values()):
+                self.drop_namespace(intent.netns_name)
+            self.journal.clear(intent.key)
+            done.append(f"{intent.key}: undid interrupted {intent.action} ({intent.phase})")
+            log.info("recovered %s: undid interrupted %s", intent.key, intent.action)
+        return done
+
+    # ---- steps
+    def drop_namespace(self, name: str) -> None:
+        if name in self.inventory.namespaces():
+            namespaces.delete(name)
+            self.inventory.release_namespace(name)
+
+    def _ensure_namespace(self, att: Attachment, intent: Intent) -> bool:
+        """Create the attachment's named netns if missing; True when this call created it."""
+        if not att.owns_netns or namespaces.exists(att.netns):
+            return False
+        intent.netns_name = att.netns
+        self.journal.begin(intent)
+        self.inventory.claim_namespace(att.netns)  # claim first: a crash leaves a claim, never an orphan
+        namespaces.create(att.netns)
+        return True
+
+    def _runtime(self, att: Attachment) -> RuntimeConf:
+        return RuntimeConf(att.id, att.netns_path, att.ifname, att.args, att.capabilities)
+
+    def _verify(self, rec: Record) -> list[str]:
+        drift: list[str] = []
+        for attempt in range(self.verify_retries):
+            drift = judge(rec, Observation(), self.runner, deep=True)
+            if not drift:
+                return []
+            if attempt < self.verify_retries - 1:
+                time.sleep(self.verify_delay * (attempt + 1))
+        return drift
+
+    def _add(self, att: Attachment, specs: Specs, requested: list[str] | None = None, action: str = "add") -> list[str]:
+        """ADD + verify; on any failure undo everything this call did and raise."""
+        network = specs.networks[att.network]
+        netlist = with_data_dir(network, self.data_dir)
+        if requested:
+            netlist = with_requested_ips(netlist, requested)
+        rt = self._runtime(att)
+        intent = Intent(
+            att.key, action, network=att.network, container_id=att.id, ifname=att.ifname, netns=att.netns_path,
+            cni_args=[list(p) for p in att.args], capability_args=att.capabilities,
+            config_b64=base64.b64encode(netlist.raw).decode(),
+        )
+        self.journal.begin(intent)
+        created = False
+        try:
+            created = self._ensure_namespace(att, intent)
+            result = self.runner.add(netlist, rt)
+            rec = Record(
+                key=att.key, network=att.network, id=att.id, ifname=att.ifname, netns=att.netns,
+                netns_path=att.netns_path, owns_netns=att.owns_netns or att.netns in self.inventory.namespaces(),
+                file=att.file, network_file=network.source, fingerprint=att.fingerprint(network),
+                ips=[ip.address for ip in result.ips], applied_at=time.time(),
+            )
+            drift = self._verify(rec)
+            if drift:
+                raise CNIError(999, "verification failed after ADD: " + "; ".join(drift))
+            self.inventory.put(rec)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.runner.delete(netlist, rt)
+            if created:
+                with contextlib.suppress(Exception):
+                    self.drop_namespace(att.netns)
+            self.journal.clear(att.key)
+            raise
+        self.journal.clear(att.key)
+        return rec.ips
+
+    def _delete(self, key: str, rec: Record | None, specs: Specs) -> None:
+        """DEL with the cached config (works when the network file is gone), drop the record."""
+        network, cid, ifname = key.split("/")
+        intent = Intent(key, "delete", network=network, container_id=cid, ifname=ifname,
+                        netns=rec.netns_path if rec else "")
+        self.journal.begin(intent)
+        entry = cache.read(self.state_dir, network, cid, ifname)
+        if entry is not None and entry.config:
+            self.runner.delete_cached(entry)
+        elif rec is not None and network in specs.networks:
+            rt = RuntimeConf(cid, rec.netns_path, ifname)
+            self.runner.delete(with_data_dir(specs.networks[network], self.data_dir), rt)
+        self.inventory.drop(key)
+        self.journal.clear(key)
+
+    def _execute(self, step: Step, specs: Specs, records: dict[str, Record], status: dict[str, Any]) -> Outcome:
+        rec = records.get(step.key)
+        att = specs.attachments.get(step.key)
+        prev = status.get(step.key, {})
+        try:
+            if step.kind == "delete":
+                self._delete(step.key, rec, specs)
+                return Outcome(step.key, "delete", "ok")
+            assert att is not None
+            if step.kind == "add":
+                return Outcome(step.key, "add", "ok", ips=self._add(att, specs))
+            self._delete(step.key, rec, specs)
+            if step.kind == "replace":
+                return Outcome(step.key, "replace", "ok", ips=self._add(att, specs, action="replace"))
+            requested = rec.ips if rec else []
+            try:
+                ips = self._add(att, specs, requested, action="repair")
+            except CNIError as err:
+                log.warning("%s: repair with its old address failed (%s); adding afresh", step.key, err)
+                ips = self._add(att, specs, action="repair")
+            out = Outcome(step.key, "repair", "ok", error="repaired: " + "; ".join(step.drift), ips=ips)
+            repairs = int(prev.get("repairs", 0)) + 1
+            if repairs >= BACKOFF_AFTER:
+                delay = min(self.backoff_base * 2 ** (repairs - BACKOFF_AFTER), 3600.0)
+                out.result, out.error = "failing", f"drift keeps coming back ({repairs} repairs): " + "; ".join(step.drift)
+                prev["backoff_until"] = time.time() + delay
+            prev["repairs"] = repairs
+            return out
+        except Exception as err:  # one failing attachment never blocks the others
+            log.error("%s: %s failed: %s", step.key, step.kind, err)
+            return Outcome(step.key, step.kind, "failed", error=str(err))
+
+    def apply(self) -> PassReport:
+        """One full pass. The caller holds the state lock."""
+        self.inventory.ensure()
+        recovered = self.recover()
+        specs = self.load()
+        plan, _obs = self.plan(specs)
+        report = PassReport(plan, recovered=recovered)
+        status = self.inventory.status()
+        per_key: dict[str, Any] = status["attachments"]
+        records = self.inventory.records()
+        todo = plan.actions
+        bar = Progress(len(todo), "apply", enabled=self.show_progress)
+        for step in todo:
+            prev = per_key.setdefault(step.key, {})
+            outcome = self._execute(step, specs, records, per_key)
+            report.outcomes.append(outcome)
+            bar.step(f"{step.kind} {step.key}", outcome.result == "ok")
+            if step.kind == "delete" and outcome.result == "ok":
+                per_key.pop(step.key, None)
+                continue
+            prev.update(asdict(outcome))
+        bar.close()
+        for step in plan.steps:
+            entry = per_key.setdefault(step.key, {}) if step.kind != "delete" else None
+            if entry is None:
+                continue
+            if step.kind == "noop":
+                entry.update(repairs=0, backoff_until=0)
+                entry.setdefault("action", "noop")
+                entry.setdefault("result", "ok")
+            elif step.kind == "backoff":
+                entry.update(result="failing", error="repair backing off: " + "; ".join(step.drift), time=time.time())
+                report.outcomes.append(Outcome(step.key, "backoff", "failing", entry["error"]))
+            elif step.kind == "kept":
+                entry.update(result="kept", error=step.why)
+        self._prune_namespaces(specs)
+        report.finished = time.time()
+        status["last_pass"] = report.summary()
+        known = set(self.inventory.records()) | set(specs.attachments)
+        status["attachments"] = {k: v for k, v in per_key.items() if k in known}
+        self.inventory.save_status(status)
+        return report
+
+    def _prune_namespaces(self, specs: Specs) -> None:
+        needed = {a.netns for a in specs.attachments.values()}
+        needed |= {r.netns for r in self.inventory.records().values()}
+        for name in sorted(self.inventory.namespaces() - needed):
+            try:
+                self.drop_namespace(name)
+            except OSError as err:
+                log.warning("cannot delete namespace %s: %s", name, err)

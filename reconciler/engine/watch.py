@@ -1,0 +1,123 @@
+"""`reconciler watch`: passes on file events (debounced), on a periodic resync and on SIGHUP.
+
+A git checkout that replaces many files fires many events; they are collapsed
+into one pass that starts once the directory has been quiet for `debounce`
+seconds. The periodic resync re-observes the kernel, so it also repairs drift.
+SIGTERM/SIGINT let the running pass finish, then the loop exits with 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from reconciler.engine.apply import Engine, PassReport, state_lock
+
+log = logging.getLogger(__name__)
+
+
+class Watcher:
+    def __init__(
+        self,
+        engine: Engine,
+        interval: float = 30.0,
+        debounce: float = 0.5,
+        on_pass: Callable[[PassReport], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.debounce = debounce
+        self.on_pass = on_pass
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.last_event = 0.0
+        self.dirty = True  # the first pass runs at once
+        self.passes = 0
+
+    # signal and event handlers only set flags; the loop does the work
+    def _file_event(self, event: Any) -> None:
+        path = str(getattr(event, "src_path", ""))
+        if "/." in path or path.endswith("~"):
+            return  # editor swap files and git's temp files
+        self.last_event = time.monotonic()
+        self.dirty = True
+        self.wake.set()
+
+    def _hup(self, *_: Any) -> None:
+        log.info("SIGHUP: forcing a pass")
+        self.dirty = True
+        self.last_event = 0.0
+        self.wake.set()
+
+    def _term(self, signum: int, *_: Any) -> None:
+        log.info("signal %d: finishing the running pass, then exiting", signum)
+        self.stopping.set()
+        self.wake.set()
+
+    def _observer(self) -> Any:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            log.warning("watchdog is not installed: only the periodic resync runs")
+            return None
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                if getattr(event, "event_type", "") in ("opened", "closed_no_write"):
+                    return
+                watcher._file_event(event)
+
+        observer = Observer()
+        observer.schedule(Handler(), self.engine.specs_dir, recursive=True)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    def run_pass(self) -> PassReport | None:
+        try:
+            with state_lock(self.engine.state_dir, wait=True):
+                report = self.engine.apply()
+        except Exception as err:  # a broken pass is logged; the loop keeps serving
+            log.error("pass failed: %s", err)
+            return None
+        self.passes += 1
+        for err in report.plan.errors:
+            log.error("spec error: %s", err)
+        for out in report.outcomes:
+            log.info("%s %s: %s %s", out.action, out.key, out.result, out.error)
+        if self.on_pass:
+            self.on_pass(report)
+        return report
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._term)
+        signal.signal(signal.SIGINT, self._term)
+        signal.signal(signal.SIGHUP, self._hup)
+        observer = self._observer()
+        next_resync = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                quiet = now - self.last_event >= self.debounce
+                if (self.dirty and quiet) or now >= next_resync:
+                    self.dirty = False
+                    self.run_pass()
+                    next_resync = time.monotonic() + self.interval
+                    continue
+                timeout = next_resync - now
+                if self.dirty:
+                    timeout = min(timeout, self.debounce - (now - self.last_event))
+                self.wake.wait(max(timeout, 0.01))
+                self.wake.clear()
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=2)
+        log.info("watch: exiting after %d passes", self.passes)
+        return 0

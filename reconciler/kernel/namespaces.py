@@ -1,0 +1,114 @@
+"""Named network namespaces for the reconciler, and a cheap per-namespace snapshot.
+
+Knows nothing of CNI: it takes names and paths and returns plain dicts.
+Named namespaces live at /run/netns/NAME (the `ip netns` convention), so
+`ip netns` and every runtime see them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def path_for(name: str) -> str:
+    return name if name.startswith("/") else os.path.join(RUN_DIR, name)
+
+
+def exists(name_or_path: str) -> bool:
+    """A named namespace must be mounted at /run/netns/NAME; a path merely has to exist."""
+    if name_or_path.startswith("/") and not name_or_path.startswith(RUN_DIR + "/"):
+        return os.path.exists(name_or_path)
+    return os.path.ismount(path_for(name_or_path))
+
+
+def list_names() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(RUN_DIR) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def create(name: str) -> bool:
+    """Create /run/netns/NAME with loopback up; False when it already existed."""
+    if exists(name):
+        return False
+    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if exists(name):
+            return False
+        raise OSError(f"ip netns add {name}: {proc.stderr.strip()}")
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], capture_output=True)
+    return True
+
+
+def delete(name: str) -> None:
+    """Delete /run/netns/NAME; a missing one is fine."""
+    if not os.path.exists(path_for(name)):
+        return
+    proc = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
+    if proc.returncode != 0 and os.path.exists(path_for(name)):
+        raise OSError(f"ip netns delete {name}: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Run the block with this thread inside the namespace at `path`, then come back."""
+    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    target = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back: {os.strerror(err)}")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+@dataclass
+class LinkState:
+    name: str
+    up: bool
+    kind: str = ""
+    addresses: list[str] = field(default_factory=list)
+
+
+def snapshot(path: str | None = None) -> dict[str, LinkState]:
+    """Links and addresses of one namespace (None = the current one), read once."""
+    from pyroute2 import IPRoute
+
+    ctx = entered(path) if path else contextlib.nullcontext()
+    with ctx:
+        ipr = IPRoute()
+    try:
+        links: dict[int, LinkState] = {}
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else ""
+            links[link["index"]] = LinkState(
+                name=link.get_attr("IFLA_IFNAME"), up=bool(link["flags"] & 1), kind=kind or ""
+            )
+        for addr in ipr.get_addr():
+            state = links.get(addr["index"])
+            if state is not None:
+                state.addresses.append(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+        return {state.name: state for state in links.values()}
+    finally:
+        ipr.close()
