@@ -21,6 +21,8 @@ SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 SCOPE_HOST = 254
 RTN_UNICAST = 1
+RTPROT_BOOT = 3
+RTPROT_KERNEL = 2
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,12 @@ def list_routes(netns: str | None = None, *, family: int | None = None, table: i
 
 def _spec(dst: IPNetwork | str, gateway: IPAddress | str | None, ifname: str | None, netns: str | None,
           table: int | None, scope: int | None, metric: int | None, src: IPAddress | str | None,
-          mtu: int | None = None, advmss: int | None = None) -> dict[str, Any]:
+          mtu: int | None = None, advmss: int | None = None, proto: int | None = None) -> dict[str, Any]:
     net = ipaddress.ip_network(dst, strict=False)
     spec: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen,
                             "family": 2 if net.version == 4 else 10}
+    if proto is not None:
+        spec["proto"] = proto
     if gateway:
         spec["gateway"] = str(gateway)
     if ifname:
@@ -113,11 +117,11 @@ def _spec(dst: IPNetwork | str, gateway: IPAddress | str | None, ifname: str | N
 def add(dst: IPNetwork | str, *, gateway: IPAddress | str | None = None, ifname: str | None = None,
         netns: str | None = None, table: int | None = None, scope: int | None = None,
         metric: int | None = None, src: IPAddress | str | None = None, mtu: int | None = None,
-        advmss: int | None = None, replace: bool = False) -> bool:
-    """Add a route; False if an identical route exists already (EEXIST)."""
+        advmss: int | None = None, replace: bool = False, proto: int = RTPROT_BOOT) -> bool:
+    """Add a route (protocol `boot`, as `ip route add`); False if an identical route exists (EEXIST)."""
     from pyroute2 import NetlinkError
 
-    spec = _spec(dst, gateway, ifname, netns, table, scope, metric, src, mtu, advmss)
+    spec = _spec(dst, gateway, ifname, netns, table, scope, metric, src, mtu, advmss, proto)
     with nsmod.ipr(netns) as ipr:
         try:
             ipr.route("replace" if replace else "add", **spec)
