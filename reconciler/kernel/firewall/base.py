@@ -1,0 +1,48 @@
+"""The firewall backend interface shared by ipMasq, portmap and the firewall plugin.
+
+Two implementations exist: `iptables` (legacy x_tables through python-iptables)
+and `nftables` (libnftables' JSON API). Each feature module (masquerade,
+portmap, filter) keeps one class per backend deriving from `FeatureBackend`;
+`select.choose` picks which one an attachment uses, and every rule of one
+attachment goes to that one backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+
+IPTABLES = "iptables"
+NFTABLES = "nftables"
+BACKENDS = (IPTABLES, NFTABLES)
+
+
+class FirewallError(RuntimeError):
+    """A firewall operation failed (the kernel or the library refused it)."""
+
+
+class BackendUnavailable(FirewallError):
+    """The requested backend cannot be used on this host (module or library missing)."""
+
+
+class RuleDrift(LookupError):
+    """CHECK found a rule or chain of ours missing or different; the message names it."""
+
+
+def sha512_hex(text: str) -> str:
+    return hashlib.sha512(text.encode()).hexdigest()
+
+
+def hash_name(prefix: str, text: str, length: int) -> str:
+    """The reference's MustFormatHashWithPrefix: (prefix + sha512 hex)[:length]."""
+    return (prefix + sha512_hex(text))[:length]
+
+
+class FeatureBackend(ABC):
+    """One feature's rules in one backend; all calls take the netns to act in (None: ours)."""
+
+    name: str = ""
+
+    @abstractmethod
+    def has_attachment(self, network: str, container_id: str, netns: str | None) -> bool:
+        """True if this backend holds any rule of this attachment."""
