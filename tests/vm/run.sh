@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Run the kernel-feature tests (pytest -m kernelvm: ipvlan, vlan, dummy, vrf) inside a VM that boots
+# Debian's full kernel (linux-image-amd64) with virtme-ng and shares this machine's filesystem.
+#
+# usage: tests/vm/run.sh [extra pytest args...]      (as root, from anywhere)
+# env:   VM_KERNEL=/boot/vmlinuz-X   kernel to boot (default: newest /boot/vmlinuz-*-amd64 with modules)
+#        VM_MEMORY=2G VM_CPUS=2      guest size
+#        VM_TIMEOUT=3600             seconds before the whole run is abandoned
+# needs: Debian packages linux-image-amd64 qemu-system-x86 busybox-static; virtme-ng in the venv.
+# Exit status: pytest's (5 = no kernelvm tests collected), or 2 when the VM could not be started.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+export PATH="$VENV/bin:$PATH"   # vng execs virtme-run from the venv
+
+die() { echo "tests/vm/run.sh: $*" >&2; exit 2; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (network namespaces, module loading in the guest)"
+command -v vng >/dev/null || die "virtme-ng missing: $VENV/bin/pip install virtme-ng"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86 missing: apt-get install qemu-system-x86"
+[ -x /bin/busybox ] || command -v busybox >/dev/null || die "busybox-static missing: apt-get install busybox-static"
+
+pick_kernel() {
+    local k v best=""
+    for k in /boot/vmlinuz-*-amd64; do
+        [ -e "$k" ] || continue
+        v="${k#/boot/vmlinuz-}"
+        [ -d "/lib/modules/$v/kernel" ] && best="$k"   # glob order is version order for Debian's names
+    done
+    echo "$best"
+}
+KERNEL="${VM_KERNEL:-$(pick_kernel)}"
+[ -n "$KERNEL" ] && [ -r "$KERNEL" ] || die "no Debian kernel with modules found: apt-get install linux-image-amd64"
+KVER="${KERNEL#/boot/vmlinuz-}"
+
+# The guest sees / read-only; results come back through one writable directory.
+OUT="$(mktemp -d /tmp/rcn-vm.XXXXXX)"
+trap 'rm -rf "$OUT"' EXIT
+
+# What runs inside the guest: check the modules load, then pytest against the project's venv.
+cat >"$OUT/guest.sh" <<EOF
+#!/bin/bash
+cd "$ROOT"
+echo "guest kernel \$(uname -r)"
+for m in ipvlan 8021q dummy vrf; do
+    modprobe "\$m" 2>>"$OUT/modprobe.err" || echo "guest: modprobe \$m failed" >&2
+done
+export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 RCN_IN_VM=1 TMPDIR=/tmp
+"$VENV/bin/python" -m pytest -p no:cacheprovider -m kernelvm -o addopts="" -ra \
+    --junitxml="$OUT/junit.xml" "\$@" 2>&1 | tee "$OUT/pytest.log"
+rc=\${PIPESTATUS[0]}
+echo "\$rc" >"$OUT/rc"
+exit "\$rc"
+EOF
+chmod +x "$OUT/guest.sh"
+
+echo "booting $KVER under virtme-ng (emulated, no KVM): this takes a while"
+start=$(date +%s)
+set +e
+timeout "${VM_TIMEOUT:-3600}" vng --disable-kvm --run "$KERNEL" --user root \
+    --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}" --rwdir "$OUT" --cwd "$ROOT" \
+    -- "$OUT/guest.sh" "$@" </dev/null >"$OUT/console.log" 2>&1
+vng_rc=$?
+set -e
+elapsed=$(( $(date +%s) - start ))
+
+if [ ! -s "$OUT/rc" ]; then
+    echo "tests/vm/run.sh: the guest did not report a pytest result (vng exit $vng_rc after ${elapsed}s):" >&2
+    tail -n 40 "$OUT/console.log" >&2
+    exit 2
+fi
+rc=$(cat "$OUT/rc")
+cat "$OUT/pytest.log"
+[ -s "$OUT/modprobe.err" ] && { echo "--- modprobe errors in the guest:"; cat "$OUT/modprobe.err"; }
+echo "kernelvm tests in $KVER: pytest exit $rc, ${elapsed}s including boot"
+exit "$rc"
