@@ -1,0 +1,93 @@
+"""The launcher <-> daemon wire format: small, binary, standard library only.
+
+Request:  b"RCN1" + u32 count + count x (u32 length + bytes), the fields being
+          plugin type, stdin, then alternating environment keys and values.
+Reply:    u32 exit status + u32 length + the plugin's stdout, byte for byte.
+All integers big-endian. Requests over MAX_REQUEST bytes are refused.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAGIC = b"RCN1"
+MAX_REQUEST = 4 * 1024 * 1024
+MAX_FIELDS = 512
+
+
+class WireError(ValueError):
+    """A malformed or oversized request."""
+
+
+class Request:
+    """One decoded request (a plain class: this module is on the launcher's start-up path)."""
+
+    __slots__ = ("plugin_type", "stdin", "env")
+
+    def __init__(self, plugin_type: str, stdin: bytes, env: dict[str, str]) -> None:
+        self.plugin_type = plugin_type
+        self.stdin = stdin
+        self.env = env
+
+
+def encode_request(plugin_type: str, stdin: bytes, env: dict[str, str]) -> bytes:
+    fields = [plugin_type.encode(), stdin]
+    for key, value in env.items():
+        fields += [key.encode(), value.encode()]
+    body = b"".join(struct.pack("!I", len(f)) + f for f in fields)
+    return MAGIC + struct.pack("!I", len(fields)) + body
+
+
+def _read(stream,  # noqa: ANN001 - a binary file object
+           size: int, budget: list[int]) -> bytes:
+    budget[0] -= size
+    if budget[0] < 0:
+        raise WireError(f"request exceeds {MAX_REQUEST} bytes")
+    data = stream.read(size)
+    if len(data) != size:
+        raise WireError("truncated request")
+    return data
+
+
+def read_request(stream) -> Request:  # noqa: ANN001
+    budget = [MAX_REQUEST]
+    if _read(stream, 4, budget) != MAGIC:
+        raise WireError("bad magic")
+    (count,) = struct.unpack("!I", _read(stream, 4, budget))
+    if count < 2 or count > MAX_FIELDS or count % 2:
+        raise WireError(f"bad field count {count}")
+    fields = []
+    for _ in range(count):
+        (size,) = struct.unpack("!I", _read(stream, 4, budget))
+        fields.append(_read(stream, size, budget))
+    try:
+        ptype = fields[0].decode()
+        env = {fields[i].decode(): fields[i + 1].decode() for i in range(2, count, 2)}
+    except UnicodeDecodeError as exc:
+        raise WireError("fields must be UTF-8") from exc
+    if not ptype or "/" in ptype:
+        raise WireError(f"bad plugin type {ptype!r}")
+    env = {k: v for k, v in env.items() if k.startswith(("CNI_", "RECONCILER_")) and "\0" not in k + v}
+    return Request(ptype, fields[1], env)
+
+
+def write_reply(sock, code: int, out: bytes) -> None:  # noqa: ANN001 - a socket.socket
+    sock.sendall(struct.pack("!II", code, len(out)) + out)
+
+
+def read_reply(sock) -> tuple[int, bytes]:  # noqa: ANN001 - a _socket.socket
+    """(exit status, stdout) from the daemon; ConnectionError if it hung up."""
+    head = _recv_exact(sock, 8)
+    code, size = struct.unpack("!II", head)
+    return code, _recv_exact(sock, size)
+
+
+def _recv_exact(sock, size: int) -> bytes:  # noqa: ANN001
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 65536))
+        if not chunk:
+            raise ConnectionError("daemon closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
