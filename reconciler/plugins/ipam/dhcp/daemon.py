@@ -279,20 +279,26 @@ class Daemon:
                 await self.release(req)
             path.unlink(missing_ok=True)
 
-    async def _resume(self) -> None:
-        """Restart the clients of every stored lease whose netns is still there."""
+    def _load(self) -> None:
+        """Track every stored lease whose netns is still there; forget the others."""
         for record in self.store.load_all():
-            entry = Entry(record=record)
+            key = str(record["key"])
+            nsid = netns_identity(str(record.get("netns", "")))
+            if nsid is None or list(nsid) != list(record.get("netns_id") or []):
+                log.info("dhcp: %s: netns %s is gone, forgetting its lease", key, record.get("netns"))
+                self.store.forget(key)
+                continue
+            self.entries[key] = Entry(record=record)
+
+    async def _resume(self) -> None:
+        """Restart the client of every loaded lease (INIT-REBOOT: ask for the same address)."""
+        for entry in list(self.entries.values()):
+            if entry.session is not None:
+                continue
+            stored = entry.record.get("lease")
+            if not _fresh(stored):
+                stored = None
             try:
-                nsid = netns_identity(record["netns"])
-                if nsid is None or list(nsid) != list(record.get("netns_id") or []):
-                    log.info("dhcp: %s: netns %s is gone, forgetting its lease", entry.key, record["netns"])
-                    self.store.forget(entry.key)
-                    continue
-                stored = record.get("lease")
-                if not _fresh(stored):
-                    stored = None
-                self.entries[entry.key] = entry
                 entry.session = self._session(entry, stored)
                 await entry.session.start()
                 log.info("dhcp: %s: resumed lease %s", entry.key, (stored or {}).get("ack", {}).get("yiaddr"))
@@ -362,7 +368,8 @@ class Daemon:
 
     async def run(self) -> None:
         self._claim_socket()
-        await self._drain_releases()
+        self._load()
+        await self._drain_releases()  # releases queued while we were down go before resuming
         await self._resume()
         old_umask = os.umask(0o177)
         try:

@@ -1,0 +1,205 @@
+"""dhcp IPAM against a real DHCP server: leases, traffic, release, renewal, daemon restarts, timeouts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cnitest import exec_plugin
+from tests.conftest import run
+from tests.plugins.dhcp.conftest import SERVER_IP, daemon_request, netconf, ping, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def dhcp_exec(plugin_dir: Path, command: str, conf: dict, netns: str, cid: str = "ctr1", **kw):
+    return exec_plugin(plugin_dir / "dhcp", command, conf, netns=netns, container_id=cid,
+                       cni_path=f"{plugin_dir}:/usr/lib/cni", **kw)
+
+
+def client_hex(cid: str) -> str:
+    """dnsmasq's rendering of our client identifier (type 0 + '<cid>/<network>/eth0')."""
+    raw = b"\x00" + f"{cid}/rcn-dhcp-net/eth0".encode()
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def lease_of(server, cid: str) -> list[str] | None:
+    for line in server.leases():
+        if len(line) >= 5 and line[4] == client_hex(cid):
+            return line
+    return None
+
+
+def test_add_ping_check_release(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    server = dnsmasq("--dhcp-option=121,10.99.0.0/16,10.77.0.1,0.0.0.0/0,10.77.0.1")
+    daemon = dhcp_daemon()
+    assert stat.S_IMODE(os.stat(daemon.socket_path).st_mode) == 0o600
+    ctr, path = lan.container()
+    conf = netconf(daemon.socket_path, provide=[{"option": "host-name", "value": "rcn-web"}], priority=7)
+
+    started = time.monotonic()
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    add_seconds = time.monotonic() - started
+    assert res.code == 0, res.stdout + res.stderr
+    result = res.json
+    address = result["ips"][0]["address"]
+    ip = address.split("/")[0]
+    assert address.endswith("/24") and ip.startswith("10.77.0.")
+    assert result["ips"][0]["gateway"] == SERVER_IP
+    assert {"dst": "10.99.0.0/16", "gw": SERVER_IP, "priority": 7} in result["routes"]
+    assert {"dst": "0.0.0.0/0", "gw": SERVER_IP, "priority": 7} in result["routes"]
+    print(f"ADD latency: {add_seconds:.2f}s")
+
+    line = wait_for(lambda: lease_of(server, "ctr1"), 10, "the lease in dnsmasq's lease file")
+    assert line[2] == ip and line[3] == "rcn-web"
+
+    # The container uses the address (the main plugin's job; done by hand here) and reaches the server.
+    run("ip", "-n", ctr, "addr", "add", address, "dev", "eth0")
+    run("ip", "-n", ctr, "link", "set", "eth0", "up")
+    assert ping(ctr, SERVER_IP)
+
+    assert dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=result), path).code == 0
+    again = dhcp_exec(plugin_dir, "ADD", conf, path)  # the same attachment again: the same lease
+    assert again.code == 0 and again.json["ips"][0]["address"] == address
+
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+    wait_for(lambda: lease_of(server, "ctr1") is None, 20, "dnsmasq to drop the released lease")
+    assert server.count("DHCPRELEASE", ip) == 1
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0  # DEL twice
+    gone = dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=result), path)
+    assert gone.code != 0 and "no lease held" in gone.json["msg"]
+
+
+def test_reference_macvlan_delegates_to_our_dhcp(lan, dnsmasq, dhcp_daemon, plugin_dir, reference_plugins):
+    server = dnsmasq()
+    daemon = dhcp_daemon()
+    ctr, path = lan.container()
+    run("ip", "-n", ctr, "link", "delete", "eth0")  # the reference macvlan makes its own
+    conf = netconf(daemon.socket_path)
+    ref = reference_plugins / "macvlan"
+    res = exec_plugin(ref, "ADD", conf, netns=path, cni_path=f"{plugin_dir}:{reference_plugins}",
+                      netns_exec=lan.host_ns, container_id="ctr2")
+    assert res.code == 0, res.stdout + res.stderr
+    ip = res.json["ips"][0]["address"].split("/")[0]
+    assert ping(ctr, SERVER_IP)
+    assert lease_of(server, "ctr2")[2] == ip
+    res = exec_plugin(ref, "DEL", conf, netns=path, cni_path=f"{plugin_dir}:{reference_plugins}",
+                      netns_exec=lan.host_ns, container_id="ctr2")
+    assert res.code == 0, res.stdout + res.stderr
+    wait_for(lambda: lease_of(server, "ctr2") is None, 20, "the release")
+
+
+def test_renews_at_t1(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    server = dnsmasq("--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
+    daemon = dhcp_daemon()
+    _, path = lan.container()
+    conf = netconf(daemon.socket_path)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    ip = res.json["ips"][0]["address"].split("/")[0]
+    acks = server.count("DHCPACK", ip)
+    # Renewals are DHCPREQUESTs for the held address, each ACKed by the server.
+    wait_for(lambda: server.count("DHCPACK", ip) >= acks + 2, 30, "two renewals")
+    assert dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+
+
+def test_daemon_restart_keeps_address(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    server = dnsmasq("--dhcp-option=option:T1,4", "--dhcp-option=option:T2,8")
+    first = dhcp_daemon(via="cli")
+    _, path = lan.container()
+    conf = netconf(first.socket_path)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    ip = res.json["ips"][0]["address"].split("/")[0]
+
+    first.stop(signal.SIGKILL)  # a crash: the socket file stays behind
+    assert os.path.exists(first.socket_path)
+    requests = server.count("DHCPREQUEST", ip)
+    second = dhcp_daemon(via="plugin")  # replaces the stale socket, resumes from the lease store
+    wait_for(lambda: server.count("DHCPACK", ip) > requests and server.count("DHCPREQUEST", ip) > requests,
+             30, "the resumed lease to be renewed")
+    wait_for(lambda: dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0,
+             20, "CHECK to pass after the restart")
+    again = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert again.code == 0 and again.json["ips"][0]["address"] == res.json["ips"][0]["address"]
+    assert server.count("DHCPDISCOVER") == 1  # never had to start over
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+    assert second.stop() == 0
+    assert not os.path.exists(second.socket_path)
+
+
+def test_del_while_daemon_down_is_queued(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    server = dnsmasq()
+    daemon = dhcp_daemon()
+    _, path = lan.container()
+    conf = netconf(daemon.socket_path)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    ip = res.json["ips"][0]["address"].split("/")[0]
+    assert daemon.stop() == 0
+
+    down = dhcp_exec(plugin_dir, "DEL", conf, path)
+    assert down.code == 0, down.stdout + down.stderr  # the reference fails here
+    queue = Path(f"{daemon.socket_path}.d") / "releases"
+    assert len(list(queue.glob("*.json"))) == 1
+    assert lease_of(server, "ctr1") is not None
+
+    dhcp_daemon()
+    wait_for(lambda: lease_of(server, "ctr1") is None, 20, "the queued release")
+    assert server.count("DHCPRELEASE", ip) == 1
+    assert list(queue.glob("*.json")) == []
+
+
+def test_no_server_fails_within_timeout(lan, dhcp_daemon, plugin_dir):
+    daemon = dhcp_daemon()
+    _, path = lan.container()
+    conf = netconf(daemon.socket_path, timeout=3)
+    started = time.monotonic()
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    elapsed = time.monotonic() - started
+    assert res.code == 1 and res.json["code"] == 11, res.stdout
+    assert "no DHCP lease for eth0" in res.json["msg"] and "within 3s" in res.json["msg"]
+    print(f"no-server ADD failed after {elapsed:.2f}s (timeout 3s)")
+    assert elapsed < 3 + 10
+    assert daemon_request(daemon.socket_path, {"op": "status"})["leases"] == 0
+    assert list((Path(f"{daemon.socket_path}.d") / "leases").glob("*.json")) == []
+
+
+def test_daemon_not_running(lan, plugin_dir, tmp_path):
+    _, path = lan.container()
+    sock = str(tmp_path / "nobody.sock")
+    res = dhcp_exec(plugin_dir, "ADD", netconf(sock), path)
+    assert res.code == 1 and res.json["code"] == 11
+    assert f"dhcp daemon not running at {sock}" in res.json["msg"] and "dhcp daemon -socketpath" in res.json["msg"]
+    status = dhcp_exec(plugin_dir, "STATUS", netconf(sock, version="1.1.0"), "")
+    assert status.code == 1 and status.json["code"] == 50
+    assert dhcp_exec(plugin_dir, "DEL", netconf(sock), path).code == 0
+
+
+def test_status_and_live_socket_is_kept(lan, dhcp_daemon, plugin_dir):
+    daemon = dhcp_daemon()
+    assert dhcp_exec(plugin_dir, "STATUS", netconf(daemon.socket_path, version="1.1.0"), "").code == 0
+    rival = dhcp_daemon(socket_path=daemon.socket_path, via="cli", wait=False)
+    assert rival.proc.wait(20) == 1
+    assert "already listening" in rival.log.read_text()
+    assert daemon_request(daemon.socket_path, {"op": "status"})["ok"] is True
+
+
+def test_container_netns_vanishes(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    dnsmasq()
+    daemon = dhcp_daemon()
+    ctr, path = lan.container()
+    conf = netconf(daemon.socket_path)
+    assert dhcp_exec(plugin_dir, "ADD", conf, path).code == 0
+    run("ip", "netns", "delete", ctr)
+    lan.containers.remove(ctr)
+    wait_for(lambda: "netns vanished" in daemon.log.read_text(), 20, "the daemon to notice")
+    assert daemon_request(daemon.socket_path, {"op": "status"})["ok"] is True
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+    assert daemon.proc.poll() is None
