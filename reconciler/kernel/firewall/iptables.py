@@ -129,7 +129,7 @@ class Session:
             raise ValueError(f"invalid iptables rule {render(args)}: {exc}") from exc
         return rule
 
-    def _same(self, existing: Any, wanted: Any) -> bool:
+    def same(self, existing: Any, wanted: Any) -> bool:
         """Equal rules: addresses, interfaces, matches (by buffer), target name and saved options."""
         for attr in ("src", "dst", "protocol", "in_interface", "out_interface"):
             if getattr(existing, attr) != getattr(wanted, attr):
@@ -145,7 +145,7 @@ class Session:
         """Position of the first rule equal to `args` in `chain`, or -1."""
         wanted = self.build(args)
         for pos, rule in enumerate(self.rules(chain)):
-            if self._same(rule, wanted):
+            if self.same(rule, wanted):
                 return pos
         return -1
 
@@ -179,6 +179,19 @@ class Session:
         self._changed(chain)
         return True
 
+    def replace_rules(self, chain: str, rules: Sequence[Args]) -> bool:
+        """Make `chain` hold exactly `rules`, in order; False if it already did."""
+        have = self.rules(chain)
+        wanted = [self.build(r) for r in rules]
+        if len(have) == len(wanted) and all(self.same(h, w) for h, w in zip(have, wanted, strict=True)):
+            return False
+        if have:
+            self._table.flush_entries(chain)
+        for rule in wanted:
+            self._chain(chain).append_rule(rule)
+        self._changed(chain)
+        return True
+
     def delete_where(self, chain: str, pred: Callable[[Any], bool]) -> int:
         """Delete every rule of `chain` for which `pred(rule)` holds; returns the count."""
         victims = [r for r in self.rules(chain) if pred(r)]
@@ -190,7 +203,7 @@ class Session:
 
     def delete(self, chain: str, args: Args) -> int:
         wanted = self.build(args)
-        return self.delete_where(chain, lambda r: self._same(r, wanted))
+        return self.delete_where(chain, lambda r: self.same(r, wanted))
 
     def delete_jumps(self, chain: str, target: str) -> int:
         return self.delete_where(chain, lambda r: self.target_of(r) == target)

@@ -103,6 +103,10 @@ class Nft:
         out = self._run(json.dumps({"nftables": commands}))
         return json.loads(out).get("nftables", []) if out.strip() else []
 
+    def run_text(self, script: str) -> None:
+        """Apply an nft script (the `nft -f` language) as one atomic transaction."""
+        self._run(script)
+
     def table(self, family: str, name: str) -> TableView | None:
         """The table with its chains and rules, or None if it does not exist."""
         try:
