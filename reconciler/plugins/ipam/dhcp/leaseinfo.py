@@ -41,14 +41,12 @@ def classless_routes(data: list[int]) -> list[dict[str, Any]]:
 
 
 def static_routes(data: list[int]) -> list[dict[str, Any]]:
-    """Decode option 33: pairs of (classful destination host/net, router)."""
+    """Decode option 33: pairs of (destination, router); the destination's class gives its mask."""
     routes = []
     for i in range(0, len(data) - len(data) % 8, 8):
         dst = ipaddress.IPv4Address(bytes(data[i : i + 4]))
         first = int(dst) >> 24
         prefix = 8 if first < 128 else 16 if first < 192 else 24
-        if int(dst) & ((1 << (32 - prefix)) - 1):
-            prefix = 32  # host bits set: a host route
         routes.append(
             {"dst": str(ipaddress.IPv4Network((dst, prefix), strict=False)), "gw": _ip(data[i + 4 : i + 8])}
         )
