@@ -48,6 +48,11 @@ class Dnsmasq:
     proc: subprocess.Popen
     leasefile: Path
     logfile: Path
+    pidfile: Path | None = None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
     def leases(self) -> list[list[str]]:
         try:
@@ -110,19 +115,20 @@ def dnsmasq(lan):
     """start(*extra_options) -> Dnsmasq serving 10.77.0.50-150 (2 min leases) on the LAN."""
     procs: list[subprocess.Popen] = []
 
-    def start(*extra: str, lease: str = "2m") -> Dnsmasq:
-        leasefile = lan.tmp / "dnsmasq.leases"
-        logfile = lan.tmp / "dnsmasq.log"
+    def start(*extra: str, lease: str = "2m", pool: str = "10.77.0.50,10.77.0.150") -> Dnsmasq:
+        leasefile = lan.tmp / f"dnsmasq{len(procs)}.leases"
+        logfile = lan.tmp / f"dnsmasq{len(procs)}.log"
         cmd = [
             "ip", "netns", "exec", lan.net_ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
             "--port=0", "--interface=rcnsrv0", "--bind-interfaces", "--user=root", "--no-ping",
-            "--dhcp-authoritative", f"--dhcp-range=10.77.0.50,10.77.0.150,255.255.255.0,{lease}",
+            "--dhcp-authoritative", f"--dhcp-range={pool},255.255.255.0,{lease}",
             f"--dhcp-option=option:router,{SERVER_IP}", f"--dhcp-leasefile={leasefile}",
             f"--pid-file={lan.tmp / 'dnsmasq.pid'}", "--log-dhcp", f"--log-facility={logfile}", *extra,
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
         server = Dnsmasq(proc, leasefile, logfile)
+        server.pidfile = lan.tmp / "dnsmasq.pid"
         wait_for(lambda: "DHCP, sockets bound" in server.log() or proc.poll() is not None, 10, "dnsmasq to start")
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "dnsmasq exited"
         return server

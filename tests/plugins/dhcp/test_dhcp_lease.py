@@ -203,3 +203,24 @@ def test_container_netns_vanishes(lan, dnsmasq, dhcp_daemon, plugin_dir):
     assert daemon_request(daemon.socket_path, {"op": "status"})["ok"] is True
     assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
     assert daemon.proc.poll() is None
+
+
+def test_lost_lease_is_reported(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    first = dnsmasq("--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
+    daemon = dhcp_daemon()
+    _, path = lan.container()
+    conf = netconf(daemon.socket_path)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    first.stop()
+    # A new authoritative server that does not know the lease: it NAKs the renewal.
+    second = dnsmasq("--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6", pool="10.77.0.200,10.77.0.250")
+    wait_for(lambda: second.count("DHCPNAK") >= 1, 30, "the new server to refuse the renewal")
+    wait_for(lambda: "lease lost" in daemon.log.read_text(), 20, "the loss in the daemon's log")
+
+    def check_fails() -> bool:
+        out = dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path)
+        return out.code != 0 and ("lost" in out.json["msg"] or "not " in out.json["msg"])
+
+    wait_for(check_fails, 20, "CHECK to report the lost lease")
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
