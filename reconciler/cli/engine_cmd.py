@@ -82,6 +82,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ReconcilerError as err:
         return _fail(str(err))
     _emit(args, plan.to_json(), render_plan(plan, args.verbose))
+    if plan.errors:
+        return 1  # broken spec files are an error, whatever else the plan holds
     return 2 if plan.has_changes else 0
 
 

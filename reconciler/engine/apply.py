@@ -22,7 +22,7 @@ from reconciler.engine.journal import Intent, Journal
 from reconciler.engine.observe import Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
-from reconciler.engine.specs import Attachment, Specs, load_specs
+from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
 from reconciler.errors import CNIError, LockBusy, StateError
 from reconciler.kernel import namespaces
 
@@ -256,7 +256,7 @@ class Engine:
                 key=att.key, network=att.network, id=att.id, ifname=att.ifname, netns=att.netns,
                 netns_path=att.netns_path, owns_netns=att.owns_netns or att.netns in self.inventory.namespaces(),
                 file=att.file, network_file=network.source, fingerprint=att.fingerprint(network),
-                ips=[ip.address for ip in result.ips], applied_at=time.time(),
+                ips=[ip.address for ip in result.ips], applied_at=time.time(), network_hash=network_hash(network),
             )
             drift = self._verify(rec)
             if drift:

@@ -59,6 +59,7 @@ class Record:
     network_file: str
     fingerprint: str
     ips: list[str] = field(default_factory=list)
+    network_hash: str = ""
     applied_at: float = 0.0
 
     @classmethod

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reconciler.engine.inventory import Record
-from reconciler.engine.specs import Specs
+from reconciler.engine.specs import Specs, network_hash
 
 ORDER = {"delete": 0, "replace": 1, "repair": 2, "add": 3}
 
@@ -93,8 +93,14 @@ def make_plan(
         if rec is None:
             step.kind, step.why = "add", "missing"
         elif rec.fingerprint != att.fingerprint(specs.networks[att.network]):
-            changed = "its netns" if rec.netns != att.netns else "its network config or attachment spec"
-            step.kind, step.why = "replace", f"{changed} changed"
+            network = specs.networks[att.network]
+            if rec.netns != att.netns:
+                changed = f"its netns changed ({rec.netns} -> {att.netns})"
+            elif rec.network_hash and rec.network_hash != network_hash(network):
+                changed = f"network {att.network} changed ({network.source})"
+            else:
+                changed = "its attachment spec changed (args, capabilities)"
+            step.kind, step.why = "replace", changed
         elif drift.get(key):
             step.drift = list(drift[key])
             if backoff_until.get(key, 0.0) > now:

@@ -146,6 +146,10 @@ class Specs:
         )
 
 
+def network_hash(network: NetworkConfigList) -> str:
+    return hashlib.sha256(network.raw).hexdigest()[:16]
+
+
 def attachment_key(network: str, container_id: str, ifname: str) -> str:
     return f"{network}/{container_id}/{ifname}"
 
