@@ -51,10 +51,24 @@ def test_bridge_example(plugin_dir, reference_plugins, make_netns, tmp_path) -> 
 
 @pytest.mark.skipif("host-local" not in implemented(), reason="not built yet")
 def test_host_local_example(plugin_dir, reference_plugins, netns, tmp_path) -> None:
-    results = {}
+    """The handbook's subnet 10.1.2.3/24 has host bits set: the reference refuses it with code 999;
+    ours refuses it too, with code 7 naming the field and the network address to use. Nothing is written."""
+    answers = {}
     for label, bindir in (("ours", plugin_dir), ("reference", reference_plugins)):
         conf = json.loads(json.dumps(HOSTLOCAL_EXAMPLE))
         conf["ipam"]["dataDir"] = str(tmp_path / label)
+        answers[label] = exec_plugin(bindir / "host-local", "ADD", conf, netns=netns, ifname="a",
+                                     container_id="a", cni_path=bindir)
+        assert answers[label].code == 1
+        assert not (tmp_path / label / "a").exists() or not any((tmp_path / label / "a").glob("10.*"))
+    assert answers["reference"].json["code"] == 999
+    ours = answers["ours"].json
+    assert ours["code"] == 7 and "ipam.subnet" in ours["msg"] and "10.1.2.0" in ours["msg"]
+    # With the network address it works, and agrees with the reference.
+    results = {}
+    for label, bindir in (("ours", plugin_dir), ("reference", reference_plugins)):
+        conf = json.loads(json.dumps(HOSTLOCAL_EXAMPLE))
+        conf["ipam"].update(subnet="10.1.2.0/24", dataDir=str(tmp_path / f"{label}-ok"))
         res = exec_plugin(bindir / "host-local", "ADD", conf, netns=netns, ifname="a", container_id="a",
                           cni_path=bindir)
         assert res.code == 0, res.stdout + res.stderr
