@@ -20,6 +20,7 @@ from reconciler.kernel.netns import KernelError, LinkNotFound
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
 IFF_LOWER_UP = 0x10000
+MACVLAN_MODES = ("private", "vepa", "bridge", "passthru", "source")
 SAME = "<same netns>"  # default target: create the link where its parent is
 
 
@@ -247,6 +248,8 @@ def create_macvlan(
     target_netns: str | None = SAME, mtu: int | None = None, mac: str | None = None,
 ) -> Link:
     """A macvlan on `parent` (modes private, vepa, bridge, passthru), created directly in `target_netns`."""
+    if mode not in MACVLAN_MODES:
+        raise KernelError(errno.EINVAL, f"unknown macvlan mode {mode!r}")
     return _create_on_parent("macvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
                              mac=mac, macvlan_mode=mode)
 
@@ -256,6 +259,8 @@ def create_ipvlan(
     target_netns: str | None = SAME, mtu: int | None = None,
 ) -> Link:
     modes = {"l2": 0, "l3": 1, "l3s": 2}
+    if mode not in modes:
+        raise KernelError(errno.EINVAL, f"unknown ipvlan mode {mode!r}")
     return _create_on_parent("ipvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
                              mac=None, mode=modes[mode])
 

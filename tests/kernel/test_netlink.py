@@ -1,0 +1,162 @@
+"""The kernel layer against the real kernel, inside test namespaces only."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+import pytest
+
+from reconciler.kernel import addrs, links, routes, snapshot, sysctl
+from reconciler.kernel import netns as nsmod
+from reconciler.kernel.links import LinkExists
+from reconciler.kernel.netns import KernelError, LinkNotFound, NetnsNotFound
+from tests.conftest import run
+
+
+@pytest.fixture
+def two(make_netns):
+    (hn, hp), (cn, cp) = make_netns("rcn-h-"), make_netns()
+    return hn, hp, cn, cp
+
+
+def test_netns_exists_and_run_in(make_netns):
+    name, path = make_netns()
+    assert nsmod.exists(path) and nsmod.exists(name)
+    assert not nsmod.exists("/run/netns/rcn-none-such") and not nsmod.exists("/etc/hostname")
+    assert nsmod.run_in(path, sysctl._read_many, ["net/ipv4/ip_forward"]) == {"net/ipv4/ip_forward": "0"}
+    with pytest.raises(NetnsNotFound):
+        links.list_links("/run/netns/rcn-none-such")
+    assert "rcn-none-such" not in nsmod.list_named()  # never created by a lookup
+
+
+def test_veth_across_namespaces(two):
+    hn, hp, cn, cp = two
+    with nsmod.session():
+        host, cont = links.create_veth("rcnv0", "eth0", netns=hp, peer_netns=cp, mtu=1400, peer_mac="0a:58:00:00:00:07")
+        assert host.kind == cont.kind == "veth" and host.mtu == cont.mtu == 1400
+        assert cont.mac == "0a:58:00:00:00:07"
+        assert host.link == cont.index and cont.link == host.index
+        assert links.peer_index("eth0", cp) == host.index
+        with pytest.raises(LinkExists):
+            links.create_veth("rcnv0", "eth1", netns=hp, peer_netns=cp)
+        assert links.find("eth1", cp) is None
+        assert links.delete("eth0", cp) is True
+        assert links.find("rcnv0", hp) is None  # the pair went together
+        assert links.delete("eth0", cp) is False
+
+
+def test_bridge_ensure_port_flags_and_errors(two):
+    hn, hp, cn, cp = two
+    br, created = links.ensure_bridge("rcnbr0", netns=hp, mtu=1450)
+    assert created and br.kind == "bridge" and br.mtu == 1450
+    assert links.ensure_bridge("rcnbr0", netns=hp) == (links.get("rcnbr0", hp), False)
+    links.create_veth("rcnv1", "rcnv1p", netns=hp, peer_netns=hp)
+    with pytest.raises(KernelError, match="not a bridge"):
+        links.ensure_bridge("rcnv1", netns=hp)
+    links.set_master("rcnv1", "rcnbr0", hp)
+    links.set_bridge_port("rcnv1", hp, hairpin=True, isolated=True)
+    links.set_promisc("rcnbr0", True, hp)
+    port = links.get("rcnv1", hp)
+    assert port.master == br.index and port.hairpin and port.isolated and port.slave_kind == "bridge"
+    assert links.get("rcnbr0", hp).promisc
+    links.set_master("rcnv1", None, hp)
+    assert links.get("rcnv1", hp).master is None
+    with pytest.raises(LinkNotFound):
+        links.set_up("rcn-nothere", hp)
+
+
+def test_bridge_created_once_under_concurrency(make_netns):
+    _, hp = make_netns("rcn-h-")
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(links.ensure_bridge("rcnbr1", netns=hp)[1]))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1 and len(results) == 6
+
+
+def test_macvlan_into_another_namespace_and_move_rename(two):
+    hn, hp, cn, cp = two
+    links.create_veth("rcnm0", "rcnm0p", netns=hp, peer_netns=hp)
+    mv = links.create_macvlan("rcntmp1", "rcnm0", "private", netns=hp, target_netns=cp, mtu=1300)
+    assert mv.kind == "macvlan" and mv.macvlan_mode == "private" and mv.mtu == 1300
+    links.rename("rcntmp1", "eth0", cp)
+    links.move("eth0", hp, netns=cp, new_name="rcnback")
+    assert links.find("rcnback", hp) is not None and links.find("eth0", cp) is None
+    with pytest.raises(KernelError):
+        links.create_macvlan("rcnx", "rcnm0", "nonsense-mode", netns=hp)
+
+
+def test_addresses_idempotent_and_dad_settles(two):
+    hn, hp, cn, cp = two
+    links.create_veth("rcna0", "rcna1", netns=cp, peer_netns=cp)
+    assert addrs.add("rcna0", "10.61.0.2/24", cp) is True
+    assert addrs.add("rcna0", "10.61.0.2/24", cp) is False
+    assert addrs.add("rcna0", "fd00:61::2/64", cp) is True
+    links.set_up("rcna1", cp)
+    links.set_up("rcna0", cp)
+    addrs.settle("rcna0", cp)
+    found = {a.address for a in addrs.list_addrs(cp, "rcna0") if a.is_global}
+    assert found == {ipaddress.ip_interface("10.61.0.2/24"), ipaddress.ip_interface("fd00:61::2/64")}
+    assert not any(a.tentative for a in addrs.list_addrs(cp, "rcna0", family=6))
+    assert addrs.delete("rcna0", "10.61.0.2/24", cp) is True
+    assert addrs.delete("rcna0", "10.61.0.2/24", cp) is False
+    assert addrs.delete("rcn-gone", "10.61.0.2/24", cp) is False
+
+
+def test_routes_tables_rules_lookup(two):
+    hn, hp, cn, cp = two
+    links.create_veth("rcnr0", "rcnr1", netns=cp, peer_netns=cp)
+    addrs.add("rcnr0", "10.62.0.2/24", cp)
+    links.set_up("rcnr1", cp)
+    links.set_up("rcnr0", cp)
+    assert routes.add("0.0.0.0/0", gateway="10.62.0.1", ifname="rcnr0", netns=cp) is True
+    assert routes.add("0.0.0.0/0", gateway="10.62.0.1", ifname="rcnr0", netns=cp) is False
+    assert routes.add("10.63.0.0/16", gateway="10.62.0.1", ifname="rcnr0", netns=cp, table=100, metric=50)
+    assert routes.add("10.62.0.1/32", ifname="rcnr0", netns=cp, scope=routes.SCOPE_LINK, table=101)
+    t100 = routes.list_routes(cp, table=100)
+    assert [(str(r.dst), str(r.gateway), r.priority) for r in t100] == [("10.63.0.0/16", "10.62.0.1", 50)]
+    assert routes.lookup("10.99.1.1", cp).gateway == ipaddress.ip_address("10.62.0.1")
+    assert routes.default_route_ifname(cp) == "rcnr0"
+    assert routes.rule_add(100, src="10.62.0.2/32", priority=1000, netns=cp) is True
+    assert routes.rule_add(100, src="10.62.0.2/32", priority=1000, netns=cp) is False
+    assert any(r.table == 100 and str(r.src) == "10.62.0.2/32" for r in routes.list_rules(cp))
+    assert routes.rule_del(100, src="10.62.0.2/32", priority=1000, netns=cp) is True
+    assert routes.rule_del(100, src="10.62.0.2/32", priority=1000, netns=cp) is False
+    assert routes.delete("10.63.0.0/16", table=100, netns=cp) is True
+    assert routes.delete("10.63.0.0/16", table=100, netns=cp) is False
+    run("ip", "-n", cn, "link", "del", "rcnr0")
+    assert routes.default_route_ifname(cp) is None
+
+
+def test_sysctl_inside_the_right_namespace(two):
+    hn, hp, cn, cp = two
+    before = sysctl.read("net.ipv4.ip_forward")
+    sysctl.enable_forwarding(True, True, cp)
+    assert sysctl.read_many(["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"], cp) == {
+        "net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}
+    assert sysctl.read("net.ipv4.ip_forward", hp) == "0"
+    assert sysctl.read("net.ipv4.ip_forward") == before  # our own namespace untouched
+    links.create_veth("rcn.s0", "rcns1", netns=cp, peer_netns=cp)
+    assert sysctl.write(sysctl.key_for("net", "ipv4", "conf", "rcn.s0", "arp_notify"), 1, cp) == "0"
+    assert sysctl.read("net/ipv4/conf/rcn.s0/arp_notify", cp) == "1"
+    assert sysctl.read("net/ipv4/conf/nonexistent/arp_notify", cp) is None
+    with pytest.raises(ValueError):
+        sysctl.read("kernel.hostname", cp)
+
+
+def test_snapshot_reads_everything_once(two):
+    hn, hp, cn, cp = two
+    links.create_veth("rcnsn0", "rcnsn1", netns=cp, peer_netns=cp)
+    addrs.add("rcnsn0", "10.64.0.2/24", cp)
+    links.set_up("rcnsn0", cp)
+    links.set_up("rcnsn1", cp)
+    routes.add("10.65.0.0/16", gateway="10.64.0.1", ifname="rcnsn0", netns=cp)
+    snap = snapshot.snapshot(cp)
+    assert snap.link("rcnsn0").kind == "veth" and snap.link_by_index(snap.link("rcnsn0").link).name == "rcnsn1"
+    assert snap.has_address("rcnsn0", ipaddress.ip_interface("10.64.0.2/24"))
+    assert any(str(r.dst) == "10.65.0.0/16" for r in snap.routes_of("rcnsn0"))
+    assert snap.link("nothere") is None and snap.addrs_of("nothere") == []
