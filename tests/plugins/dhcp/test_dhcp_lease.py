@@ -183,12 +183,17 @@ def test_daemon_not_running(lan, plugin_dir, tmp_path):
 
 
 def test_status_and_live_socket_is_kept(lan, dhcp_daemon, plugin_dir):
-    daemon = dhcp_daemon()
+    pidfile = lan.tmp / "dhcp.pid"
+    daemon = dhcp_daemon(flags=("-pidfile", str(pidfile), "-timeout", "20s"))
     assert dhcp_exec(plugin_dir, "STATUS", netconf(daemon.socket_path, version="1.1.0"), "").code == 0
+    assert stat.S_IMODE(os.stat(Path(daemon.socket_path).parent).st_mode) == 0o700
+    assert pidfile.read_text().strip().isdigit()
     rival = dhcp_daemon(socket_path=daemon.socket_path, via="cli", wait=False)
     assert rival.proc.wait(20) == 1
     assert "already listening" in rival.log.read_text()
     assert daemon_request(daemon.socket_path, {"op": "status"})["ok"] is True
+    assert daemon.stop() == 0
+    assert not pidfile.exists() and not os.path.exists(daemon.socket_path)
 
 
 def test_container_netns_vanishes(lan, dnsmasq, dhcp_daemon, plugin_dir):
@@ -224,3 +229,47 @@ def test_lost_lease_is_reported(lan, dnsmasq, dhcp_daemon, plugin_dir):
 
     wait_for(check_fails, 20, "CHECK to report the lost lease")
     assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+
+
+def test_restarted_container_gets_its_address_back(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    """Same container ID in a new netns, without a DEL in between: the same address (INIT-REBOOT)."""
+    server = dnsmasq()
+    daemon = dhcp_daemon()
+    old_ns, old_path = lan.container()
+    conf = netconf(daemon.socket_path)
+    first = dhcp_exec(plugin_dir, "ADD", conf, old_path)
+    assert first.code == 0, first.stdout + first.stderr
+    run("ip", "netns", "delete", old_ns)
+    lan.containers.remove(old_ns)
+    _, new_path = lan.container()
+    second = dhcp_exec(plugin_dir, "ADD", conf, new_path)
+    assert second.code == 0, second.stdout + second.stderr
+    assert second.json["ips"] == first.json["ips"]
+    assert server.count("DHCPDISCOVER") == 1
+    assert dhcp_exec(plugin_dir, "DEL", conf, new_path).code == 0
+
+
+def test_parallel_containers_and_gc(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = dnsmasq()
+    daemon = dhcp_daemon()
+    conf = netconf(daemon.socket_path)
+    paths = [lan.container()[1] for _ in range(6)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(6) as pool:
+        runs = list(pool.map(lambda i: dhcp_exec(plugin_dir, "ADD", conf, paths[i], cid=f"par{i}"), range(6)))
+    elapsed = time.monotonic() - started
+    assert all(r.code == 0 for r in runs), [r.stdout + r.stderr for r in runs if r.code]
+    addresses = {r.json["ips"][0]["address"] for r in runs}
+    assert len(addresses) == 6
+    print(f"6 parallel ADDs: {elapsed:.2f}s")
+    wait_for(lambda: len(server.leases()) == 6, 10, "six leases at the server")
+
+    gc_conf = dict(netconf(daemon.socket_path, version="1.1.0"),
+                   **{"cni.dev/valid-attachments": [{"containerID": "par0", "ifname": "eth0"}]})
+    res = dhcp_exec(plugin_dir, "GC", gc_conf, "")
+    assert res.code == 0, res.stdout + res.stderr
+    wait_for(lambda: len(server.leases()) == 1, 20, "GC to release the five stale leases")
+    assert lease_of(server, "par0") is not None
+    assert daemon_request(daemon.socket_path, {"op": "status"})["leases"] == 1

@@ -110,6 +110,20 @@ def check(args: CmdArgs) -> None:
     _call(ipam.daemon_socket_path, request, 30.0)
 
 
+def gc(args: CmdArgs) -> None:
+    """Release this network's leases held for attachments not in `cni.dev/valid-attachments`."""
+    from reconciler.plugins.ipam.dhcp.config import client_id
+
+    ipam = _conf(args)
+    valid = args.config.get("cni.dev/valid-attachments") or []
+    keys = [
+        client_id(str(a.get("containerID", "")), args.network_name, str(a.get("ifname", "")))
+        for a in valid
+        if isinstance(a, dict)
+    ]
+    _call(ipam.daemon_socket_path, {"op": "gc", "network": args.network_name, "valid": keys}, 60.0)
+
+
 def status(args: CmdArgs) -> None:
     """Available when the daemon answers on its socket."""
     ipam = _conf(args)

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from reconciler.plugins.ipam.dhcp.config import DEFAULT_SOCKET
 
@@ -54,21 +53,16 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(stream=sys.stderr, level=os.environ.get("RECONCILER_LOG_LEVEL", "INFO").upper(),
                             format="%(asctime)s %(levelname)s %(message)s")
     socket_path = args.hostprefix.rstrip("/") + args.socket_path if args.hostprefix else args.socket_path
-    if args.pidfile:
-        if not os.path.isabs(args.pidfile):
-            log.error("dhcp: -pidfile must be an absolute path")
-            return 2
-        Path(args.pidfile).write_text(f"{os.getpid()}\n")
+    if args.pidfile and not os.path.isabs(args.pidfile):
+        log.error("dhcp: -pidfile must be an absolute path")
+        return 2
     daemon = Daemon(socket_path, state_dir=args.state_dir, timeout=args.timeout, resend_max=args.resend_max,
-                    broadcast=args.broadcast, hostprefix=args.hostprefix)
+                    broadcast=args.broadcast, hostprefix=args.hostprefix, pidfile=args.pidfile or None)
     try:
         asyncio.run(daemon.run())
     except RuntimeError as exc:
         log.error("dhcp: %s", exc)
         return 1
-    finally:
-        if args.pidfile:
-            Path(args.pidfile).unlink(missing_ok=True)
     return 0
 
 

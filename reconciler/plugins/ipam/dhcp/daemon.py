@@ -90,6 +90,7 @@ class Daemon:
         resend_max: float = 16.0,
         broadcast: bool = True,
         hostprefix: str = "",
+        pidfile: str | None = None,
     ) -> None:
         from reconciler.plugins.ipam.dhcp.store import state_dir_for
 
@@ -99,6 +100,7 @@ class Daemon:
         self.resend_max = resend_max
         self.broadcast = broadcast
         self.hostprefix = hostprefix.rstrip("/")
+        self.pidfile = Path(pidfile) if pidfile else None
         self.entries: dict[str, Entry] = {}
         self._stop = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
@@ -266,6 +268,18 @@ class Daemon:
             raise CNIError(INTERNAL, f"dhcp: lease of {key} is {summary['address']}, not {', '.join(expected)}")
         return {"ok": True, "lease": summary, "state": session.state, "expires_in": remaining}
 
+    async def gc(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Release this network's leases whose attachment is not in `valid`."""
+        network = _field(req, "network")
+        valid = req.get("valid")
+        if not isinstance(valid, list) or not all(isinstance(k, str) for k in valid):
+            raise _bad("field 'valid' must be a list of client identifiers")
+        stale = [k for k, e in self.entries.items() if e.record.get("network") == network and k not in set(valid)]
+        for key in stale:
+            log.info("dhcp: gc: %s is not a valid attachment of %s", key, network)
+            await self.release({"key": key})
+        return {"ok": True, "released": stale}
+
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
         held = sum(1 for e in self.entries.values() if e.session is not None and e.session.state in BOUND_STATES)
         return {"ok": True, "leases": len(self.entries), "bound": held, "pid": os.getpid()}
@@ -335,7 +349,8 @@ class Daemon:
             except (TimeoutError, wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
                 raise _bad(str(exc) or type(exc).__name__) from exc
             op = req.get("op")
-            handler = {"allocate": self.allocate, "release": self.release, "check": self.check, "status": self.status}
+            handler = {"allocate": self.allocate, "release": self.release, "check": self.check,
+                       "status": self.status, "gc": self.gc}
             if op not in handler:
                 raise _bad(f"unknown op {op!r}")
             reply = await handler[str(op)](req)
@@ -368,6 +383,8 @@ class Daemon:
 
     async def run(self) -> None:
         self._claim_socket()
+        if self.pidfile:
+            self.pidfile.write_text(f"{os.getpid()}\n")
         self._load()
         await self._drain_releases()  # releases queued while we were down go before resuming
         await self._resume()
@@ -388,6 +405,8 @@ class Daemon:
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
+            if self.pidfile:
+                self.pidfile.unlink(missing_ok=True)
             await watcher
             for entry in list(self.entries.values()):
                 await self._stop_session(entry, release=False)  # leases stay on disk for the next start
