@@ -102,8 +102,8 @@ while True:
     host_local.add(args)
     if i % 3 == 2:  # churn: release an earlier one too
         old = f"{prefix}-{i - 2}"
+        print("del", old, flush=True)  # announced first: a DEL cut short still means "not live"
         host_local.delete(CmdArgs.build("DEL", args.stdin, container_id=old, ifname="eth0"))
-        print("del", old, flush=True)
     print("add", cid, flush=True)
     i += 1
 """
@@ -140,11 +140,17 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(tmp_path: Path, ref_
             )
             assert proc.returncode == 0, proc.stdout
             ref_done.append(cid)
+        firsts = []
         for proc in loopers:
-            time.sleep(rng.uniform(0.05, 0.4))
+            assert proc.stdout is not None
+            firsts.append(proc.stdout.readline())  # it is allocating now: kill it mid-flight
+            time.sleep(rng.uniform(0.0, 0.15))
             proc.send_signal(signal.SIGKILL)
-        for proc in loopers:
-            out, err = proc.communicate()
+        for proc, first in zip(loopers, firsts, strict=True):
+            assert proc.stdout is not None and proc.stderr is not None
+            out = first + proc.stdout.read()  # the same buffered reader: nothing read ahead is lost
+            err = proc.stderr.read()
+            proc.wait()
             assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
             kills += 1
             for line in out.decode().splitlines():
