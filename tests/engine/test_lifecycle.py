@@ -1,0 +1,176 @@
+"""Crash safety, the state lock, watch and gc — on the real kernel, with real processes and signals."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def atts(rig, n: int) -> list[dict]:
+    return [{"id": f"c{i}", "network": "net1", "netns": rig.ns(f"c{i}")} for i in range(n)]
+
+
+def assert_clean_converged(rig, n: int) -> None:
+    """Converged, one address per attachment, no duplicate or leaked address, no orphan veth or netns."""
+    check = rig.run("check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    addrs = [rig.addrs(rig.ns(f"c{i}")) for i in range(n)]
+    assert all(len(a) == 1 for a in addrs), addrs
+    flat = [a[0].split("/")[0] for a in addrs]
+    assert len(set(flat)) == n
+    assert sorted(flat) == sorted(rig.allocations())
+    assert len(rig.host_links("veth")) == n
+    assert rig.our_namespaces() == sorted(rig.ns(f"c{i}") for i in range(n))
+    assert not list((rig.state / "reconciler" / "journal").glob("*.json"))
+
+
+def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+@pytest.mark.slow
+def test_kill_9_during_apply_then_apply_again(rig):
+    n = 6
+    rig.network()
+    rig.attachments(atts(rig, n))
+    rng = random.Random(os.getpid())
+    for round_ in range(4):
+        proc = rig.popen("apply")
+        time.sleep(rng.uniform(0.05, 1.5))
+        os.kill(proc.pid, signal.SIGKILL)  # nsenter execs python: this is the reconciler itself
+        proc.wait()
+        if round_ == 1:  # also crash in the middle of pruning and replacing
+            rig.attachments(atts(rig, n)[:4])
+        if round_ == 2:
+            rig.network(extra={"mtu": 1450})
+            rig.attachments(atts(rig, n))
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_clean_converged(rig, n)
+
+
+def test_two_applies_at_once(rig):
+    rig.network()
+    rig.attachments(atts(rig, 4))
+    first, second = rig.popen("apply"), rig.popen("apply")
+    assert first.wait(240) == 0, first.stderr.read()
+    assert second.wait(240) == 0, second.stderr.read()
+    assert_clean_converged(rig, 4)
+
+
+def test_lock_held_no_wait(rig):
+    rig.network()
+    rig.attachments(atts(rig, 1))
+    lock = rig.state / "reconciler" / "lock"
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        out = rig.run("apply", "--no-wait")
+        assert out.returncode == 1 and "another reconciler" in out.stderr
+        out = rig.run("check", "--no-wait")
+        assert out.returncode == 1
+    finally:
+        os.close(fd)
+    assert rig.run("apply", "--no-wait").returncode == 0
+
+
+def test_watch_converges_repairs_and_exits_on_sigterm(rig):
+    rig.network()
+    rig.attachments(atts(rig, 2))
+    watch = rig.popen("watch", "--interval", "2", "--debounce", "0.3")
+    try:
+        assert wait_until(lambda: rig.run("check", "--quiet").returncode == 0), "watch did not converge"
+        # change the specs: one more attachment
+        rig.attachments(atts(rig, 3))
+        assert wait_until(lambda: len(rig.addrs(rig.ns("c2"))) == 1), "watch did not add c2"
+        # tamper with the kernel: the periodic resync repairs it, keeping the address
+        keep = rig.addrs(rig.ns("c0"))
+        subprocess.run(["ip", "-n", rig.ns("c0"), "link", "del", "eth0"], check=True)
+        assert wait_until(lambda: rig.addrs(rig.ns("c0")) == keep), "watch did not repair c0"
+        # a bad file is logged and the rest keeps being served
+        (rig.specs / "broken.toml").write_text("[[attachment]\n")
+        subprocess.run(["ip", "-n", rig.ns("c1"), "link", "del", "eth0"], check=True)
+        assert wait_until(lambda: len(rig.addrs(rig.ns("c1"))) == 1), "watch stopped serving after a bad file"
+        # check from cron while watch runs
+        assert rig.run("check").returncode == 0
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        code = watch.wait(60)
+    err = watch.stderr.read()
+    assert code == 0, err
+    assert "broken.toml" in err
+
+
+def test_gc_frees_only_unreferenced_after_grace(rig):
+    rig.network()
+    rig.attachments(atts(rig, 2))
+    assert rig.run("apply").returncode == 0
+    live = set(rig.allocations())
+    store = rig.state / "networks" / "net1"
+    leak = f"{rig.subnet_base}.200"
+    (store / leak).write_text("ghost-container\r\neth0")
+    out = rig.run("gc", "--grace", "3600", "--output", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert any(leak in p for p in report["pending"]) and not report["freed"]
+    assert (store / leak).exists()
+    out = rig.run("gc", "--grace", "0", "--output", "json")
+    report = json.loads(out.stdout)
+    assert any(leak in f for f in report["freed"]), report
+    assert not (store / leak).exists()
+    assert set(rig.allocations()) == live
+    assert rig.run("check").returncode == 0
+
+
+def test_gc_honours_disable_gc_and_removes_orphan_namespaces(rig):
+    rig.network()
+    conf = json.loads((rig.specs / "net1.conflist").read_text())
+    conf["disableGC"] = True
+    (rig.specs / "net1.conflist").write_text(json.dumps(conf))
+    rig.attachments(atts(rig, 1))
+    assert rig.run("apply").returncode == 0
+    leak = rig.state / "networks" / "net1" / f"{rig.subnet_base}.201"
+    leak.write_text("ghost\r\neth0")
+    # a namespace we own that no spec names any more (as a crash between steps could leave)
+    orphan = rig.ns("orphan")
+    subprocess.run(["ip", "netns", "add", orphan], check=True)
+    owned = json.loads((rig.state / "reconciler" / "namespaces.json").read_text())
+    (rig.state / "reconciler" / "namespaces.json").write_text(json.dumps(owned + [orphan]))
+    out = rig.run("gc", "--grace", "0", "--output", "json")
+    report = json.loads(out.stdout)
+    assert leak.exists() and any("disableGC" in s for s in report["skipped"])
+    assert orphan in report["namespaces"] and orphan not in rig.our_namespaces()
+    assert rig.ns("c0") in rig.our_namespaces()
+
+
+def test_foreign_namespace_and_cache_entries_untouched(rig, make_netns):
+    foreign, foreign_path = make_netns("rcn-f-")
+    rig.network()
+    rig.attachments([{"id": "ext", "network": "net1", "netns": foreign_path}])
+    assert rig.run("apply").returncode == 0
+    assert len(rig.addrs(foreign)) == 1
+    # a runtime's cache entry of a network that is not ours
+    alien = rig.state / "results" / "othernet-abc-eth0"
+    alien.write_text(json.dumps({"kind": "cniCacheV1", "containerId": "abc", "ifName": "eth0",
+                                 "networkName": "othernet", "config": "", "result": {}}))
+    rig.attachments([])
+    assert rig.run("apply").returncode == 0
+    assert rig.run("gc", "--grace", "0").returncode == 0
+    assert os.path.exists(foreign_path)  # a path we were given is never deleted
+    assert alien.exists()
+    assert rig.addrs(foreign) == []
