@@ -263,7 +263,8 @@ def test_parallel_containers_and_gc(lan, dnsmasq, dhcp_daemon, plugin_dir):
     assert all(r.code == 0 for r in runs), [r.stdout + r.stderr for r in runs if r.code]
     addresses = {r.json["ips"][0]["address"] for r in runs}
     assert len(addresses) == 6
-    print(f"6 parallel ADDs: {elapsed:.2f}s")
+    rss = [ln for ln in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines() if ln.startswith("VmRSS")]
+    print(f"6 parallel ADDs: {elapsed:.2f}s; daemon {rss[0] if rss else ''}")
     wait_for(lambda: len(server.leases()) == 6, 10, "six leases at the server")
 
     gc_conf = dict(netconf(daemon.socket_path, version="1.1.0"),
@@ -273,3 +274,20 @@ def test_parallel_containers_and_gc(lan, dnsmasq, dhcp_daemon, plugin_dir):
     wait_for(lambda: len(server.leases()) == 1, 20, "GC to release the five stale leases")
     assert lease_of(server, "par0") is not None
     assert daemon_request(daemon.socket_path, {"op": "status"})["leases"] == 1
+
+
+def test_unicast_replies_and_interface_removal(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    """broadcast: false (the server answers unicast); the interface deleted under the daemon."""
+    server = dnsmasq()
+    daemon = dhcp_daemon()
+    ctr, path = lan.container()
+    conf = netconf(daemon.socket_path, broadcast=False)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    assert lease_of(server, "ctr1")[2] == res.json["ips"][0]["address"].split("/")[0]
+    run("ip", "-n", ctr, "link", "delete", "eth0")
+    wait_for(lambda: "interface vanished" in daemon.log.read_text(), 20, "the daemon to notice")
+    bad = dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path)
+    assert bad.code != 0 and "not being renewed" in bad.json["msg"]
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+    assert daemon.proc.poll() is None
