@@ -86,6 +86,8 @@ def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, no
     spec: dict[str, Any] = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
     if nodad and iface.version == 6:
         spec["flags"] = IFA_F_NODAD
+    if iface.version == 4 and iface.network.prefixlen < 31:
+        spec["broadcast"] = str(iface.network.broadcast_address)  # as `ip addr add ... brd +`
     if scope is not None:
         spec["scope"] = scope
     with nsmod.ipr(netns) as ipr:

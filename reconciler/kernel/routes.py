@@ -20,6 +20,7 @@ TABLE_LOCAL = 255
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 SCOPE_HOST = 254
+SCOPE_NOWHERE = 255
 RTN_UNICAST = 1
 RTPROT_BOOT = 3
 RTPROT_KERNEL = 2
@@ -143,7 +144,9 @@ def delete(dst: IPNetwork | str, *, gateway: IPAddress | str | None = None, ifna
     from pyroute2 import NetlinkError
 
     try:
-        spec = _spec(dst, gateway, ifname, netns, table, scope, metric, None)
+        # scope "nowhere" and protocol 0 match any, as `ip route del` sends them
+        spec = _spec(dst, gateway, ifname, netns, table, SCOPE_NOWHERE if scope is None else scope, metric, None,
+                     proto=0)
     except (LinkNotFound, nsmod.NetnsNotFound):
         return False
     with nsmod.ipr(netns) as ipr:
