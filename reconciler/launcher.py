@@ -58,6 +58,13 @@ def enable_site() -> None:
         site.main()
 
 
+def _setup_logging() -> None:
+    """Cold path: logs on stderr as RECONCILER_LOG_LEVEL / RECONCILER_LOG_FORMAT say (json or text)."""
+    from reconciler.logs import setup_logging
+
+    setup_logging()
+
+
 def launch(plugin_type: str, argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     command = os.environ.get("CNI_COMMAND", "")
@@ -70,6 +77,7 @@ def launch(plugin_type: str, argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             return code
         enable_site()
+        _setup_logging()
         from reconciler.cni.skel import run
 
         code, text = run(plugin_type, os.environ, stdin)
@@ -81,6 +89,7 @@ def launch(plugin_type: str, argv: list[str] | None = None) -> int:
         from reconciler.plugins.ipam.dhcp import daemon_main
 
         return int(daemon_main(argv[2:]) or 0)
+    _setup_logging()
     from reconciler.cni.skel import main
 
     return main(plugin_type)
