@@ -242,12 +242,11 @@ def _load_attachment_file(specs: Specs, path: Path) -> list[Attachment]:
                 msg = "unknown field"
             line = _field_line(text, start, loc[0]) if loc else start
             specs.errors.append(SpecError(source, fld, msg, line))
-            # protect what this entry may have described, if we can still tell its identity
+            # protect what this entry may have described: its identity if known, and its whole file
             if isinstance(table, dict) and {"id", "network"} <= set(table):
                 key = attachment_key(str(table["network"]), str(table["id"]), str(table.get("ifname", "eth0")))
                 specs.protected_keys.add(key)
-            else:
-                bad = True
+            bad = True
             continue
         out.append(
             Attachment(
