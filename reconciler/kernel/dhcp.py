@@ -163,7 +163,9 @@ class DHCPSession:
         try:
             await client.__aenter__()
         except OSError as exc:
-            raise DHCPKernelError(exc.errno or errno.EIO, f"{self.spec.ifname} in {self.spec.netns}: {exc}") from exc
+            raise DHCPKernelError(
+                exc.errno or errno.EIO, f"{self.spec.ifname} in {self.spec.netns}: {exc}"
+            ) from exc
         self._client = client
 
     async def start(self) -> None:
@@ -266,8 +268,12 @@ def _make_client(session: DHCPSession) -> Any:
             stored = session._initial()
             if not stored:
                 return None
-            return cls(ack=stored["ack"], interface=interface, server_mac=stored["server_mac"],
-                       obtained=stored["obtained"])
+            return cls(
+                ack=stored["ack"],
+                interface=interface,
+                server_mac=stored["server_mac"],
+                obtained=stored["obtained"],
+            )
 
     class NetnsSocket(AsyncDHCP4Socket):
         """The client's raw socket, opened inside the container netns."""

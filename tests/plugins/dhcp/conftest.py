@@ -1,10 +1,10 @@
 """A small physical network with a real DHCP server (dnsmasq) and our lease daemon.
 
-    [rcn-n-* "the LAN"]  rcnsrv (10.77.0.1/24, dnsmasq)
-            | veth
-    [rcn-h-* "the host"] rcnup (macvlan master, no address)  -- the dhcp daemon runs here
-            | macvlan (bridge mode), one per container
-    [rcn-t-* containers]  eth0
+[rcn-n-* "the LAN"]  rcnsrv (10.77.0.1/24, dnsmasq)
+        | veth
+[rcn-h-* "the host"] rcnup (macvlan master, no address)  -- the dhcp daemon runs here
+        | macvlan (bridge mode), one per container
+[rcn-t-* containers]  eth0
 """
 
 from __future__ import annotations
@@ -84,8 +84,21 @@ class Lan:
         run("ip", "netns", "add", name)
         self.containers.append(name)
         tmp_link = f"rcnmv{uuid.uuid4().hex[:6]}"
-        run("ip", "-n", self.host_ns, "link", "add", "link", self.master, "name", tmp_link, "type", "macvlan",
-            "mode", "bridge")
+        run(
+            "ip",
+            "-n",
+            self.host_ns,
+            "link",
+            "add",
+            "link",
+            self.master,
+            "name",
+            tmp_link,
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        )
         run("ip", "-n", self.host_ns, "link", "set", tmp_link, "netns", name)
         run("ip", "-n", name, "link", "set", tmp_link, "name", "eth0")
         run("ip", "-n", name, "link", "set", "lo", "up")
@@ -119,17 +132,34 @@ def dnsmasq(lan):
         leasefile = lan.tmp / f"dnsmasq{len(procs)}.leases"
         logfile = lan.tmp / f"dnsmasq{len(procs)}.log"
         cmd = [
-            "ip", "netns", "exec", lan.net_ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
-            "--port=0", "--interface=rcnsrv0", "--bind-interfaces", "--user=root", "--no-ping",
-            "--dhcp-authoritative", f"--dhcp-range={pool},255.255.255.0,{lease}",
-            f"--dhcp-option=option:router,{SERVER_IP}", f"--dhcp-leasefile={leasefile}",
-            f"--pid-file={lan.tmp / 'dnsmasq.pid'}", "--log-dhcp", f"--log-facility={logfile}", *extra,
+            "ip",
+            "netns",
+            "exec",
+            lan.net_ns,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=rcnsrv0",
+            "--bind-interfaces",
+            "--user=root",
+            "--no-ping",
+            "--dhcp-authoritative",
+            f"--dhcp-range={pool},255.255.255.0,{lease}",
+            f"--dhcp-option=option:router,{SERVER_IP}",
+            f"--dhcp-leasefile={leasefile}",
+            f"--pid-file={lan.tmp / 'dnsmasq.pid'}",
+            "--log-dhcp",
+            f"--log-facility={logfile}",
+            *extra,
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
         server = Dnsmasq(proc, leasefile, logfile)
         server.pidfile = lan.tmp / "dnsmasq.pid"
-        wait_for(lambda: "DHCP, sockets bound" in server.log() or proc.poll() is not None, 10, "dnsmasq to start")
+        wait_for(
+            lambda: "DHCP, sockets bound" in server.log() or proc.poll() is not None, 10, "dnsmasq to start"
+        )
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "dnsmasq exited"
         return server
 
@@ -160,8 +190,9 @@ def dhcp_daemon(lan, plugin_dir):
     handles: list[DaemonHandle] = []
     default_socket = str(lan.tmp / "run" / "dhcp.sock")
 
-    def start(socket_path: str | None = None, via: str = "plugin", flags: tuple[str, ...] = (),
-              wait: bool = True) -> DaemonHandle:
+    def start(
+        socket_path: str | None = None, via: str = "plugin", flags: tuple[str, ...] = (), wait: bool = True
+    ) -> DaemonHandle:
         path = socket_path or default_socket
         if via == "plugin":
             cmd = [str(plugin_dir / "dhcp"), "daemon", "-socketpath", path, *flags]
@@ -174,8 +205,11 @@ def dhcp_daemon(lan, plugin_dir):
         handle = DaemonHandle(proc, path, log)
         handles.append(handle)
         if wait:
-            wait_for(lambda: daemon_request(path, {"op": "status"}) is not None or proc.poll() is not None,
-                     20, "the dhcp daemon to listen")
+            wait_for(
+                lambda: daemon_request(path, {"op": "status"}) is not None or proc.poll() is not None,
+                20,
+                "the dhcp daemon to listen",
+            )
         return handle
 
     yield start

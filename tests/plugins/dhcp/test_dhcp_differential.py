@@ -27,8 +27,20 @@ def test_same_result_as_reference(lan, dnsmasq, dhcp_daemon, plugin_dir, referen
     server = dnsmasq(*extra)
     ours = dhcp_daemon()
     ref_socket = str(lan.tmp / "ref" / "dhcp.sock")
-    ref = subprocess.Popen(["ip", "netns", "exec", lan.host_ns, str(reference_plugins / "dhcp"), "daemon",
-                            "-socketpath", ref_socket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ref = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lan.host_ns,
+            str(reference_plugins / "dhcp"),
+            "daemon",
+            "-socketpath",
+            ref_socket,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: daemon_request(ref_socket, b"") is not None, 20, "the reference daemon")
         _, ours_ns = lan.container()
@@ -42,8 +54,13 @@ def test_same_result_as_reference(lan, dnsmasq, dhcp_daemon, plugin_dir, referen
         assert got.code == 0, got.stdout + got.stderr
         assert shape(got.json) == shape(want.json)
         assert len(server.leases()) == 2
-        assert exec_plugin(plugin_dir / "dhcp", "DEL", ours_conf, netns=ours_ns, container_id="ours").code == 0
-        assert exec_plugin(reference_plugins / "dhcp", "DEL", ref_conf, netns=ref_ns, container_id="ref").code == 0
+        assert (
+            exec_plugin(plugin_dir / "dhcp", "DEL", ours_conf, netns=ours_ns, container_id="ours").code == 0
+        )
+        assert (
+            exec_plugin(reference_plugins / "dhcp", "DEL", ref_conf, netns=ref_ns, container_id="ref").code
+            == 0
+        )
         wait_for(lambda: not server.leases(), 20, "both releases")
     finally:
         ref.terminate()

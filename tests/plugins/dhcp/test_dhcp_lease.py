@@ -18,8 +18,15 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def dhcp_exec(plugin_dir: Path, command: str, conf: dict, netns: str, cid: str = "ctr1", **kw):
-    return exec_plugin(plugin_dir / "dhcp", command, conf, netns=netns, container_id=cid,
-                       cni_path=f"{plugin_dir}:/usr/lib/cni", **kw)
+    return exec_plugin(
+        plugin_dir / "dhcp",
+        command,
+        conf,
+        netns=netns,
+        container_id=cid,
+        cni_path=f"{plugin_dir}:/usr/lib/cni",
+        **kw,
+    )
 
 
 def client_hex(cid: str) -> str:
@@ -82,14 +89,28 @@ def test_reference_macvlan_delegates_to_our_dhcp(lan, dnsmasq, dhcp_daemon, plug
     run("ip", "-n", ctr, "link", "delete", "eth0")  # the reference macvlan makes its own
     conf = netconf(daemon.socket_path)
     ref = reference_plugins / "macvlan"
-    res = exec_plugin(ref, "ADD", conf, netns=path, cni_path=f"{plugin_dir}:{reference_plugins}",
-                      netns_exec=lan.host_ns, container_id="ctr2")
+    res = exec_plugin(
+        ref,
+        "ADD",
+        conf,
+        netns=path,
+        cni_path=f"{plugin_dir}:{reference_plugins}",
+        netns_exec=lan.host_ns,
+        container_id="ctr2",
+    )
     assert res.code == 0, res.stdout + res.stderr
     ip = res.json["ips"][0]["address"].split("/")[0]
     assert ping(ctr, SERVER_IP)
     assert lease_of(server, "ctr2")[2] == ip
-    res = exec_plugin(ref, "DEL", conf, netns=path, cni_path=f"{plugin_dir}:{reference_plugins}",
-                      netns_exec=lan.host_ns, container_id="ctr2")
+    res = exec_plugin(
+        ref,
+        "DEL",
+        conf,
+        netns=path,
+        cni_path=f"{plugin_dir}:{reference_plugins}",
+        netns_exec=lan.host_ns,
+        container_id="ctr2",
+    )
     assert res.code == 0, res.stdout + res.stderr
     wait_for(lambda: lease_of(server, "ctr2") is None, 20, "the release")
 
@@ -122,10 +143,16 @@ def test_daemon_restart_keeps_address(lan, dnsmasq, dhcp_daemon, plugin_dir):
     assert os.path.exists(first.socket_path)
     requests = server.count("DHCPREQUEST", ip)
     second = dhcp_daemon(via="plugin")  # replaces the stale socket, resumes from the lease store
-    wait_for(lambda: server.count("DHCPACK", ip) > requests and server.count("DHCPREQUEST", ip) > requests,
-             30, "the resumed lease to be renewed")
-    wait_for(lambda: dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0,
-             20, "CHECK to pass after the restart")
+    wait_for(
+        lambda: server.count("DHCPACK", ip) > requests and server.count("DHCPREQUEST", ip) > requests,
+        30,
+        "the resumed lease to be renewed",
+    )
+    wait_for(
+        lambda: dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0,
+        20,
+        "CHECK to pass after the restart",
+    )
     again = dhcp_exec(plugin_dir, "ADD", conf, path)
     assert again.code == 0 and again.json["ips"][0]["address"] == res.json["ips"][0]["address"]
     assert server.count("DHCPDISCOVER") == 1  # never had to start over
@@ -176,7 +203,10 @@ def test_daemon_not_running(lan, plugin_dir, tmp_path):
     sock = str(tmp_path / "nobody.sock")
     res = dhcp_exec(plugin_dir, "ADD", netconf(sock), path)
     assert res.code == 1 and res.json["code"] == 11
-    assert f"dhcp daemon not running at {sock}" in res.json["msg"] and "dhcp daemon -socketpath" in res.json["msg"]
+    assert (
+        f"dhcp daemon not running at {sock}" in res.json["msg"]
+        and "dhcp daemon -socketpath" in res.json["msg"]
+    )
     status = dhcp_exec(plugin_dir, "STATUS", netconf(sock, version="1.1.0"), "")
     assert status.code == 1 and status.json["code"] == 50
     assert dhcp_exec(plugin_dir, "DEL", netconf(sock), path).code == 0
@@ -263,12 +293,18 @@ def test_parallel_containers_and_gc(lan, dnsmasq, dhcp_daemon, plugin_dir):
     assert all(r.code == 0 for r in runs), [r.stdout + r.stderr for r in runs if r.code]
     addresses = {r.json["ips"][0]["address"] for r in runs}
     assert len(addresses) == 6
-    rss = [ln for ln in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines() if ln.startswith("VmRSS")]
+    rss = [
+        ln
+        for ln in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines()
+        if ln.startswith("VmRSS")
+    ]
     print(f"6 parallel ADDs: {elapsed:.2f}s; daemon {rss[0] if rss else ''}")
     wait_for(lambda: len(server.leases()) == 6, 10, "six leases at the server")
 
-    gc_conf = dict(netconf(daemon.socket_path, version="1.1.0"),
-                   **{"cni.dev/valid-attachments": [{"containerID": "par0", "ifname": "eth0"}]})
+    gc_conf = dict(
+        netconf(daemon.socket_path, version="1.1.0"),
+        **{"cni.dev/valid-attachments": [{"containerID": "par0", "ifname": "eth0"}]},
+    )
     res = dhcp_exec(plugin_dir, "GC", gc_conf, "")
     assert res.code == 0, res.stdout + res.stderr
     wait_for(lambda: len(server.leases()) == 1, 20, "GC to release the five stale leases")
@@ -291,3 +327,38 @@ def test_unicast_replies_and_interface_removal(lan, dnsmasq, dhcp_daemon, plugin
     assert bad.code != 0 and "not being renewed" in bad.json["msg"]
     assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
     assert daemon.proc.poll() is None
+
+
+ACTIVATE = r"""
+import os, socket, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+s.listen(16)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.argv[2], [sys.argv[2], "daemon", "-socketpath", path])
+"""
+
+
+def test_systemd_socket_activation(lan, plugin_dir, tmp_path):
+    import subprocess
+    import sys
+
+    sock = str(tmp_path / "activated.sock")
+    log = tmp_path / "activated.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", lan.host_ns, sys.executable, "-c", ACTIVATE, sock, str(plugin_dir / "dhcp")],
+            stdout=fh,
+            stderr=fh,
+        )
+    try:
+        reply = wait_for(lambda: daemon_request(sock, {"op": "status"}), 20, "the activated daemon")
+        assert reply["ok"] is True and reply["pid"] == proc.pid
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0, log.read_text()
+    assert os.path.exists(sock)  # systemd owns an activated socket: the daemon leaves it

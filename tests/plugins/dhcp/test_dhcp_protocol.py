@@ -56,10 +56,24 @@ def test_malformed_requests_do_not_kill_the_daemon(lan, dhcp_daemon):
         framed([1, 2, 3]),  # not an object
         framed({"op": "explode"}),  # unknown op
         framed({"op": "allocate"}),  # missing fields
-        framed({"op": "allocate", "key": "a/b/eth0", "ifname": "eth0", "netns": "/run/netns/rcn-none",
-                "options": {"client_id": "zz", "requested": [1]}}),  # bad hex
-        framed({"op": "allocate", "key": "a/b/eth0", "ifname": "eth0", "netns": "/run/netns/rcn-none",
-                "options": {"client_id": "00", "requested": [1]}}),  # netns missing
+        framed(
+            {
+                "op": "allocate",
+                "key": "a/b/eth0",
+                "ifname": "eth0",
+                "netns": "/run/netns/rcn-none",
+                "options": {"client_id": "zz", "requested": [1]},
+            }
+        ),  # bad hex
+        framed(
+            {
+                "op": "allocate",
+                "key": "a/b/eth0",
+                "ifname": "eth0",
+                "netns": "/run/netns/rcn-none",
+                "options": {"client_id": "00", "requested": [1]},
+            }
+        ),  # netns missing
         framed({"op": "release", "key": 42}),
         struct.pack("!I", 100) + b'{"op":',  # truncated
     ]
@@ -74,15 +88,21 @@ def test_malformed_requests_do_not_kill_the_daemon(lan, dhcp_daemon):
 
 
 def args_for(conf: dict, cni_args: str = "") -> CmdArgs:
-    return CmdArgs.build("ADD", json.dumps(conf).encode(), container_id="c1", netns="/x", ifname="eth0",
-                         args=cni_args)
+    return CmdArgs.build(
+        "ADD", json.dumps(conf).encode(), container_id="c1", netns="/x", ifname="eth0", args=cni_args
+    )
 
 
 def test_session_options_from_config():
-    conf = netconf("/tmp/s", request=[{"option": "host-name"}, {"option": "42"}],
-                   provide=[{"option": "host-name", "fromArg": "K8S_POD_NAME"},
-                            {"option": 60, "value": "rcn-vendor"},
-                            {"option": "user-class", "fromArg": "MISSING"}])
+    conf = netconf(
+        "/tmp/s",
+        request=[{"option": "host-name"}, {"option": "42"}],
+        provide=[
+            {"option": "host-name", "fromArg": "K8S_POD_NAME"},
+            {"option": 60, "value": "rcn-vendor"},
+            {"option": "user-class", "fromArg": "MISSING"},
+        ],
+    )
     args = args_for(conf, "IgnoreUnknown=1;K8S_POD_NAME=web-1")
     opts = dconf.session_options(args, args.conf(dconf.DHCPNetConf).ipam)
     assert opts["requested"][: len(dconf.DEFAULT_REQUEST)] == list(dconf.DEFAULT_REQUEST)
@@ -90,8 +110,11 @@ def test_session_options_from_config():
     assert opts["provide"] == {"12": b"web-1".hex(), "60": b"rcn-vendor".hex()}
     assert bytes.fromhex(opts["client_id"]) == b"c1/rcn-dhcp-net/eth0"
 
-    skip = netconf("/tmp/s", request=[{"skipDefault": True, "option": "subnet-mask"}],
-                   provide=[{"option": "dhcp-client-identifier", "value": "mine"}])
+    skip = netconf(
+        "/tmp/s",
+        request=[{"skipDefault": True, "option": "subnet-mask"}],
+        provide=[{"option": "dhcp-client-identifier", "value": "mine"}],
+    )
     args = args_for(skip)
     opts = dconf.session_options(args, args.conf(dconf.DHCPNetConf).ipam)
     assert opts["requested"] == [1] and bytes.fromhex(opts["client_id"]) == b"mine"
@@ -141,11 +164,22 @@ def test_classless_and_static_routes():
 
 
 def test_summary_and_result():
-    lease = {"ack": {"yiaddr": "10.77.0.60", "options": {"subnet_mask": "255.255.255.0", "router": ["10.77.0.1"],
-                                                         "static_route": [10, 9, 0, 0, 10, 77, 0, 3]}}}
+    lease = {
+        "ack": {
+            "yiaddr": "10.77.0.60",
+            "options": {
+                "subnet_mask": "255.255.255.0",
+                "router": ["10.77.0.1"],
+                "static_route": [10, 9, 0, 0, 10, 77, 0, 3],
+            },
+        }
+    }
     summary = summarise(lease)
-    assert summary == {"address": "10.77.0.60/24", "gateway": "10.77.0.1",
-                       "routes": [{"dst": "10.0.0.0/8", "gw": "10.77.0.3"}, {"dst": "0.0.0.0/0", "gw": "10.77.0.1"}]}
+    assert summary == {
+        "address": "10.77.0.60/24",
+        "gateway": "10.77.0.1",
+        "routes": [{"dst": "10.0.0.0/8", "gw": "10.77.0.3"}, {"dst": "0.0.0.0/0", "gw": "10.77.0.1"}],
+    }
     result = to_result(summary, priority=5).dump()
     assert result["ips"] == [{"address": "10.77.0.60/24", "gateway": "10.77.0.1"}]
     assert all(r["priority"] == 5 for r in result["routes"])
@@ -154,6 +188,8 @@ def test_summary_and_result():
 
 
 def test_go_durations():
-    assert duration("10s") == 10 and duration("1m30s") == 90 and duration("500ms") == 0.5 and duration("7") == 7
+    assert (
+        duration("10s") == 10 and duration("1m30s") == 90 and duration("500ms") == 0.5 and duration("7") == 7
+    )
     with pytest.raises(argparse.ArgumentTypeError):
         duration("ten seconds")

@@ -59,7 +59,9 @@ def _call(path: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise CNIError(INTERNAL, f"talking to the dhcp daemon at {path} failed", str(exc)) from exc
     if not reply.get("ok"):
-        raise CNIError(int(reply.get("code") or INTERNAL), str(reply.get("msg", "")), str(reply.get("details", "")))
+        raise CNIError(
+            int(reply.get("code") or INTERNAL), str(reply.get("msg", "")), str(reply.get("details", ""))
+        )
     return reply
 
 
@@ -105,7 +107,9 @@ def check(args: CmdArgs) -> None:
     """The lease must be held and renewing (and match prevResult's address, if any)."""
     ipam = _conf(args)
     prev = args.config.get("prevResult") or {}
-    addresses = [ip.get("address") for ip in prev.get("ips", []) if isinstance(ip, dict) and ip.get("address")]
+    addresses = [
+        ip.get("address") for ip in prev.get("ips", []) if isinstance(ip, dict) and ip.get("address")
+    ]
     request = {"op": "check", "key": _key(args), "addresses": addresses}
     _call(ipam.daemon_socket_path, request, 30.0)
 
@@ -130,7 +134,9 @@ def status(args: CmdArgs) -> None:
     try:
         _call(ipam.daemon_socket_path, {"op": "status"}, 10.0)
     except CNIError as err:
-        raise CNIError(NOT_AVAILABLE, f"dhcp daemon unreachable at {ipam.daemon_socket_path}", err.msg) from err
+        raise CNIError(
+            NOT_AVAILABLE, f"dhcp daemon unreachable at {ipam.daemon_socket_path}", err.msg
+        ) from err
 
 
 def daemon_main(argv: list[str]) -> int:

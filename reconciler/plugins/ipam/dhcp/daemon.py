@@ -1,6 +1,6 @@
-"""The DHCP lease daemon: holds, renews and releases leases on behalf of containers.
+"""The DHCP lease daemon's state and verbs: holds, renews and releases leases for containers.
 
-One asyncio loop serves the unix socket (see `wire`) and runs one
+One asyncio loop (the socket side is `server.py`) runs one
 `DHCPSession` (kernel layer, pyroute2's client) per container interface.
 Every lease change is written to the `LeaseStore`, so a restarted daemon
 resumes each lease (INIT-REBOOT) instead of losing it, and releases queued by
@@ -14,8 +14,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,6 @@ from reconciler.kernel.dhcp import (
     lease_remaining,
     netns_identity,
 )
-from reconciler.plugins.ipam.dhcp import wire
 from reconciler.plugins.ipam.dhcp.leaseinfo import summarise
 from reconciler.plugins.ipam.dhcp.store import LeaseStore
 
@@ -90,7 +87,6 @@ class Daemon:
         resend_max: float = 16.0,
         broadcast: bool = True,
         hostprefix: str = "",
-        pidfile: str | None = None,
     ) -> None:
         from reconciler.plugins.ipam.dhcp.store import state_dir_for
 
@@ -100,10 +96,8 @@ class Daemon:
         self.resend_max = resend_max
         self.broadcast = broadcast
         self.hostprefix = hostprefix.rstrip("/")
-        self.pidfile = Path(pidfile) if pidfile else None
         self.entries: dict[str, Entry] = {}
         self._stop = asyncio.Event()
-        self._server: asyncio.AbstractServer | None = None
 
     # --- sessions ------------------------------------------------------------------------------
     def _spec(self, record: dict[str, Any]) -> SessionSpec:
@@ -137,7 +131,12 @@ class Daemon:
         elif event in ("bound", "renewed", "rebound"):
             if not str(record.get("status", "")).startswith("lost: address changed"):
                 record["status"] = "bound"
-            log.info("dhcp: %s: lease %s (%s)", entry.key, event, (record.get("lease") or {}).get("ack", {}).get("yiaddr"))
+            log.info(
+                "dhcp: %s: lease %s (%s)",
+                entry.key,
+                event,
+                (record.get("lease") or {}).get("ack", {}).get("yiaddr"),
+            )
         elif event in ("unbound", "expired"):
             record["status"] = f"lost: lease {event}"
             log.warning("dhcp: %s: lease lost (%s); trying to acquire it again", entry.key, event)
@@ -201,16 +200,23 @@ class Daemon:
                 if not _fresh(stored):
                     stored = None
                 entry.record.update(
-                    netns=netns, netns_id=list(nsid), ifname=ifname, options=options,
-                    container_id=req.get("container_id"), network=req.get("network"),
-                    status="acquiring", lease=stored,
+                    netns=netns,
+                    netns_id=list(nsid),
+                    ifname=ifname,
+                    options=options,
+                    container_id=req.get("container_id"),
+                    network=req.get("network"),
+                    status="acquiring",
+                    lease=stored,
                 )
                 entry.session = self._session(entry, stored)
                 try:
                     await entry.session.start()
                 except DHCPKernelError as exc:
                     await self._discard(entry)
-                    raise CNIError(INTERNAL, f"dhcp: cannot start a DHCP client on {ifname} in {netns}", str(exc)) from exc
+                    raise CNIError(
+                        INTERNAL, f"dhcp: cannot start a DHCP client on {ifname} in {netns}", str(exc)
+                    ) from exc
             session = entry.session
             assert session is not None
             try:
@@ -255,8 +261,14 @@ class Daemon:
         session = entry.session
         if session is None or not session.running:
             raise CNIError(INTERNAL, f"dhcp: lease of {key} is not being renewed", status)
-        if status.startswith("lost") or session.state not in BOUND_STATES:
-            raise CNIError(INTERNAL, f"dhcp: lease of {key} is lost", f"{status}; client state {session.state}")
+        if status.startswith("lost"):
+            raise CNIError(
+                INTERNAL, f"dhcp: lease of {key} is lost", f"{status}; client state {session.state}"
+            )
+        if session.state not in BOUND_STATES:
+            raise CNIError(
+                INTERNAL, f"dhcp: lease of {key} is not bound yet", f"client state {session.state}"
+            )
         lease = session.lease
         assert lease is not None
         remaining = lease_remaining(lease)
@@ -265,7 +277,9 @@ class Daemon:
         summary = summarise(lease)
         expected = _addresses(req.get("addresses"))
         if expected and summary["address"] not in expected:
-            raise CNIError(INTERNAL, f"dhcp: lease of {key} is {summary['address']}, not {', '.join(expected)}")
+            raise CNIError(
+                INTERNAL, f"dhcp: lease of {key} is {summary['address']}, not {', '.join(expected)}"
+            )
         return {"ok": True, "lease": summary, "state": session.state, "expires_in": remaining}
 
     async def gc(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -274,14 +288,18 @@ class Daemon:
         valid = req.get("valid")
         if not isinstance(valid, list) or not all(isinstance(k, str) for k in valid):
             raise _bad("field 'valid' must be a list of client identifiers")
-        stale = [k for k, e in self.entries.items() if e.record.get("network") == network and k not in set(valid)]
+        stale = [
+            k for k, e in self.entries.items() if e.record.get("network") == network and k not in set(valid)
+        ]
         for key in stale:
             log.info("dhcp: gc: %s is not a valid attachment of %s", key, network)
             await self.release({"key": key})
         return {"ok": True, "released": stale}
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
-        held = sum(1 for e in self.entries.values() if e.session is not None and e.session.state in BOUND_STATES)
+        held = sum(
+            1 for e in self.entries.values() if e.session is not None and e.session.state in BOUND_STATES
+        )
         return {"ok": True, "leases": len(self.entries), "bound": held, "pid": os.getpid()}
 
     # --- background work -------------------------------------------------------------------------
@@ -340,74 +358,30 @@ class Daemon:
             except Exception:  # the watcher must never die
                 log.exception("dhcp: watcher pass failed")
 
-    # --- the socket ----------------------------------------------------------------------------
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        reply: dict[str, Any]
-        try:
-            try:
-                req = await asyncio.wait_for(wire.read_message(reader), 10)
-            except (TimeoutError, wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
-                raise _bad(str(exc) or type(exc).__name__) from exc
-            op = req.get("op")
-            handler = {"allocate": self.allocate, "release": self.release, "check": self.check,
-                       "status": self.status, "gc": self.gc}
-            if op not in handler:
-                raise _bad(f"unknown op {op!r}")
-            reply = await handler[str(op)](req)
-        except CNIError as err:
-            reply = {"ok": False, **err.to_dict()}
-        except Exception as exc:
-            log.exception("dhcp: request failed")
-            reply = {"ok": False, "code": INTERNAL, "msg": f"dhcp daemon: {type(exc).__name__}: {exc}"}
-        with contextlib.suppress(Exception):
-            writer.write(wire.encode(reply))
-            await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
+    # --- entry points for the server -------------------------------------------------------------
+    async def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One decoded request -> its reply (raises CNIError)."""
+        handlers = {
+            "allocate": self.allocate,
+            "release": self.release,
+            "check": self.check,
+            "status": self.status,
+            "gc": self.gc,
+        }
+        op = req.get("op")
+        if not isinstance(op, str) or op not in handlers:
+            raise _bad(f"unknown op {op!r}")
+        return await handlers[op](req)
 
-    def _claim_socket(self) -> None:
-        path = Path(self.socket_path)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            probe.settimeout(2)
-            try:
-                probe.connect(str(path))
-            except OSError:
-                log.info("dhcp: replacing stale socket %s", path)
-                path.unlink()
-            else:
-                raise RuntimeError(f"another dhcp daemon is already listening on {path}")
-            finally:
-                probe.close()
-
-    async def run(self) -> None:
-        self._claim_socket()
-        if self.pidfile:
-            self.pidfile.write_text(f"{os.getpid()}\n")
+    async def startup(self) -> None:
         self._load()
         await self._drain_releases()  # releases queued while we were down go before resuming
         await self._resume()
-        old_umask = os.umask(0o177)
-        try:
-            self._server = await asyncio.start_unix_server(self._handle, path=self.socket_path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.socket_path, 0o600)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        log.info("dhcp: daemon listening on %s (state in %s)", self.socket_path, self.store.root)
-        watcher = asyncio.create_task(self._watch())
-        try:
-            await self._stop.wait()
-        finally:
-            self._server.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
-            if self.pidfile:
-                self.pidfile.unlink(missing_ok=True)
-            await watcher
-            for entry in list(self.entries.values()):
-                await self._stop_session(entry, release=False)  # leases stay on disk for the next start
-            log.info("dhcp: daemon stopped")
+
+    async def run_watcher(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        await self._watch()
+
+    async def shutdown(self) -> None:
+        for entry in list(self.entries.values()):
+            await self._stop_session(entry, release=False)  # leases stay on disk for the next start
