@@ -99,12 +99,29 @@ def usage(networks: dict[str, NetworkConfigList], data_dir: str | Path) -> list[
     return out
 
 
+def network_configs(specs_dir: str | Path) -> dict[str, NetworkConfigList]:
+    """Only the network configs of a specs directory (attachment files are not read: this runs every pass)."""
+    from reconciler.cni.conf import conflist_from_bytes
+    from reconciler.engine.specs import NETWORK_EXTENSIONS
+
+    out: dict[str, NetworkConfigList] = {}
+    root = Path(specs_dir)
+    if not root.is_dir():
+        return out
+    for path in sorted(root.rglob("*")):
+        if path.suffix not in NETWORK_EXTENSIONS or path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            netlist = conflist_from_bytes(path.read_bytes(), str(path))
+        except (CNIError, OSError):
+            continue  # reported by the spec loader; no pool figures for it
+        out.setdefault(netlist.name, netlist)
+    return out
+
+
 def usage_for(specs_dir: str | Path, state_dir: str | Path) -> list[PoolUsage]:
     """Pool usage for a specs directory and the reconciler's state directory."""
-    from reconciler.engine.specs import load_specs
-
-    specs = load_specs(specs_dir)
-    return usage(specs.networks, Path(state_dir) / "networks")
+    return usage(network_configs(specs_dir), Path(state_dir) / "networks")
 
 
 def render_usage(pools: list[PoolUsage]) -> str:
