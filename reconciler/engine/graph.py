@@ -230,7 +230,7 @@ class Drawing:
 
     def _ownership(self, specs: Any, records: dict[str, Any], drift: dict[str, list[str]],
                    bridges: dict[str, str], host: Snapshot | None) -> None:
-        self.pic.cluster("specs", f"specs {specs.directory}", style="dashed")
+        self.pic.cluster("specs", f"specs: {specs.directory}", style="dashed")
         broken: dict[str, list[str]] = {}
         for err in specs.errors:
             broken.setdefault(getattr(err, "path", ""), []).append(str(err))
