@@ -76,3 +76,18 @@ def test_svg_and_png_render(applied, tmp_path):
     png = tmp_path / "host.png"
     assert rig.run("graph", "--format", "png", "-o", str(png)).returncode == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_graph_all_and_no_check(applied):
+    rig, known = applied
+    proc = rig.run("graph", "--all", "--no-check")
+    assert proc.returncode == 0, proc.stderr
+    assert '"host/lo"' in proc.stdout  # --all: every host link, not only ours
+    for ns in known["namespaces"]:
+        assert f"netns {ns}" in proc.stdout
+
+
+def test_graph_with_nothing_applied(ops_rig):
+    proc = ops_rig.run("graph")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("digraph reconciler {") and proc.stdout.rstrip().endswith("}")
