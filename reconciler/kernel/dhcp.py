@@ -3,9 +3,9 @@
 Wraps pyroute2's asyncio DHCP client (`pyroute2.dhcp.client`): it does the
 packets, the state machine, and the T1/T2/expiry timers. What this module adds:
 
-- the raw socket is opened *inside* the container's netns (a brief,
-  synchronous thread-level setns with no await in between; the socket keeps
-  its namespace afterwards), and the link is set up there first;
+- the raw socket is opened *inside* the container's netns by a throw-away
+  thread (the socket keeps its namespace afterwards), and the link is set
+  up there first;
 - arbitrary options to provide (code -> bytes), a fixed client identifier,
   the broadcast flag as configured;
 - lease persistence through a callback (the caller owns the store), and
@@ -26,8 +26,9 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,26 +59,44 @@ def netns_identity(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-@contextlib.contextmanager
-def entered_netns(path: str) -> Iterator[None]:
-    """Run the enclosed *synchronous* code with this thread in netns `path`."""
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise DHCPKernelError(exc.errno, f"cannot open netns {path}: {exc.strerror}") from exc
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise DHCPKernelError(err, f"cannot enter netns {path}: {os.strerror(err)}")
+def open_packet_socket(netns: str, ifname: str) -> int:
+    """A raw AF_PACKET socket bound to `ifname` inside `netns` (link set up first); returns its fd.
+
+    The socket is made by a throw-away thread that enters the namespace and
+    then ends, so no long-lived thread of ours (the event loop's included)
+    ever changes namespace. The socket keeps its namespace for its lifetime.
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
         try:
-            yield
+            target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            outcome["error"] = DHCPKernelError(exc.errno, f"cannot open netns {netns}: {exc.strerror}")
+            return
+        try:
+            if _libc.setns(target, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                outcome["error"] = DHCPKernelError(err, f"cannot enter netns {netns}: {os.strerror(err)}")
+                return
         finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:  # pragma: no cover - would leave the thread astray
-                os.abort()
-    finally:
-        os.close(target)
-        os.close(own)
+            os.close(target)
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            _set_link_up(sock, ifname)
+            sock.bind((ifname, ETH_P_ALL))
+        except OSError as exc:
+            sock.close()
+            outcome["error"] = DHCPKernelError(exc.errno, f"interface {ifname} in {netns}: {exc.strerror}")
+            return
+        outcome["fd"] = sock.detach()
+
+    thread = threading.Thread(target=work, name=f"dhcp-netns-{ifname}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return int(outcome["fd"])
 
 
 def _ifreq(ifname: str, payload: bytes = b"") -> bytes:
@@ -279,15 +298,9 @@ def _make_client(session: DHCPSession) -> Any:
         """The client's raw socket, opened inside the container netns."""
 
         async def __aenter__(self) -> NetnsSocket:
-            with entered_netns(spec.netns):
-                socket.socket.__init__(self, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-                try:
-                    _set_link_up(self, spec.ifname)
-                    self.setblocking(False)
-                    self.bind((spec.ifname, ETH_P_ALL))
-                except OSError:
-                    self.close()
-                    raise
+            fd = open_packet_socket(spec.netns, spec.ifname)
+            socket.socket.__init__(self, fileno=fd)
+            self.setblocking(False)
             self.ifindex = self.getsockname()[1]
             self.l2addr = _hwaddr(self, spec.ifname)
             self.clear_buffer()

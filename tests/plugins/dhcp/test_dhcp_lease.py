@@ -351,7 +351,17 @@ def test_systemd_socket_activation(lan, plugin_dir, tmp_path):
     log = tmp_path / "activated.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", lan.host_ns, sys.executable, "-c", ACTIVATE, sock, str(plugin_dir / "dhcp")],
+            [
+                "ip",
+                "netns",
+                "exec",
+                lan.host_ns,
+                sys.executable,
+                "-c",
+                ACTIVATE,
+                sock,
+                str(plugin_dir / "dhcp"),
+            ],
             stdout=fh,
             stderr=fh,
         )
