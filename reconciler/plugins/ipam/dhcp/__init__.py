@@ -20,7 +20,7 @@ from reconciler.cni.args import CmdArgs
 from reconciler.cni.types import Result
 from reconciler.errors import INTERNAL, NOT_AVAILABLE, TRY_AGAIN_LATER, CNIError
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 REPLY_MARGIN = 10.0
 
 log = logging.getLogger(__name__)

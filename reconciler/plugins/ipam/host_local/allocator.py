@@ -71,19 +71,14 @@ def candidates(rs: RangeSet, last: IPAddr | None) -> Iterator[tuple[Range, IPAdd
             value += 1
 
 
-def in_set(rs: RangeSet, names: Sequence[str]) -> list[IPAddr]:
-    out = []
-    for name in names:
-        ip = ipaddress.ip_address(name)
-        if rs.contains(ip):
-            out.append(ip)
+def in_set(rs: RangeSet, scan: Scan, names: Sequence[str]) -> list[IPAddr]:
+    out = [scan.ips[name] for name in names if rs.contains(scan.ips[name])]
     return sorted(out, key=int)
 
 
 def free_count(rs: RangeSet, scan: Scan) -> int:
     taken = 0
-    for name in list(scan.owners) + list(scan.foreign):
-        ip = ipaddress.ip_address(name)
+    for ip in scan.ips.values():
         r = rs.range_for(ip)
         if r is not None and r.usable(ip):
             taken += 1
@@ -99,7 +94,7 @@ class Allocator:
 
     def get(self, index: int, rs: RangeSet, owner: Owner, requested: IPAddr | None) -> Allocation:
         assert owner.ifname is not None
-        held = in_set(rs, self.scan.held_by(owner.container_id, owner.ifname))
+        held = in_set(rs, self.scan, self.scan.held_by(owner.container_id, owner.ifname))
         if requested is not None:
             return self._requested(index, rs, owner, requested, held)
         if held:
@@ -138,6 +133,7 @@ class Allocator:
         if not self.store.reserve(name, owner):
             return False
         self.scan.owners[name] = owner
+        self.scan.ips[name] = ipaddress.ip_address(name)
         self.store.set_last_reserved(index, name)
         return True
 
@@ -147,6 +143,7 @@ class Allocator:
             if alloc.created:
                 self.store.release(str(alloc.ip))
                 self.scan.owners.pop(str(alloc.ip), None)
+                self.scan.ips.pop(str(alloc.ip), None)
 
     @staticmethod
     def _exhausted(rs: RangeSet) -> CNIError:

@@ -14,6 +14,7 @@ import ipaddress
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from reconciler.cni.version import at_least
@@ -71,8 +72,13 @@ class Range:
     def version(self) -> int:
         return self.subnet.version
 
+    @cached_property
+    def _bounds(self) -> tuple[int, int, int]:
+        return self.subnet.version, int(self.start), int(self.end)
+
     def contains(self, ip: IPAddr) -> bool:
-        return ip.version == self.version and self.start <= ip <= self.end  # type: ignore[operator]
+        version, lo, hi = self._bounds
+        return ip.version == version and lo <= int(ip) <= hi
 
     def overlaps(self, other: Range) -> bool:
         if self.version != other.version:

@@ -26,11 +26,11 @@ import ipaddress
 import logging
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from reconciler.errors import INVALID_NETWORK_CONFIG, IO_FAILURE, CNIError
@@ -44,6 +44,7 @@ LINE_BREAK = "\r\n"
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 _RDONLY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -61,24 +62,23 @@ class Owner:
         return f"{self.container_id}{LINE_BREAK}{self.ifname}".encode()
 
 
+_OWNER_RE = re.compile(r"([a-zA-Z0-9][a-zA-Z0-9_.\-]*)(?:\r\n([^\s/:]{1,15}))?")
+
+
 def parse_owner(data: bytes) -> Owner | None:
     """The reservation content, or None if it is empty or garbled (a half-written file)."""
     try:
         text = data.decode().strip()
     except UnicodeDecodeError:
         return None
-    parts = text.split(LINE_BREAK)
-    if not parts[0] or not NAME_RE.match(parts[0]) or len(parts) > 2:
+    match = _OWNER_RE.fullmatch(text)
+    if match is None:
         return None
-    if len(parts) == 1:
-        return Owner(parts[0], None)
-    ifname = parts[1]
-    if not ifname or len(ifname.encode()) > 15 or any(c in "/:" or c.isspace() for c in ifname):
-        return None
-    return Owner(parts[0], ifname)
+    return Owner(match.group(1), match.group(2))
 
 
-def ip_name(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+@lru_cache(maxsize=65536)
+def ip_name(name: str) -> IPAddr | None:
     """The address a directory entry reserves, or None if it is not a reservation file."""
     try:
         return ipaddress.ip_address(name)
@@ -92,6 +92,7 @@ class Scan:
 
     owners: dict[str, Owner]  # ip string -> holder
     foreign: set[str]  # reservation names we cannot read (symlinks, directories): taken, untouched
+    ips: dict[str, IPAddr]  # every reservation name (owned or foreign) -> its address
 
     def taken(self, name: str) -> bool:
         return name in self.owners or name in self.foreign
@@ -115,6 +116,7 @@ class DiskStore:
         self.fd = dir_fd
         self.path = path
         self._lock_fd: int | None = None
+        self._dirty = False
 
     @classmethod
     def open(cls, data_dir: str, network: str, *, create: bool = True) -> DiskStore | None:
@@ -163,9 +165,11 @@ class DiskStore:
             except OSError as exc:
                 raise CNIError(IO_FAILURE, f"cannot open lock in {self.path}", exc.strerror or "") from exc
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._dirty = False
         try:
             yield self.scan()
-            os.fsync(self.fd)
+            if self._dirty:
+                os.fsync(self.fd)  # durable before the caller reports success
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
@@ -175,16 +179,19 @@ class DiskStore:
         """Read every reservation; drop temporaries and untrustworthy files (caller holds the lock)."""
         owners: dict[str, Owner] = {}
         foreign: set[str] = set()
+        ips: dict[str, IPAddr] = {}
         for name in os.listdir(self.fd):
             if name.startswith(TMP_PREFIX):
                 self._unlink(name)
                 log.warning("removed temporary file %s left by a killed process", name)
                 continue
-            if ip_name(name) is None:
+            ip = ip_name(name)
+            if ip is None:
                 continue
             data = self._read(name)
             if data is None:
                 foreign.add(name)
+                ips[name] = ip
                 continue
             owner = parse_owner(data)
             if owner is None:
@@ -194,7 +201,8 @@ class DiskStore:
                 self._unlink(name)
                 continue
             owners[name] = owner
-        return Scan(owners, foreign)
+            ips[name] = ip
+        return Scan(owners, foreign, ips)
 
     def _read(self, name: str) -> bytes | None:
         try:
@@ -212,7 +220,7 @@ class DiskStore:
         finally:
             os.close(fd)
 
-    def last_reserved(self, index: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    def last_reserved(self, index: int) -> IPAddr | None:
         data = self._read(f"{LAST_PREFIX}{index}")
         if not data:
             return None
@@ -237,8 +245,8 @@ class DiskStore:
         return True
 
     def set_last_reserved(self, index: int, ip: str) -> None:
-        """Replace `last_reserved_ip.<index>` atomically (tmp + fsync + rename)."""
-        tmp = self._write_tmp(ip.encode())
+        """Replace `last_reserved_ip.<index>` atomically (tmp + rename; a round-robin hint, not fsync'd)."""
+        tmp = self._write_tmp(ip.encode(), sync=False)
         try:
             os.rename(tmp, f"{LAST_PREFIX}{index}", src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except OSError as exc:
@@ -252,8 +260,8 @@ class DiskStore:
         """Raise OSError unless a file can be created, synced and removed here."""
         self._unlink(self._write_tmp(b"probe"))
 
-    def _write_tmp(self, data: bytes) -> str:
-        name = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    def _write_tmp(self, data: bytes, sync: bool = True) -> str:
+        name = f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(name, flags, FILE_MODE, dir_fd=self.fd)
@@ -263,7 +271,8 @@ class DiskStore:
             ) from exc
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         except OSError as exc:
             os.close(fd)
             self._unlink(name)
@@ -274,5 +283,6 @@ class DiskStore:
         return name
 
     def _unlink(self, name: str) -> None:
+        self._dirty = True
         with suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self.fd)
