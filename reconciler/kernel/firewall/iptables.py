@@ -11,7 +11,9 @@ serialised by a lock; `transact` runs a session inside a netns (see nsexec).
 from __future__ import annotations
 
 import ctypes
+import os
 import shlex
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -27,11 +29,51 @@ _FLAGS = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
           "--in-interface": "in_interface", "-o": "out_interface", "--out-interface": "out_interface"}
 
 
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/lib/x86_64-linux-gnu",
+            "/usr/lib64", "/usr/lib", "/lib64", "/lib")
+
+
+def _fast_find_library(name: str) -> str | None:
+    """ctypes.util.find_library without its subprocesses (ldconfig, gcc): a glob of the usual dirs."""
+    import glob
+
+    for libdir in LIB_DIRS:
+        # versioned objects first: a bare libfoo.so may be a linker script (libc.so is)
+        hits = sorted(glob.glob(os.path.join(libdir, f"lib{name}.so.*")), key=len)
+        if hits:
+            return hits[0]
+    return None
+
+
 def _iptc() -> Any:
+    """Import python-iptables fast (its import shells out to find libraries: ~1 s of a cold ADD)."""
+    if "iptc" in sys.modules:
+        return sys.modules["iptc"]
+    import ctypes.util
+    import types
+
+    original = ctypes.util.find_library
+    stubs: list[str] = []
+    if "distutils.sysconfig" not in sys.modules:  # iptc.util imports it only for get_python_lib
+        import sysconfig
+
+        pkg = types.ModuleType("distutils")
+        sub = types.ModuleType("distutils.sysconfig")
+        sub.get_python_lib = lambda *a, **k: sysconfig.get_path("purelib")  # type: ignore[attr-defined]
+        pkg.sysconfig = sub  # type: ignore[attr-defined]
+        for mod_name, mod in (("distutils", pkg), ("distutils.sysconfig", sub)):
+            if mod_name not in sys.modules:
+                sys.modules[mod_name] = mod
+                stubs.append(mod_name)
+    ctypes.util.find_library = _fast_find_library
     try:
         import iptc  # heavy: loads libxtables; only when a firewall op runs
     except Exception as exc:  # ImportError or a missing shared library
         raise BackendUnavailable(f"python-iptables unusable: {exc}") from exc
+    finally:
+        ctypes.util.find_library = original
+        for mod_name in stubs:
+            sys.modules.pop(mod_name, None)
     return iptc
 
 

@@ -71,6 +71,45 @@ class Forward:
         return self.address.version
 
 
+def _route_iface(ip: ipaddress.IPv4Address) -> str | None:
+    """The interface of the longest-prefix IPv4 route to `ip`, from /proc (no netlink import)."""
+    best: tuple[int, int, str] | None = None
+    with open("/proc/thread-self/net/route") as fh:
+        next(fh, None)
+        for line in fh:
+            f = line.split()
+            if len(f) < 8:
+                continue
+            dst = int.from_bytes(bytes.fromhex(f[1]), "little")
+            mask = int.from_bytes(bytes.fromhex(f[7]), "little")
+            metric = int(f[6])
+            if int(ip) & mask == dst:
+                key = (bin(mask).count("1"), -metric, f[0])
+                if best is None or key[:2] > best[:2]:
+                    best = key
+    return best[2] if best else None
+
+
+def enable_route_localnet(ip: ipaddress.IPv4Address, netns: str | None = None) -> str | None:
+    """Set route_localnet=1 on the host interface routing to `ip` (so localhost:hostPort works).
+
+    Never reverted, as the reference does. Returns the interface (None if no route)."""
+    from reconciler.kernel.firewall.nsexec import run_in_netns
+
+    def body() -> str | None:
+        iface = _route_iface(ip)
+        if iface:
+            path = f"/proc/sys/net/ipv4/conf/{iface}/route_localnet"
+            with open(path) as fh:
+                if fh.read().strip() == "1":
+                    return iface
+            with open(path, "w") as fh:
+                fh.write("1")
+        return iface
+
+    return run_in_netns(netns, body)
+
+
 def dn_chain(network: str, container_id: str) -> str:
     return hash_name("CNI-DN-", network + container_id, 28)
 

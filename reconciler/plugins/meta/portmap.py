@@ -161,14 +161,9 @@ def _kernel_error(what: str, exc: Exception) -> CNIError:
 
 def _route_localnet(addr: Address, netns: str | None) -> None:
     """`route_localnet=1` on the host interface that routes to the container (IPv4 only)."""
-    from reconciler.kernel import links, routes, sysctl
+    from reconciler.kernel.firewall.portmap import enable_route_localnet
 
-    route = routes.lookup(addr.ip, netns)
-    if route is None or route.oif is None:
-        return
-    link = links.by_index(route.oif, netns)
-    if link is not None:
-        sysctl.write(sysctl.key_for("net", "ipv4", "conf", link.name, "route_localnet"), 1, netns)
+    enable_route_localnet(addr.ip, netns)  # type: ignore[arg-type]
 
 
 def _flush_udp(entries: list[PortMapEntry], families: set[int], netns: str | None) -> None:

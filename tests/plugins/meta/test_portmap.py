@@ -45,6 +45,7 @@ def test_traffic_hairpin_localhost_and_del(world: World, plugin_dir, backend: st
     gateway = prev["ips"][0]["gateway"]
     assert world.connect(srv, gateway, 8080) == "hello-srv1"  # hairpin: the container reaches itself
     assert world.connect(world.host, "127.0.0.1", 8080) == "hello-srv1"  # localhost on the host
+    assert sh(world.host, "sysctl", "-n", f"net.ipv4.conf.{world.bridge}.route_localnet").strip() == "1"
 
     for _ in range(2):  # DEL twice
         run = run_plugin(plugin_dir / "portmap", "DEL", conf, world, "srv1", srv_path)
