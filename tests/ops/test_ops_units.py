@@ -41,7 +41,9 @@ def test_the_expected_units_exist():
     for family in ("AF_NETLINK", "AF_UNIX", "AF_INET", "AF_INET6", "AF_PACKET"):
         assert family in watch
     # the named namespaces it creates must be visible host-wide: no private mount namespace
-    for option in ("ProtectSystem=", "PrivateTmp=", "ProtectKernelTunables=", "PrivateDevices="):
+    # and no device policy: the tap plugin opens /dev/net/tun
+    for option in ("ProtectSystem=", "PrivateTmp=", "ProtectKernelTunables=", "PrivateDevices=", "ProtectClock=",
+                   "DeviceAllow=", "DevicePolicy="):
         assert not any(line.startswith(option) for line in watch.splitlines())
     timer = (UNITS_SOURCE / "reconciler-check.timer").read_text()
     assert "Unit=reconciler-check.service" in timer
