@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from reconciler.kernel import addrs as addrmod
@@ -49,7 +52,46 @@ class Snapshot:
         return any(a.address == address for a in self.addrs_of(name))
 
 
+_SHARED: contextvars.ContextVar[dict[object, Snapshot] | None] = contextvars.ContextVar(
+    "reconciler_kernel_snapshots", default=None)
+
+
+@contextlib.contextmanager
+def shared() -> Iterator[None]:
+    """Within the block, `snapshot(ns)` reads each namespace once and hands every caller the same copy.
+
+    For a read-only pass (the reconciler's CHECKs); anything that changes the kernel inside the
+    block must call `invalidate(ns)`.
+    """
+    if _SHARED.get() is not None:
+        yield
+        return
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def invalidate(netns: str | None = None) -> None:
+    cache = _SHARED.get()
+    if cache is not None:
+        cache.pop(nsmod.identity(netns) or nsmod.resolve(netns), None)
+
+
 def snapshot(netns: str | None = None) -> Snapshot:
+    """Links, addresses and routes of `netns` (shared inside a `shared()` block)."""
+    cache = _SHARED.get()
+    if cache is None:
+        return read(netns)
+    key = nsmod.identity(netns) or nsmod.resolve(netns)
+    snap = cache.get(key)
+    if snap is None:
+        snap = cache[key] = read(netns)
+    return snap
+
+
+def read(netns: str | None = None) -> Snapshot:
     """Dump links, addresses and routes of `netns` over one netlink handle."""
     with nsmod.ipr(netns) as ipr:
         links = tuple(sorted((linkmod.from_msg(m) for m in ipr.link("dump")), key=lambda lk: lk.index))

@@ -160,3 +160,15 @@ def test_snapshot_reads_everything_once(two):
     assert snap.has_address("rcnsn0", ipaddress.ip_interface("10.64.0.2/24"))
     assert any(str(r.dst) == "10.65.0.0/16" for r in snap.routes_of("rcnsn0"))
     assert snap.link("nothere") is None and snap.addrs_of("nothere") == []
+
+
+def test_shared_snapshot_is_read_once_per_namespace(two):
+    hn, hp, cn, cp = two
+    with snapshot.shared():
+        first = snapshot.snapshot(cp)
+        links.create_veth("rcnsh0", "rcnsh1", netns=cp, peer_netns=cp)
+        assert snapshot.snapshot(cp) is first and first.link("rcnsh0") is None
+        assert snapshot.snapshot(hp) is not first
+        snapshot.invalidate(cp)
+        assert snapshot.snapshot(cp).link("rcnsh0") is not None
+    assert snapshot.snapshot(cp) is not first

@@ -310,6 +310,9 @@ def check(args: CmdArgs) -> None:
         cont = check_link(cont_snap, prev.interfaces[idx], kind="veth")
         hosts = [i for i in prev.interfaces if not i.sandbox and i.name != conf.bridge]
         for iface in hosts:
+            live = host_snap.link(iface.name)
+            if live is not None and live.kind != "veth":
+                continue  # appended by a later plugin of the chain (bandwidth's ifb, ...)
             hv = check_link(host_snap, iface, kind="veth")
             if hv.link != cont.index:
                 raise CNIError(INTERNAL, f"host veth {iface.name!r} is not the peer of {args.ifname!r}")

@@ -166,6 +166,9 @@ def check(args: CmdArgs) -> None:
         for iface in prev.interfaces:
             if iface.sandbox or iface.name == args.ifname:
                 continue
+            live = host_snap.link(iface.name)
+            if live is not None and live.kind != "veth":
+                continue  # appended by a later plugin of the chain (bandwidth's ifb, ...)
             hv = check_link(host_snap, iface, kind="veth")
             if hv.link != cont.index:
                 raise CNIError(INTERNAL, f"host veth {iface.name!r} is not the peer of {args.ifname!r}")

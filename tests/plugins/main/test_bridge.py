@@ -307,3 +307,36 @@ def test_ipmasq_setup_teardown_and_gc(world):
     assert gc.code == 0, gc.stdout + gc.stderr
     assert _masq_chains(world.host) == []
     assert json.loads(json.dumps(r2.json))["ips"][0]["address"].startswith("10.77.0.")
+
+
+def test_check_tolerates_interfaces_appended_by_later_plugins(world):
+    """bandwidth appends an ifb to the result: bridge CHECK must skip host interfaces that are not veths."""
+    _, ns = world.container()
+    c = conf(world, isGateway=True)
+    r = world.run(ours(world), "ADD", c, ns)
+    run("ip", "-n", world.host, "link", "add", "rcnbwp0", "type", "ifb")
+    prev = dict(r.json, interfaces=r.json["interfaces"] + [{"name": "rcnbwp0", "mac": "0a:00:00:00:00:99"}])
+    chk = world.run(ours(world), "CHECK", {**c, "prevResult": prev}, ns)
+    assert chk.code == 0, chk.stdout
+
+
+def test_in_process_with_host_netns_argument(world, monkeypatch):
+    """The reconciler's path: skel.dispatch in this process, host-side work in args.host_netns."""
+    from reconciler.cni.args import CmdArgs
+    from reconciler.cni.skel import dispatch, load_module
+
+    cname, ns = world.container()
+    c = conf(world, isGateway=True)
+    module = load_module("bridge")
+    out = dispatch(module, CmdArgs.build("ADD", json.dumps(c).encode(), container_id="inproc", netns=ns,
+                                         ifname="eth0", path=world.cni_path, host_netns=f"/run/netns/{world.host}"))
+    assert out["ips"][0]["address"] == "10.77.0.2/24"
+    assert ("rcnbr0", "10.77.0.1/24") in addrs_state(world.host)
+    assert ping(cname, "10.77.0.1")
+    args = CmdArgs.build("CHECK", json.dumps({**c, "prevResult": out}).encode(), container_id="inproc", netns=ns,
+                         ifname="eth0", path=world.cni_path, host_netns=f"/run/netns/{world.host}")
+    assert dispatch(module, args) is None
+    args = CmdArgs.build("DEL", json.dumps({**c, "prevResult": out}).encode(), container_id="inproc", netns=ns,
+                         ifname="eth0", path=world.cni_path, host_netns=f"/run/netns/{world.host}")
+    assert dispatch(module, args) is None
+    assert [lk["kind"] for lk in links_state(world.host)] == ["bridge"] and allocated(world) == []
