@@ -372,3 +372,19 @@ def test_systemd_socket_activation(lan, plugin_dir, tmp_path):
         proc.terminate()
         assert proc.wait(20) == 0, log.read_text()
     assert os.path.exists(sock)  # systemd owns an activated socket: the daemon leaves it
+
+
+@pytest.mark.parametrize("version", ["0.2.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_result_in_every_version(lan, dnsmasq, dhcp_daemon, plugin_dir, version):
+    dnsmasq()
+    daemon = dhcp_daemon()
+    _, path = lan.container()
+    conf = netconf(daemon.socket_path, version=version)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    assert res.json["cniVersion"] == version
+    if version == "0.2.0":
+        assert res.json["ip4"]["ip"].startswith("10.77.0.") and res.json["ip4"]["gateway"] == SERVER_IP
+    else:
+        assert res.json["ips"][0]["address"].startswith("10.77.0.")
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
