@@ -339,3 +339,16 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     call(hl, "DEL", conf, "c1")
     assert not (tmp_path / "state" / "networks" / "rcnnet" / "10.9.0.2").exists()
     assert os.environ["RECONCILER_IPAM_DATADIR"].startswith(str(tmp_path))
+
+
+def test_gc_without_attachment_list_frees_nothing(tmp_path: Path) -> None:
+    conf = hl_conf(tmp_path, V4, version="1.1.0")
+    call(hl, "ADD", conf, "c1")
+    with pytest.raises(CNIError) as err:
+        call(hl, "GC", conf, cid="", ifname="")
+    assert err.value.code == INVALID_NETWORK_CONFIG and "valid-attachments" in err.value.msg
+    assert "10.9.0.2" in files_of(tmp_path / "rcnnet")
+    call(
+        hl, "GC", conf | {"cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]}, cid="", ifname=""
+    )
+    assert "10.9.0.2" in files_of(tmp_path / "rcnnet")

@@ -36,10 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--socket-path",
         dest="socket_path",
         default=DEFAULT_SOCKET,
-        help=f"unix socket to listen on (default {DEFAULT_SOCKET})",
-    )
-    parser.add_argument(
-        "--state-dir", default=None, help="lease records and queued releases (default: SOCKET_PATH.d)"
+        help=f"unix socket to listen on (default {DEFAULT_SOCKET}); leases are kept in SOCKET_PATH.d/",
     )
     parser.add_argument(
         "-pidfile", "--pidfile", dest="pidfile", default="", help="write the pid to this absolute path"
@@ -94,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     daemon = Daemon(
         socket_path,
-        state_dir=args.state_dir,
         timeout=args.timeout,
         resend_max=args.resend_max,
         broadcast=args.broadcast,

@@ -121,8 +121,8 @@ def _valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]]:
     raw = config.get(VALID_ATTACHMENTS)
     if raw is None:
         raw = config.get(LEGACY_ATTACHMENTS)
-    if raw is None:
-        raw = []
+    if raw is None:  # never read a missing list as "nothing is valid": that would free everything
+        raise config_error(VALID_ATTACHMENTS, "missing; GC needs the list of valid attachments")
     if not isinstance(raw, list):
         raise config_error(VALID_ATTACHMENTS, "must be a list of {containerID, ifname}")
     out: set[tuple[str, str]] = set()
