@@ -300,10 +300,13 @@ def test_half_written_and_temporary_files_are_not_trusted(tmp_path: Path) -> Non
     call(hl, "ADD", conf, "c1")
     net = tmp_path / "rcnnet"
     (net / "10.9.0.3").write_bytes(b"")  # the reference killed between O_EXCL create and write
-    (net / "10.9.0.4").write_bytes(b"\x00\x00garbage\r\n")
+    (net / "10.9.0.4").write_bytes(b"\x00\x00\x00\x00\x00")  # lost write after a power cut
+    (net / "10.9.0.5").write_bytes(b"pod with spaces\r\neth0")  # odd but complete: still taken
     (net / ".rcn-tmp-99999-deadbeef").write_bytes(b"c9\r\neth0")  # ours killed before link()
     assert ips_of(call(hl, "ADD", conf, "c2")) == ["10.9.0.3/29"]
     assert ips_of(call(hl, "ADD", conf, "c3")) == ["10.9.0.4/29"]
+    assert ips_of(call(hl, "ADD", conf, "c4")) == ["10.9.0.6/29"]
+    assert (net / "10.9.0.5").read_bytes() == b"pod with spaces\r\neth0"
     assert not [p for p in net.iterdir() if p.name.startswith(".")]
 
 

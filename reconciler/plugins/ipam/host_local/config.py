@@ -223,12 +223,12 @@ def requested_ips(config: dict[str, Any], cni_args: dict[str, str]) -> list[IPAd
     raw_ip = cni_args.get("IP", "")
     for item in (p for p in raw_ip.split(",") if p.strip()):
         out.append(parse_ip(item, "CNI_ARGS IP"))
-    args = config.get("args")
-    cni = args.get("cni") if isinstance(args, dict) else None
-    ips = cni.get("ips") if isinstance(cni, dict) else None
+    args = get_key(config, "args")
+    cni = get_key(args, "cni") if isinstance(args, dict) else None
+    ips = get_key(cni, "ips") if isinstance(cni, dict) else None
     out += _ip_list(ips, "args.cni.ips")
-    runtime = config.get("runtimeConfig")
-    out += _ip_list(runtime.get("ips") if isinstance(runtime, dict) else None, "runtimeConfig.ips")
+    runtime = get_key(config, "runtimeConfig")
+    out += _ip_list(get_key(runtime, "ips") if isinstance(runtime, dict) else None, "runtimeConfig.ips")
     seen: set[IPAddr] = set()
     return [ip for ip in out if not (ip in seen or seen.add(ip))]  # type: ignore[func-returns-value]
 
@@ -259,11 +259,11 @@ class HostLocalConfig:
 
 def load(config: dict[str, Any], cni_args: dict[str, str], *, with_requests: bool = True) -> HostLocalConfig:
     """Decode the whole stdin config for host-local."""
-    ipam = config.get("ipam")
+    ipam = get_key(config, "ipam")
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_NETWORK_CONFIG, "IPAM config missing 'ipam' key")
-    runtime = config.get("runtimeConfig")
-    runtime_ranges = runtime.get("ipRanges") if isinstance(runtime, dict) else None
+    runtime = get_key(config, "runtimeConfig")
+    runtime_ranges = get_key(runtime, "ipRanges") if isinstance(runtime, dict) else None
     version = str(config.get("cniVersion") or "0.1.0")
     sets = parse_range_sets(ipam, runtime_ranges, version)
     routes = get_key(ipam, "routes") or []

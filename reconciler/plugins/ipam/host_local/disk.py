@@ -62,19 +62,19 @@ class Owner:
         return f"{self.container_id}{LINE_BREAK}{self.ifname}".encode()
 
 
-_OWNER_RE = re.compile(r"([a-zA-Z0-9][a-zA-Z0-9_.\-]*)(?:\r\n([^\s/:]{1,15}))?")
-
-
 def parse_owner(data: bytes) -> Owner | None:
-    """The reservation content, or None if it is empty or garbled (a half-written file)."""
-    try:
-        text = data.decode().strip()
-    except UnicodeDecodeError:
+    """The reservation's holder, or None for a half-written file (empty, or NULs from a lost write).
+
+    Any other content is trusted as taken, even an id our own validation would refuse:
+    freeing an address on a guess could hand it out twice.
+    """
+    if b"\x00" in data:
         return None
-    match = _OWNER_RE.fullmatch(text)
-    if match is None:
+    text = data.decode("utf-8", "surrogateescape").strip()
+    if not text:
         return None
-    return Owner(match.group(1), match.group(2))
+    cid, sep, ifname = text.partition(LINE_BREAK)
+    return Owner(cid.strip(), ifname.strip() if sep else None)
 
 
 @lru_cache(maxsize=65536)
