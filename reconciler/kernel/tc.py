@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from reconciler.kernel import links
 from reconciler.kernel.netns import NetnsNotFound
 from reconciler.kernel.netns import ipr as _ipr
 
@@ -82,69 +83,12 @@ class Tbf:
         return cls(rate=rate, limit=limit & 0xFFFFFFFF, buffer=buffer)
 
 
-@dataclass(frozen=True)
-class LinkInfo:
-    index: int
-    name: str
-    mtu: int
-    mac: str
-    kind: str
-    alias: str = ""
-
-
-def _link(msg: Any) -> LinkInfo:
-    linkinfo = msg.get("IFLA_LINKINFO")
-    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else ""
-    return LinkInfo(
-        index=int(msg["index"]),
-        name=str(msg.get("IFLA_IFNAME")),
-        mtu=int(msg.get("IFLA_MTU") or 0),
-        mac=str(msg.get("IFLA_ADDRESS") or ""),
-        kind=str(kind or ""),
-        alias=str(msg.get("IFLA_IFALIAS") or ""),
-    )
-
-
-def link_by_name(name: str, netns: str | None = None) -> LinkInfo | None:
-    """The link called `name`, or None."""
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=name)
-        if not idx:
-            return None
-        return _link(ipr.get_links(idx[0])[0])
-
-
-def link_by_index(index: int, netns: str | None = None) -> LinkInfo | None:
-    """The link with ifindex `index`, or None."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with _ipr(netns) as ipr:
-        try:
-            return _link(ipr.get_links(index)[0])
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise
-
-
-def veth_peer_index(ifname: str, netns: str | None) -> int:
-    """The ifindex (in the peer's namespace) of the veth peer of `ifname`; 0 when it is no veth."""
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            return 0
-        msg = ipr.get_links(idx[0])[0]
-        if _link(msg).kind != "veth":
-            return 0
-        return int(msg.get("IFLA_LINK") or 0)
-
-
-def ensure_ifb(name: str, mtu: int, netns: str | None = None, alias: str = "") -> tuple[LinkInfo, bool]:
+def ensure_ifb(name: str, mtu: int, netns: str | None = None, alias: str = "") -> tuple[links.Link, bool]:
     """Create the ifb `name` (up, txqlen 0, `mtu`, ifalias `alias`) unless it exists; returns (link, created)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
+    created = False
     with _ipr(netns) as ipr:
-        created = False
         if not ipr.link_lookup(ifname=name):
             try:
                 ipr.link("add", ifname=name, kind="ifb", mtu=mtu, txqlen=0)
@@ -152,39 +96,13 @@ def ensure_ifb(name: str, mtu: int, netns: str | None = None, alias: str = "") -
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise TcError(f"failed to create ifb {name}: {exc}", exc.code) from exc
-        idx = ipr.link_lookup(ifname=name)[0]
-        link = _link(ipr.get_links(idx)[0])
-        if link.kind != "ifb":
-            raise TcError(f"{name} exists and is not an ifb device (kind {link.kind or 'unknown'})")
-        ipr.link("set", index=idx, state="up", mtu=mtu)
-        if alias and created:
-            ipr.link("set", index=idx, ifalias=alias)
-        return _link(ipr.get_links(idx)[0]), created
-
-
-def links_of_kind(kind: str, netns: str | None = None) -> list[LinkInfo]:
-    """Every link of `kind` (e.g. "ifb") in `netns`."""
-    with _ipr(netns) as ipr:
-        return [link for link in (_link(m) for m in ipr.get_links()) if link.kind == kind]
-
-
-def delete_link(name: str, netns: str | None = None) -> bool:
-    """Delete the link `name`; False when it was already gone (or the namespace is)."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        with _ipr(netns) as ipr:
-            idx = ipr.link_lookup(ifname=name)
-            if not idx:
-                return False
-            ipr.link("del", index=idx[0])
-            return True
-    except NetnsNotFound:
-        return False
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return False
-        raise
+    link = links.get(name, netns)
+    if link.kind != "ifb":
+        raise TcError(f"{name} exists and is not an ifb device (kind {link.kind or 'unknown'})", errno.EEXIST)
+    links.set_link(name, netns, state="up", mtu=mtu)
+    if alias and created:
+        links.set_alias(name, alias, netns)
+    return links.get(name, netns), created
 
 
 def _index(ipr: Any, dev: str) -> int:

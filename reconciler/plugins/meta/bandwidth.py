@@ -101,15 +101,14 @@ def _prev(conf: BandwidthConf) -> Result:
 
 def _host_veth(result: Result, args: CmdArgs) -> str:
     """The host-side veth of CNI_IFNAME: its peer, which prevResult must list without a sandbox."""
-    from reconciler.kernel import tc
+    from reconciler.kernel import links
+    from reconciler.kernel.netns import KernelError
 
     try:
-        peer = tc.veth_peer_index(args.ifname, args.netns)
-    except OSError as exc:
-        raise CNIError(INTERNAL, f"failed to open netns {args.netns!r}", str(exc)) from exc
-    if peer <= 0:
-        raise CNIError(INTERNAL, f"container interface {args.ifname} has no veth peer")
-    link = tc.link_by_index(peer, args.host_netns)
+        peer = links.peer_index(args.ifname, args.netns) or 0
+    except KernelError as exc:
+        raise CNIError(INTERNAL, f"container interface {args.ifname} has no veth peer", str(exc)) from exc
+    link = links.by_index(peer, args.host_netns) if peer > 0 else None
     if link is None:
         raise CNIError(INTERNAL, f"veth peer of {args.ifname} (ifindex {peer}) not found on the host")
     for iface in result.interfaces:
@@ -124,7 +123,7 @@ def _alias(args: CmdArgs) -> str:
 
 def add(args: CmdArgs) -> Result:
     """Shape the attachment; the result is prevResult plus the ifb when egress is shaped."""
-    from reconciler.kernel import tc
+    from reconciler.kernel import links, tc
 
     conf = args.conf(BandwidthConf)
     limits = _limits(conf, args)
@@ -140,17 +139,17 @@ def add(args: CmdArgs) -> Result:
                 undo.callback(tc.clear_qdiscs, host, hns, root=True, ingress=False)
             if limits["egressRate"]:
                 name = tc.ifb_name(args.network_name, args.container_id)
-                veth = tc.link_by_name(host, hns)
+                veth = links.find(host, hns)
                 mtu = veth.mtu if veth else 1500
                 ifb, created = tc.ensure_ifb(name, mtu, hns, alias=_alias(args))
                 if created:
-                    undo.callback(tc.delete_link, name, hns)
+                    undo.callback(links.delete, name, hns)
                 tc.set_tbf(name, tc.Tbf.from_bits(limits["egressRate"], limits["egressBurst"]), hns)
                 tc.set_ingress_redirect(host, name, hns)
                 undo.callback(tc.clear_qdiscs, host, hns, root=False, ingress=True)
                 if not any(i.name == name and not i.sandbox for i in result.interfaces):
                     result.interfaces.append(Interface(name=name, mac=ifb.mac))
-        except (tc.TcError, ValueError, OSError) as exc:
+        except (tc.TcError, ValueError, OSError) as exc:  # KernelError is an OSError
             raise CNIError(INTERNAL, "bandwidth: failed to set up shaping", str(exc)) from exc
         undo.pop_all()
     return result
@@ -158,18 +157,17 @@ def add(args: CmdArgs) -> Result:
 
 def delete(args: CmdArgs) -> None:
     """Remove the ifb, and our qdiscs on the host veth if the container's veth is still there."""
-    from reconciler.kernel import tc
-    from reconciler.kernel.netns import NetnsNotFound
+    from reconciler.kernel import links, tc
+    from reconciler.kernel.netns import KernelError
 
-    name = tc.ifb_name(args.network_name, args.container_id)
-    tc.delete_link(name, args.host_netns)
+    links.delete(tc.ifb_name(args.network_name, args.container_id), args.host_netns)
     if not args.netns:
         return
     try:
-        peer = tc.veth_peer_index(args.ifname, args.netns)
-    except (NetnsNotFound, OSError):
-        return  # the netns is gone, and the veth pair with it
-    link = tc.link_by_index(peer, args.host_netns) if peer > 0 else None
+        peer = links.peer_index(args.ifname, args.netns) or 0
+    except KernelError:
+        return  # the netns or the veth is gone, and the host end with it
+    link = links.by_index(peer, args.host_netns) if peer > 0 else None
     if link is not None and _listed_host_iface(args, link.name):
         tc.clear_qdiscs(link.name, args.host_netns)
 
@@ -184,7 +182,7 @@ def _listed_host_iface(args: CmdArgs, name: str) -> bool:
 
 def check(args: CmdArgs) -> None:
     """The tbf on the host veth and on the ifb, and the redirect between them, match the config."""
-    from reconciler.kernel import tc
+    from reconciler.kernel import links, tc
 
     conf = args.conf(BandwidthConf)
     limits = _limits(conf, args)
@@ -197,7 +195,7 @@ def check(args: CmdArgs) -> None:
         _check_tbf(host, tc.Tbf.from_bits(limits["ingressRate"], limits["ingressBurst"]), hns)
     if limits["egressRate"]:
         name = tc.ifb_name(args.network_name, args.container_id)
-        ifb = tc.link_by_name(name, hns)
+        ifb = links.find(name, hns)
         if ifb is None or ifb.kind != "ifb":
             raise CNIError(INTERNAL, f"bandwidth: ifb device {name} not found")
         _check_tbf(name, tc.Tbf.from_bits(limits["egressRate"], limits["egressBurst"]), hns)
@@ -221,16 +219,16 @@ def _check_tbf(dev: str, want: Any, netns: str | None) -> None:
 
 def gc(args: CmdArgs) -> None:
     """Delete ifbs this network made for attachments not in `cni.dev/valid-attachments`."""
-    from reconciler.kernel import tc
+    from reconciler.kernel import links, tc
 
     valid = args.config.get("cni.dev/valid-attachments") or args.config.get("cni.dev/attachments") or []
     keep = {tc.ifb_name(args.network_name, str(a.get("containerID", ""))) for a in valid if isinstance(a, dict)}
     prefix = f"{ALIAS_PREFIX} net={args.network_name} "
     errors = []
-    for link in tc.links_of_kind("ifb", args.host_netns):
-        if link.alias.startswith(prefix) and link.name not in keep:
+    for link in links.list_links(args.host_netns):
+        if link.kind == "ifb" and link.alias.startswith(prefix) and link.name not in keep:
             try:
-                tc.delete_link(link.name, args.host_netns)
+                links.delete(link.name, args.host_netns)
             except OSError as exc:
                 errors.append(f"{link.name}: {exc}")
     if errors:
