@@ -156,7 +156,8 @@ class Engine:
         chosen = [r for k, r in records.items() if keys is None or k in keys]
         bar = Progress(len(chosen), "observe", enabled=self.show_progress)
         try:
-            return observe(chosen, self.runner, deep, progress=bar.step)
+            with namespaces.session():
+                return observe(chosen, self.runner, deep, progress=bar.step)
         finally:
             bar.close()
 
@@ -322,6 +323,10 @@ class Engine:
 
     def apply(self) -> PassReport:
         """One full pass. The caller holds the state lock."""
+        with namespaces.session():
+            return self._apply()
+
+    def _apply(self) -> PassReport:
         self.inventory.ensure()
         recovered = self.recover()
         specs = self.load()

@@ -42,24 +42,27 @@ def list_names() -> list[str]:
 
 def create(name: str) -> bool:
     """Create /run/netns/NAME with loopback up; False when it already existed."""
+    from reconciler.kernel import netns as nsmod
+
     if exists(name):
         return False
-    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if proc.returncode != 0:
-        if exists(name):
-            return False
-        raise OSError(f"ip netns add {name}: {proc.stderr.strip()}")
+    nsmod.create(name)
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], capture_output=True)
     return True
 
 
 def delete(name: str) -> None:
-    """Delete /run/netns/NAME; a missing one is fine."""
-    if not os.path.exists(path_for(name)):
-        return
-    proc = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
-    if proc.returncode != 0 and os.path.exists(path_for(name)):
-        raise OSError(f"ip netns delete {name}: {proc.stderr.strip()}")
+    """Delete /run/netns/NAME (and forget any cached netlink handle to it); a missing one is fine."""
+    from reconciler.kernel import netns as nsmod
+
+    nsmod.remove(path_for(name))
+
+
+def session() -> contextlib.AbstractContextManager[None]:
+    """One netlink handle per namespace for the whole block (a pass): see kernel.netns.session."""
+    from reconciler.kernel import netns as nsmod
+
+    return nsmod.session()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,205 @@
+"""Engine benchmark: converge 100 and 500 attachments, a no-op pass over 500, repair one drifted among 500.
+
+Side by side, in the same run, with the same work done by the reference Go
+plugins (/usr/lib/cni) driven through our chain runner in exec mode, one
+attachment at a time (what a runtime does): create the namespace, ADD; CHECK
+each for the no-op pass; CHECK each then DEL+ADD the broken one for the repair.
+Everything happens inside a private namespace standing in for the host.
+Prints the ratios and writes bench/results/engine.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import PYTHON, REFERENCE, ROOT, write_results  # noqa: E402
+
+
+def network_conf(name: str, bridge: str, subnet: str, data_dir: str | None = None) -> dict:
+    ipam: dict = {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
+    if data_dir:
+        ipam["dataDir"] = data_dir
+    return {"cniVersion": "1.0.0", "name": name,
+            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False, "ipam": ipam}]}
+
+
+def write_specs(directory: Path, n: int, prefix: str, bridge: str, subnet: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bench.conflist").write_text(json.dumps(network_conf("bench", bridge, subnet)))
+    lines = [f'[[attachment]]\nid = "c{i}"\nnetwork = "bench"\nnetns = "{prefix}{i}"\n' for i in range(n)]
+    (directory / "attachments.toml").write_text("\n".join(lines))
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def engine_side(work: Path, sizes: list[int], big: int) -> dict:
+    from reconciler.engine.apply import Engine
+    from reconciler.kernel import namespaces
+
+    tag = uuid.uuid4().hex[:4]
+    prefix, specs, state = f"rcn-be{tag}-", work / "e-specs", work / "e-state"
+    res: dict = {}
+
+    def engine() -> Engine:
+        return Engine(specs, state, cni_path=str(REFERENCE), show_progress=False)
+
+    def converge(n: int) -> float:
+        write_specs(specs, n, prefix, f"rcnbe{tag}", "10.240.0.0/16")
+        secs, report = timed(engine().apply)
+        assert report.exit_code == 0, [o.error for o in report.failed][:3]
+        return secs
+
+    def teardown() -> float:
+        (specs / "attachments.toml").write_text("")
+        secs, report = timed(engine().apply)
+        assert report.exit_code == 0
+        return secs
+
+    for n in sizes:
+        res[f"converge_{n}"] = converge(n)
+        print(f"  engine: converge {n}: {res[f'converge_{n}']:.2f}s", flush=True)
+        if n != big:
+            res[f"teardown_{n}"] = teardown()
+    if big not in sizes:
+        converge(big)
+    res[f"noop_{big}"], report = timed(engine().apply)
+    assert not report.outcomes, "the no-op pass did something"
+    print(f"  engine: no-op pass over {big}: {res[f'noop_{big}']:.2f}s", flush=True)
+    victim = f"{prefix}{big // 2}"
+    def global_addrs() -> list[str]:
+        return [a for a in namespaces.snapshot(f"/run/netns/{victim}")["eth0"].addresses if not a.startswith("fe80")]
+
+    before = global_addrs()
+    subprocess.run(["ip", "-n", victim, "link", "del", "eth0"], check=True)
+    res[f"repair_one_of_{big}"], report = timed(engine().apply)
+    assert [o.action for o in report.outcomes] == ["repair"], report.outcomes
+    assert global_addrs() == before, (global_addrs(), before)
+    print(f"  engine: repair one of {big}: {res[f'repair_one_of_{big}']:.2f}s", flush=True)
+    res[f"teardown_{big}"] = teardown()
+    return res
+
+
+def reference_side(work: Path, sizes: list[int], big: int) -> dict:
+    from reconciler.cni.chain import Runner, RuntimeConf
+    from reconciler.cni.conf import conflist_from_bytes
+    from reconciler.errors import CNIError
+    from reconciler.kernel import namespaces
+
+    tag = uuid.uuid4().hex[:4]
+    prefix, cache_dir = f"rcn-br{tag}-", str(work / "r-state")
+    conf = network_conf("bench", f"rcnbr{tag}", "10.241.0.0/16", str(work / "r-state" / "networks"))
+    netlist = conflist_from_bytes(json.dumps(conf).encode())
+    runner = Runner(str(REFERENCE), cache_dir, exec_mode=True)
+    rt = [RuntimeConf(f"c{i}", f"/run/netns/{prefix}{i}", "eth0") for i in range(max(sizes + [big]))]
+    res: dict = {}
+
+    def converge(n: int) -> None:
+        for i in range(n):
+            namespaces.create(f"{prefix}{i}")
+            runner.add(netlist, rt[i])
+
+    def teardown(n: int) -> None:
+        for i in range(n):
+            runner.delete(netlist, rt[i])
+            namespaces.delete(f"{prefix}{i}")
+
+    def check_all(n: int) -> list[int]:
+        bad = []
+        for i in range(n):
+            try:
+                runner.check(netlist, rt[i])
+            except CNIError:
+                bad.append(i)
+        return bad
+
+    for n in sizes:
+        res[f"converge_{n}"], _ = timed(lambda n=n: converge(n))
+        print(f"  reference: converge {n}: {res[f'converge_{n}']:.2f}s", flush=True)
+        if n != big:
+            res[f"teardown_{n}"], _ = timed(lambda n=n: teardown(n))
+    if big not in sizes:
+        converge(big)
+    res[f"noop_{big}"], bad = timed(lambda: check_all(big))
+    assert bad == [], bad
+    print(f"  reference: CHECK all {big}: {res[f'noop_{big}']:.2f}s", flush=True)
+    victim = big // 2
+    subprocess.run(["ip", "-n", f"{prefix}{victim}", "link", "del", "eth0"], check=True)
+
+    def repair() -> None:
+        for i in check_all(big):
+            runner.delete(netlist, rt[i])
+            runner.add(netlist, rt[i])
+
+    res[f"repair_one_of_{big}"], _ = timed(repair)
+    print(f"  reference: repair one of {big}: {res[f'repair_one_of_{big}']:.2f}s", flush=True)
+    res[f"teardown_{big}"], _ = timed(lambda: teardown(big))
+    return res
+
+
+def inner(args: argparse.Namespace) -> int:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    big = max(sizes)
+    work = Path(tempfile.mkdtemp(prefix="rcn-engine-bench-"))
+    try:
+        print(f"engine (our plugins in-process, verify after every ADD), sizes {sizes}:", flush=True)
+        ours = engine_side(work, sizes, big)
+        print("reference (Go plugins exec'd through the chain runner, one attachment at a time):", flush=True)
+        ref = reference_side(work, sizes, big)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for name in os.listdir("/run/netns"):
+            if name.startswith(("rcn-be", "rcn-br")) and name[6:10].isalnum():
+                subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    ratios = {k: round(ours[k] / ref[k], 2) for k in ours if k in ref and ref[k] > 0}
+    print(f"\n{'scenario':<22}{'engine s':>10}{'reference s':>13}{'ratio':>8}")
+    for key in ours:
+        if key in ref:
+            print(f"{key:<22}{ours[key]:>10.2f}{ref[key]:>13.2f}{ratios[key]:>8.2f}")
+    print("ratio = engine / reference (below 1: the engine is faster)")
+    path = write_results("engine", {"sizes": sizes, "engine_s": ours, "reference_s": ref, "ratio": ratios,
+                                    "notes": "engine pass = recover + observe + plan + apply + verify (CHECK) "
+                                             "+ status; reference = runner in exec mode, no verification"})
+    print(f"wrote {path}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="100,500", help="attachment counts to converge (the largest is reused)")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("engine_bench: needs root", file=sys.stderr)
+        return 1
+    if not (REFERENCE / "bridge").exists():
+        print("engine_bench: reference plugins not installed; skipping", file=sys.stderr)
+        return 0
+    if args.inner:
+        return inner(args)
+    host = f"rcn-bh{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", host], check=True)
+    try:
+        subprocess.run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), CNI_PATH=str(REFERENCE))
+        cmd = ["nsenter", f"--net=/run/netns/{host}", PYTHON, __file__, "--inner", "--sizes", args.sizes]
+        return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    finally:
+        subprocess.run(["ip", "netns", "delete", host], check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
