@@ -55,12 +55,20 @@ def call(binary: Path, command: str, host: str, index: int, stdin: bytes) -> flo
     return t
 
 
+CPU: list[float] = []  # CPU seconds of the last call (children's for exec'd plugins)
+
+
 def _exec(binary: Path, env: dict[str, str], stdin: bytes, host: str) -> tuple[float, int, bytes]:
+    import resource
     import subprocess
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(["ip", "netns", "exec", host, str(binary)], input=stdin, env=env, capture_output=True)
-    return time.perf_counter() - start, proc.returncode, proc.stdout + proc.stderr
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return wall, proc.returncode, proc.stdout + proc.stderr
 
 
 def in_process(command: str, host: str, index: int, stdin: bytes) -> float:
@@ -70,10 +78,12 @@ def in_process(command: str, host: str, index: int, stdin: bytes) -> float:
     args = CmdArgs.build(command, stdin, container_id=f"ctr{index}", netns=f"/run/netns/c{index}", ifname="eth0",
                          path=str(REFERENCE), host_netns=host)
     start = time.perf_counter()
+    cpu = time.process_time()
     if command == "ADD":
         portmap.add(args)
     else:
         portmap.delete(args)
+    CPU.append(time.process_time() - cpu)
     return time.perf_counter() - start
 
 
@@ -82,31 +92,43 @@ def latency(binary: Path | None, ours: bool, repeat: int) -> dict:
     for ports in (1, 10, 100):
         with netns("rcnbh") as host:
             prepare(host)
-            adds, dels = [], []
+            adds, dels, add_cpu, del_cpu = [], [], [], []
+            if binary is None:  # warm path: imports done once, as in the daemon
+                in_process("ADD", host, 999, conf(999, 1, 30000, ours))
+                in_process("DEL", host, 999, conf(999, 1, 30000, ours))
             for r in range(repeat):
                 stdin = conf(r, ports, 20000, ours)
                 if binary is None:
                     adds.append(in_process("ADD", host, r, stdin))
+                    add_cpu.append(CPU[-1])
                     dels.append(in_process("DEL", host, r, stdin))
+                    del_cpu.append(CPU[-1])
                 else:
                     adds.append(call(binary, "ADD", host, r, stdin))
+                    add_cpu.append(CPU[-1])
                     dels.append(call(binary, "DEL", host, r, stdin))
-        out[str(ports)] = {"add": summary(adds), "del": summary(dels)}
+                    del_cpu.append(CPU[-1])
+        out[str(ports)] = {"add": summary(adds), "del": summary(dels), "add_cpu": summary(add_cpu),
+                           "del_cpu": summary(del_cpu)}
     return out
 
 
 def growth(binary: Path | None, ours: bool, attachments: int) -> dict:
     with netns("rcnbh") as host:
         prepare(host)
-        adds = []
+        adds, cpu = [], []
+        if binary is None:
+            in_process("ADD", host, 999, conf(999, 1, 30000, ours))
+            in_process("DEL", host, 999, conf(999, 1, 30000, ours))
         start = time.perf_counter()
         for i in range(attachments):
             stdin = conf(i, 1, 20000 + i, ours)
             adds.append(in_process("ADD", host, i, stdin) if binary is None else call(binary, "ADD", host, i, stdin))
+            cpu.append(CPU[-1])
         total = time.perf_counter() - start
     k = max(1, attachments // 10)
-    return {"attachments": attachments, "total_s": total, "first_10pct": summary(adds[:k]),
-            "last_10pct": summary(adds[-k:])}
+    return {"attachments": attachments, "total_s": total, "cpu_s": sum(cpu), "first_10pct": summary(adds[:k]),
+            "last_10pct": summary(adds[-k:]), "first_10pct_cpu": summary(cpu[:k]), "last_10pct_cpu": summary(cpu[-k:])}
 
 
 def main() -> None:
@@ -125,15 +147,17 @@ def main() -> None:
         for name, (binary, ours) in sides.items():
             results["latency"][name] = latency(binary, ours, opts.repeat)
             for ports, row in results["latency"][name].items():
-                print(f"{name:15s} {ports:>3s} mappings  ADD p50 {row['add']['p50_ms']:7.1f} ms  "
-                      f"DEL p50 {row['del']['p50_ms']:7.1f} ms", flush=True)
+                print(f"{name:15s} {ports:>3s} mappings  ADD p50 {row['add']['p50_ms']:7.1f} ms "
+                      f"(cpu {row['add_cpu']['p50_ms']:6.1f})  DEL p50 {row['del']['p50_ms']:7.1f} ms "
+                      f"(cpu {row['del_cpu']['p50_ms']:6.1f})", flush=True)
         if not opts.skip_growth:
             for name, (binary, ours) in sides.items():
                 row = growth(binary, ours, opts.attachments)
                 results["growth"][name] = row
-                print(f"{name:15s} {row['attachments']} attachments: {row['total_s']:.2f} s total, ADD p50 first "
-                      f"{row['first_10pct']['p50_ms']:.1f} ms -> last {row['last_10pct']['p50_ms']:.1f} ms",
-                      flush=True)
+                print(f"{name:15s} {row['attachments']} attachments: {row['total_s']:.2f} s total "
+                      f"(cpu {row['cpu_s']:.2f} s), ADD p50 first {row['first_10pct']['p50_ms']:.1f} ms -> last "
+                      f"{row['last_10pct']['p50_ms']:.1f} ms (cpu {row['first_10pct_cpu']['p50_ms']:.1f} -> "
+                      f"{row['last_10pct_cpu']['p50_ms']:.1f})", flush=True)
     print(write_results("portmap", results))
 
 

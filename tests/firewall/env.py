@@ -62,26 +62,37 @@ def sh(ns: str, *cmd: str, check: bool = True) -> str:
 class World:
     """Host namespace + bridge network; call close() (the fixture does) to stop servers."""
 
-    def __init__(self, make_netns: Any, tmp: Path, subnet: str = "10.250.0.0/24", name: str = "rcnpm") -> None:
+    def __init__(self, make_netns: Any, tmp: Path, subnet: str = "10.250.0.0/24", name: str = "rcnpm",
+                 subnet6: str | None = None) -> None:
         self.make_netns = make_netns
         self.host, _ = make_netns("rcn-h-")
         self.tmp = tmp
         self.name = name
         self.bridge = "rcnbr" + uuid.uuid4().hex[:6]
         self.subnet = subnet
+        self.subnet6 = subnet6
         self.servers: list[subprocess.Popen] = []
         sh(self.host, "ip", "link", "set", "lo", "up")
         sh(self.host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if subnet6:  # no DAD delays in our own namespaces
+            sh(self.host, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.default.accept_dad=0",
+               "net.ipv6.conf.all.accept_dad=0")
 
     def bridge_conf(self) -> dict[str, Any]:
+        ipam: dict[str, Any] = {"type": "host-local", "subnet": self.subnet, "dataDir": str(self.tmp / "ipam"),
+                                "routes": [{"dst": "0.0.0.0/0"}]}
+        if self.subnet6:
+            ipam = {"type": "host-local", "dataDir": str(self.tmp / "ipam"),
+                    "ranges": [[{"subnet": self.subnet}], [{"subnet": self.subnet6}]],
+                    "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}
         return {"cniVersion": "1.0.0", "name": self.name, "type": "bridge", "bridge": self.bridge,
-                "isGateway": True, "hairpinMode": True,
-                "ipam": {"type": "host-local", "subnet": self.subnet, "dataDir": str(self.tmp / "ipam"),
-                         "routes": [{"dst": "0.0.0.0/0"}]}}
+                "isGateway": True, "hairpinMode": True, "ipam": ipam}
 
     def container(self, cid: str) -> tuple[str, str, dict[str, Any]]:
         """A container namespace attached with the reference bridge: (name, path, result)."""
         name, path = self.make_netns("rcn-c-")
+        if self.subnet6:
+            sh(name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
         run = exec_plugin(REF / "bridge", "ADD", self.bridge_conf(), netns=path, container_id=cid,
                           cni_path=REF, netns_exec=self.host)
         assert run.code == 0, run.stdout + run.stderr
@@ -99,11 +110,16 @@ class World:
         sh(name, "ip", "link", "set", "eth0", "up")
         sh(name, "ip", "link", "set", "lo", "up")
         sh(name, "ip", "route", "add", "default", "via", "10.251.0.1")
+        if self.subnet6:
+            sh(self.host, "ip", "addr", "add", "fd00:251::1/64", "dev", veth, "nodad")
+            sh(name, "ip", "addr", "add", "fd00:251::2/64", "dev", "eth0", "nodad")
+            sh(name, "ip", "-6", "route", "add", "default", "via", "fd00:251::1")
         return name, "10.251.0.1"
 
-    def serve(self, ns: str, port: int, token: str, proto: str = "tcp") -> None:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, proto, str(port), token],
-                                stdout=subprocess.PIPE, text=True)
+    def serve(self, ns: str, port: int, token: str, proto: str = "tcp", family6: bool = False) -> None:
+        """An echo server; `family6` binds [::] (dual-stack) instead of 0.0.0.0."""
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, proto, str(port), token]
+        proc = subprocess.Popen(cmd + (["6"] if family6 else []), stdout=subprocess.PIPE, text=True)
         self.servers.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
 

@@ -57,6 +57,29 @@ def test_traffic_hairpin_localhost_and_del(world: World, plugin_dir, backend: st
         assert '"srv1"' not in sh(world.host, "nft", "list", "ruleset")
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_dual_stack_traffic(make_netns, tmp_path, plugin_dir, backend: str) -> None:
+    world = World(make_netns, tmp_path, subnet6="fd00:250::/64")
+    try:
+        srv, srv_path, prev = world.container("srv6")
+        world.serve(srv, 80, "hello-v6", family6=True)
+        client, host_ip = world.outside_client()
+        conf = portmap_conf(world.name, prev, [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                            backend=backend)
+        run = run_plugin(plugin_dir / "portmap", "ADD", conf, world, "srv6", srv_path)
+        assert run.code == 0, run.stdout + run.stderr
+        assert run_plugin(plugin_dir / "portmap", "CHECK", conf, world, "srv6", srv_path).code == 0
+        assert world.connect(client, host_ip, 8080) == "hello-v6"
+        assert world.connect(client, "fd00:251::1", 8080) == "hello-v6"
+        gw6 = next(ip["gateway"] for ip in prev["ips"] if ":" in ip["address"])
+        assert world.connect(srv, gw6, 8080) == "hello-v6"  # IPv6 hairpin
+        assert run_plugin(plugin_dir / "portmap", "DEL", conf, world, "srv6", srv_path).code == 0
+        assert world.connect(client, "fd00:251::1", 8080).startswith("ERR")
+        assert not [line for line in nat_lines(world.host, "ip6tables-legacy-save") if "CNI-DN-" in line]
+    finally:
+        world.close()
+
+
 def test_two_containers_udp_and_gc(world: World, plugin_dir) -> None:
     a, a_path, prev_a = world.container("ctra")
     b, b_path, prev_b = world.container("ctrb")
