@@ -5,7 +5,9 @@ are run with `ip netns exec`, which adds the same few ms to both sides). The con
 is not needed by portmap: prevResult names an address routed through a veth in the host
 namespace. Ours runs with `backend: iptables` (the reference v1.1.1 is iptables-only; it
 writes through iptables-nft here, ours through iptables-legacy), exec'd cold, plus our
-in-process call for the warm path. Writes bench/results/portmap.json.
+in-process call for the warm path. Wall time is reported with the CPU time it cost (the
+plugin processes' user+sys, or this process's for in-process calls): on a busy machine wall
+time mostly measures the scheduler. Writes bench/results/portmap.json.
 Run as root: `.venv/bin/python bench/portmap_bench.py [--repeat 5] [--attachments 200]`.
 """
 

@@ -27,12 +27,12 @@ if kind == socket.SOCK_STREAM:
 print("ready", flush=True)
 while True:
     if kind == socket.SOCK_STREAM:
-        c, _ = s.accept()
-        c.sendall(token)
+        c, peer = s.accept()
+        c.sendall(peer[0].encode() if token == b"PEER" else token)
         c.close()
     else:
         data, peer = s.recvfrom(100)
-        s.sendto(token, peer)
+        s.sendto(peer[0].encode() if token == b"PEER" else token, peer)
 """
 CLIENT = r"""
 import socket, sys

@@ -84,3 +84,24 @@ def test_attachment_stays_in_its_backend(hostns: str) -> None:
     # a later ADD without a forced backend keeps using the one holding the rules
     assert masquerade.setup("rcnnet", "ctr1", "eth0", [V4], None, netns=hostns) == "nftables"
     assert not [r for r in legacy_rules(hostns) if r.startswith("-A")]
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_masquerade_traffic(make_netns, tmp_path, backend: str, reference_plugins) -> None:
+    from tests.firewall.env import World
+
+    world = World(make_netns, tmp_path)
+    try:
+        ctr, _, prev = world.container("ctr1")
+        client, host_ip = world.outside_client()
+        world.serve(client, 7000, "PEER")  # answers with the source address it saw
+        addr = ipaddress.ip_interface(prev["ips"][0]["address"])
+        assert world.connect(ctr, "10.251.0.2", 7000) == str(addr.ip)  # routed, not masqueraded
+        masquerade.setup(world.name, "ctr1", "eth0", [addr], backend, netns=world.host)
+        sh(world.host, "conntrack", "-F", check=False)
+        assert world.connect(ctr, "10.251.0.2", 7000) == host_ip  # masqueraded behind the host
+        masquerade.teardown(world.name, "ctr1", "eth0", [addr], netns=world.host)
+        sh(world.host, "conntrack", "-F", check=False)
+        assert world.connect(ctr, "10.251.0.2", 7000) == str(addr.ip)
+    finally:
+        world.close()
