@@ -127,12 +127,18 @@ def _bridge_of(config: dict[str, Any]) -> str | None:
 
 
 def _snap(path: str | None) -> Snapshot | None:
-    from reconciler.kernel.netns import KernelError
+    """Links and addresses of one namespace; this thread enters it (much cheaper than a netns fork)."""
+    import contextlib
+
+    from reconciler.kernel import namespaces
     from reconciler.kernel.snapshot import snapshot
 
     try:
-        return snapshot(path)
-    except (KernelError, OSError) as err:
+        if path is not None and not namespaces.exists(path):
+            return None
+        with namespaces.entered(path) if path else contextlib.nullcontext():
+            return snapshot(None)
+    except OSError as err:
         log.debug("cannot read %s: %s", path or "host", err)
         return None
 
