@@ -27,8 +27,8 @@ CASES = {
 }
 
 
-def side(make_netns, tmp_path, name: str, binary, mappings, extra) -> list[str]:
-    world = World(make_netns, tmp_path / name)
+def side(make_netns, tmp_path, name: str, binary, mappings, extra, subnet6: str | None = None) -> list[str]:
+    world = World(make_netns, tmp_path / name, subnet6=subnet6)
     try:
         _, path, prev = world.container("ctr1")
         if "externalSetMarkChain" in extra:  # the external chain (e.g. KUBE-MARK-MASQ) exists already
@@ -39,6 +39,8 @@ def side(make_netns, tmp_path, name: str, binary, mappings, extra) -> list[str]:
         assert run.code == 0, run.stdout + run.stderr
         tool = "iptables-nft-save" if binary.parent == REF else "iptables-legacy-save"
         lines = sorted(nat_lines(world.host, tool))
+        if subnet6:
+            lines += sorted("v6 " + line for line in nat_lines(world.host, tool.replace("iptables", "ip6tables")))
         assert run_plugin(binary, "DEL", conf, world, "ctr1", path).code == 0
         return lines
     finally:
@@ -51,4 +53,14 @@ def test_same_nat_rules_as_reference(make_netns, tmp_path, plugin_dir, case: str
     extra = dict(extra)
     theirs = side(make_netns, tmp_path, "ref", REF / "portmap", mappings, extra)
     ours = side(make_netns, tmp_path, "ours", plugin_dir / "portmap", mappings, {**extra, "backend": "iptables"})
+    assert ours == theirs
+
+
+def test_dual_stack_same_rules_as_reference(make_netns, tmp_path, plugin_dir) -> None:
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                {"hostPort": 8443, "containerPort": 443, "protocol": "tcp", "hostIP": "fd00:251::1"}]
+    theirs = side(make_netns, tmp_path, "ref", REF / "portmap", mappings, {}, subnet6="fd00:250::/64")
+    ours = side(make_netns, tmp_path, "ours", plugin_dir / "portmap", mappings, {"backend": "iptables"},
+                subnet6="fd00:250::/64")
+    assert any(line.startswith("v6 -A CNI-DN-") for line in ours)
     assert ours == theirs
