@@ -164,3 +164,11 @@ def health_line(data: dict[str, Any], pools: list[PoolUsage]) -> str:
         top = max(full, key=lambda p: p.ratio or 0.0)
         parts.append(f"fullest pool {top.network} {top.used}/{top.total}")
     return f"Health: {verdict}: " + ", ".join(parts)
+
+
+def with_pools(data: dict[str, Any], specs_dir: str | Path, state_dir: str | Path) -> list[PoolUsage]:
+    """Add `pools` and the `health` line to `reconciler status` data; returns the usage for rendering."""
+    pools = usage_for(specs_dir, state_dir)
+    data["pools"] = [p.to_json() for p in pools]
+    data["health"] = health_line(data, pools)
+    return pools
