@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=30.0, help="periodic resync in seconds (30)")
     p.add_argument("--debounce", type=float, default=0.5, help="quiet time before a pass on file events")
     p.add_argument("--metrics-address", default=None, help="HOST:PORT for Prometheus metrics")
+    p.add_argument("--socket", default="", help="warm-path plugin socket (default /run/cni-reconciler/plugin.sock)")
+    p.add_argument("--no-serve", action="store_true", help="do not serve the plugins' warm path")
     p.set_defaults(handler=cmd_watch)
 
 
@@ -177,19 +179,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
     engine.show_progress = False
+    on_pass = None
     if args.metrics_address:
-        _serve_metrics(args.metrics_address)
-    return Watcher(engine, interval=args.interval, debounce=args.debounce).run()
+        from reconciler.engine.metrics import Metrics
 
-
-def _serve_metrics(address: str) -> None:
-    try:
-        from prometheus_client import start_http_server
-    except ImportError:
-        log.warning("prometheus-client is not installed: no metrics")
-        return
-    host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "127.0.0.1")
+        on_pass = Metrics(args.metrics_address).observe
+    watcher = Watcher(engine, interval=args.interval, debounce=args.debounce, on_pass=on_pass)
+    return watcher.run(serve_socket=None if args.no_serve else args.socket)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from reconciler.engine.observe import Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
 from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
-from reconciler.errors import CNIError, LockBusy, StateError
+from reconciler.errors import CNIError, LockBusy, SpecError, StateError
 from reconciler.kernel import namespaces
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,11 @@ class Engine:
 
     # ---- reading
     def load(self) -> Specs:
-        return load_specs(self.specs_dir)
+        """Load the specs; a missing directory is an error (it must never read as "nothing desired")."""
+        specs = load_specs(self.specs_dir)
+        if specs.unreadable:
+            raise SpecError(self.specs_dir, "", "specs directory does not exist (nothing was changed)")
+        return specs
 
     def observe(self, records: dict[str, Record], keys: set[str] | None = None, deep: bool = True) -> Observation:
         chosen = [r for k, r in records.items() if keys is None or k in keys]
@@ -177,6 +181,7 @@ class Engine:
         plan = make_plan(
             specs, records, obs.drift, self.inventory.namespaces(), obs.live_namespaces, backoff, time.time()
         )
+        plan.interrupted = [f"{i.key}: {i.action} ({i.phase}) by pid {i.pid}" for i in self.journal.pending()]
         return plan, obs
 
     # ---- recovery
@@ -256,7 +261,7 @@ class Engine:
             rec = Record(
                 key=att.key, network=att.network, id=att.id, ifname=att.ifname, netns=att.netns,
                 netns_path=att.netns_path, owns_netns=att.owns_netns or att.netns in self.inventory.namespaces(),
-                file=att.file, network_file=network.source, fingerprint=att.fingerprint(network),
+                file=os.path.abspath(att.file), network_file=os.path.abspath(network.source), fingerprint=att.fingerprint(network),
                 ips=[ip.address for ip in result.ips], applied_at=time.time(), network_hash=network_hash(network),
             )
             drift = self._verify(rec)

@@ -37,6 +37,7 @@ class Plan:
     create_namespaces: list[str] = field(default_factory=list)
     delete_namespaces: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)  # journal entries the next apply undoes first
 
     @property
     def actions(self) -> list[Step]:
@@ -46,7 +47,9 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(s.changes for s in self.steps) or bool(self.create_namespaces or self.delete_namespaces)
+        return any(s.changes for s in self.steps) or bool(
+            self.create_namespaces or self.delete_namespaces or self.interrupted
+        )
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -62,6 +65,7 @@ class Plan:
             "create_namespaces": self.create_namespaces,
             "delete_namespaces": self.delete_namespaces,
             "errors": self.errors,
+            "interrupted": self.interrupted,
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -129,20 +130,22 @@ class Specs:
     protected_keys: set[str] = field(default_factory=set)
     protected_networks: set[str] = field(default_factory=set)
 
+    unreadable: bool = False  # the directory itself is missing: nothing may be planned from it
+
     def error(self, err: SpecError, key: str | None = None) -> None:
         self.errors.append(err)
         if key:
             self.protected_keys.add(key)
         else:
-            self.broken_files.add(err.path)
+            self.broken_files.add(os.path.abspath(err.path))
 
     def is_protected(self, key: str, network: str, file: str, network_file: str) -> bool:
         """True when a record must not be pruned because its source failed to load."""
         return (
             key in self.protected_keys
             or network in self.protected_networks
-            or file in self.broken_files
-            or network_file in self.broken_files
+            or os.path.abspath(file) in self.broken_files
+            or os.path.abspath(network_file) in self.broken_files
         )
 
 
@@ -261,7 +264,7 @@ def _load_attachment_file(specs: Specs, path: Path) -> list[Attachment]:
             )
         )
     if bad:
-        specs.broken_files.add(source)
+        specs.broken_files.add(os.path.abspath(source))
     return out
 
 
@@ -366,7 +369,7 @@ def load_specs(directory: str | Path) -> Specs:
     specs = Specs(directory=str(root))
     if not root.is_dir():
         specs.errors.append(SpecError(str(root), "", "specs directory does not exist"))
-        specs.broken_files.add(str(root))
+        specs.unreadable = True
         return specs
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     network_files: dict[str, str] = {}

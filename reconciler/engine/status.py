@@ -15,6 +15,8 @@ def render_plan(plan: Plan, verbose: bool = False) -> str:
     lines: list[str] = []
     for err in plan.errors:
         lines.append(f"error: {err}")
+    for item in plan.interrupted:
+        lines.append(f"! interrupted {item}: undone first, then planned again")
     for ns in plan.create_namespaces:
         lines.append(f"+ netns {ns} (create)")
     for step in sorted(plan.steps, key=lambda s: s.key):

@@ -8,7 +8,9 @@ SIGTERM/SIGINT let the running pass finish, then the loop exits with 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -95,7 +97,44 @@ class Watcher:
             self.on_pass(report)
         return report
 
-    def run(self) -> int:
+    def _serve(self, socket_path: str) -> int | None:
+        """Fork the warm-path plugin daemon (its own process: its reaping never races our children)."""
+        try:
+            from reconciler.cni.server import DEFAULT_SOCKET, Server
+        except ImportError:
+            return None
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 0
+        try:
+            server = Server(socket_path or DEFAULT_SOCKET)
+            signal.signal(signal.SIGTERM, lambda *_: server.stop())
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            try:
+                server.start()
+            except RuntimeError as err:  # another daemon already serves the socket
+                log.info("warm path not served by watch: %s", err)
+                os._exit(0)
+            server.serve_forever()
+        except BaseException:  # noqa: BLE001 - the child never returns into the watch loop
+            log.exception("warm-path daemon failed")
+            code = 1
+        os._exit(code)
+
+    def run(self, serve_socket: str | None = None) -> int:
+        server_pid = self._serve(serve_socket) if serve_socket is not None else None
+        try:
+            return self._loop()
+        finally:
+            if server_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server_pid, signal.SIGTERM)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(server_pid, 0)
+
+    def _loop(self) -> int:
         signal.signal(signal.SIGTERM, self._term)
         signal.signal(signal.SIGINT, self._term)
         signal.signal(signal.SIGHUP, self._hup)

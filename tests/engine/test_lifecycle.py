@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -92,7 +93,10 @@ def test_lock_held_no_wait(rig):
 def test_watch_converges_repairs_and_exits_on_sigterm(rig):
     rig.network()
     rig.attachments(atts(rig, 2))
-    watch = rig.popen("watch", "--interval", "2", "--debounce", "0.3")
+    port = random.randint(20000, 40000)
+    sock = rig.state.parent / "plugin.sock"
+    watch = rig.popen("watch", "--interval", "2", "--debounce", "0.3", "--socket", str(sock),
+                      "--metrics-address", f"127.0.0.1:{port}")
     try:
         assert wait_until(lambda: rig.run("check", "--quiet").returncode == 0), "watch did not converge"
         # change the specs: one more attachment
@@ -108,12 +112,39 @@ def test_watch_converges_repairs_and_exits_on_sigterm(rig):
         assert wait_until(lambda: len(rig.addrs(rig.ns("c1"))) == 1), "watch stopped serving after a bad file"
         # check from cron while watch runs
         assert rig.run("check").returncode == 0
+        # the warm-path daemon and the metrics endpoint are served alongside
+        assert wait_until(sock.exists, timeout=10)
+        fetch = ("import urllib.request,sys;"
+                 f"print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5).read().decode())")
+        metrics = subprocess.run(["ip", "netns", "exec", rig.host, sys.executable, "-c", fetch],
+                                 capture_output=True, text=True)
+        assert "reconciler_passes_total" in metrics.stdout, metrics.stderr
     finally:
         watch.send_signal(signal.SIGTERM)
         code = watch.wait(60)
     err = watch.stderr.read()
     assert code == 0, err
     assert "broken.toml" in err
+    assert not sock.exists()
+
+
+def test_repair_that_does_not_stick_backs_off(rig):
+    rig.network()
+    rig.attachments(atts(rig, 2))
+    assert rig.run("apply").returncode == 0
+    for _ in range(3):
+        subprocess.run(["ip", "-n", rig.ns("c0"), "link", "del", "eth0"], check=True)
+        out = rig.run("apply")
+    assert out.returncode == 3 and "drift keeps coming back" in out.stdout, out.stdout
+    subprocess.run(["ip", "-n", rig.ns("c0"), "link", "del", "eth0"], check=True)
+    out = rig.run("apply")
+    assert out.returncode == 3 and "backoff net1/c0/eth0: failing" in out.stdout, out.stdout
+    assert rig.addrs(rig.ns("c0")) == []  # left alone while backing off
+    status = json.loads(rig.run("status", "--output", "json").stdout)
+    row = next(r for r in status["attachments"] if r["id"] == "c0")
+    assert row["last_result"] == "failing"
+    assert rig.run("plan").returncode == 2
+    assert rig.addrs(rig.ns("c1"))  # the others are unaffected
 
 
 def test_gc_frees_only_unreferenced_after_grace(rig):
