@@ -6,6 +6,9 @@
 # env:   VM_KERNEL=/boot/vmlinuz-X   kernel to boot (default: newest /boot/vmlinuz-*-amd64 with modules)
 #        VM_MEMORY=2G VM_CPUS=2      guest size
 #        VM_TIMEOUT=3600             seconds before the whole run is abandoned
+#        VM_TEST_TIMEOUT=1800        pytest-timeout per test inside the guest (emulation is slow)
+#        VM_KVM=1                    use KVM instead of emulation (only where the host allows it)
+#        VM_QUIET=1                  do not stream the guest console while it runs
 # needs: Debian packages linux-image-amd64 qemu-system-x86 busybox-static; virtme-ng in the venv.
 # Exit status: pytest's (5 = no kernelvm tests collected), or 2 when the VM could not be started.
 set -euo pipefail
@@ -48,20 +51,23 @@ for m in ipvlan 8021q dummy vrf; do
 done
 export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 RCN_IN_VM=1 TMPDIR=/tmp
 "$VENV/bin/python" -m pytest -p no:cacheprovider -m kernelvm -o addopts="" -ra \
-    --junitxml="$OUT/junit.xml" "\$@" 2>&1 | tee "$OUT/pytest.log"
+    --timeout="${VM_TEST_TIMEOUT:-1800}" --junitxml="$OUT/junit.xml" "\$@" 2>&1 | tee "$OUT/pytest.log"
 rc=\${PIPESTATUS[0]}
 echo "\$rc" >"$OUT/rc"
 exit "\$rc"
 EOF
 chmod +x "$OUT/guest.sh"
 
-echo "booting $KVER under virtme-ng (emulated, no KVM): this takes a while"
+accel=(--disable-kvm)
+[ "${VM_KVM:-0}" = 1 ] && accel=()
+echo "booting $KVER under virtme-ng (${accel[*]:-with KVM}): this takes a while"
 start=$(date +%s)
 set +e
-timeout "${VM_TIMEOUT:-3600}" vng --disable-kvm --run "$KERNEL" --user root \
+timeout "${VM_TIMEOUT:-3600}" vng "${accel[@]}" --run "$KERNEL" --user root \
     --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}" --rwdir "$OUT" --cwd "$ROOT" \
-    -- "$OUT/guest.sh" "$@" </dev/null >"$OUT/console.log" 2>&1
-vng_rc=$?
+    -- "$OUT/guest.sh" "$@" </dev/null 2>&1 | if [ "${VM_QUIET:-0}" = 1 ]; then cat >"$OUT/console.log"; \
+    else tee "$OUT/console.log"; fi
+vng_rc=${PIPESTATUS[0]}
 set -e
 elapsed=$(( $(date +%s) - start ))
 
@@ -71,7 +77,7 @@ if [ ! -s "$OUT/rc" ]; then
     exit 2
 fi
 rc=$(cat "$OUT/rc")
-cat "$OUT/pytest.log"
+[ "${VM_QUIET:-0}" = 1 ] && cat "$OUT/pytest.log"
 [ -s "$OUT/modprobe.err" ] && { echo "--- modprobe errors in the guest:"; cat "$OUT/modprobe.err"; }
 echo "kernelvm tests in $KVER: pytest exit $rc, ${elapsed}s including boot"
 exit "$rc"
