@@ -43,7 +43,8 @@ BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 class Metrics:
     """The metric families of one reconciler process, in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str | None = None) -> None:
+        """`address` (HOST:PORT): also serve this registry there and make it the process-wide one."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
         disable_created_metrics()  # no *_created series: they only add noise to textfiles and scrapes
@@ -75,6 +76,15 @@ class Metrics:
         for result in RESULTS:
             self.passes.labels(result=result)
         self._pools: set[str] = set()
+        self.engine: Engine | None = None  # when set, every pass also refreshes the pool figures
+        if address:
+            global _DEFAULT
+            _DEFAULT = self
+            self.serve(address)
+
+    def observe(self, report: PassReport | None) -> None:
+        """Watcher `on_pass` callback: count the pass (pool figures when `engine` is set)."""
+        self.record_pass(report, self.engine)
 
     # ---- recording
     def record_pass(self, report: PassReport | None, engine: Engine | None = None, error: bool = False) -> None:
