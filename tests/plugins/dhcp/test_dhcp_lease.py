@@ -115,17 +115,26 @@ def test_reference_macvlan_delegates_to_our_dhcp(lan, dnsmasq, dhcp_daemon, plug
     wait_for(lambda: lease_of(server, "ctr2") is None, 20, "the release")
 
 
+def configure(ctr: str, result: dict) -> None:
+    """What the main plugin does with the IPAM result: the address on eth0, link up."""
+    run("ip", "-n", ctr, "addr", "add", result["ips"][0]["address"], "dev", "eth0")
+    run("ip", "-n", ctr, "link", "set", "eth0", "up")
+
+
 def test_renews_at_t1(lan, dnsmasq, dhcp_daemon, plugin_dir):
     server = dnsmasq("--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
     daemon = dhcp_daemon()
-    _, path = lan.container()
+    ctr, path = lan.container()
     conf = netconf(daemon.socket_path)
     res = dhcp_exec(plugin_dir, "ADD", conf, path)
     assert res.code == 0, res.stdout + res.stderr
+    configure(ctr, res.json)
     ip = res.json["ips"][0]["address"].split("/")[0]
     acks = server.count("DHCPACK", ip)
-    # Renewals are DHCPREQUESTs for the held address, each ACKed by the server.
-    wait_for(lambda: server.count("DHCPACK", ip) >= acks + 2, 30, "two renewals")
+    # Renewals: unicast DHCPREQUESTs for the held address, ACKed by the server and received by the client.
+    wait_for(lambda: daemon.log.read_text().count("lease renewed") >= 2, 30, "two renewals")
+    assert server.count("DHCPACK", ip) >= acks + 2
+    assert "lease rebound" not in daemon.log.read_text()
     assert dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0
     assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
 
@@ -133,10 +142,11 @@ def test_renews_at_t1(lan, dnsmasq, dhcp_daemon, plugin_dir):
 def test_daemon_restart_keeps_address(lan, dnsmasq, dhcp_daemon, plugin_dir):
     server = dnsmasq("--dhcp-option=option:T1,4", "--dhcp-option=option:T2,8")
     first = dhcp_daemon(via="cli")
-    _, path = lan.container()
+    ctr, path = lan.container()
     conf = netconf(first.socket_path)
     res = dhcp_exec(plugin_dir, "ADD", conf, path)
     assert res.code == 0, res.stdout + res.stderr
+    configure(ctr, res.json)
     ip = res.json["ips"][0]["address"].split("/")[0]
 
     first.stop(signal.SIGKILL)  # a crash: the socket file stays behind
@@ -146,8 +156,9 @@ def test_daemon_restart_keeps_address(lan, dnsmasq, dhcp_daemon, plugin_dir):
     wait_for(
         lambda: server.count("DHCPACK", ip) > requests and server.count("DHCPREQUEST", ip) > requests,
         30,
-        "the resumed lease to be renewed",
+        "the resumed lease to be confirmed by the server",
     )
+    wait_for(lambda: "lease renewed" in second.log.read_text(), 30, "renewals to resume after the restart")
     wait_for(
         lambda: dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0,
         20,
@@ -387,4 +398,38 @@ def test_result_in_every_version(lan, dnsmasq, dhcp_daemon, plugin_dir, version)
         assert res.json["ip4"]["ip"].startswith("10.77.0.") and res.json["ip4"]["gateway"] == SERVER_IP
     else:
         assert res.json["ips"][0]["address"].startswith("10.77.0.")
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+
+
+def test_rebinds_at_t2_when_the_server_ignores_renewals(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    """Unicast renewals (T1) dropped at the server: the broadcast rebind (T2) keeps the lease."""
+    server = dnsmasq("--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
+    daemon = dhcp_daemon()
+    ctr, path = lan.container()
+    conf = netconf(daemon.socket_path)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    configure(ctr, res.json)
+    ip = res.json["ips"][0]["address"].split("/")[0]
+    # Only inside the LAN's own namespace: drop DHCP sent to the server's address (renewals).
+    run(
+        "ip",
+        "netns",
+        "exec",
+        lan.net_ns,
+        "iptables-nft",
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "67",
+        "-d",
+        SERVER_IP,
+        "-j",
+        "DROP",
+    )
+    wait_for(lambda: "lease rebound" in daemon.log.read_text(), 40, "a rebind at T2")
+    assert server.count("DHCPACK", ip) >= 2
+    assert dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0
     assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
