@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from reconciler.kernel import addrs, links, routes, snapshot, sysctl
+from reconciler.kernel import addrs, bridge, links, routes, snapshot, sysctl
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.links import LinkExists
 from reconciler.kernel.netns import KernelError, LinkNotFound, NetnsNotFound
@@ -48,14 +48,14 @@ def test_veth_across_namespaces(two):
 
 def test_bridge_ensure_port_flags_and_errors(two):
     hn, hp, cn, cp = two
-    br, created = links.ensure_bridge("rcnbr0", netns=hp, mtu=1450)
+    br, created = bridge.ensure_bridge("rcnbr0", netns=hp, mtu=1450)
     assert created and br.kind == "bridge" and br.mtu == 1450
-    assert links.ensure_bridge("rcnbr0", netns=hp) == (links.get("rcnbr0", hp), False)
+    assert bridge.ensure_bridge("rcnbr0", netns=hp) == (links.get("rcnbr0", hp), False)
     links.create_veth("rcnv1", "rcnv1p", netns=hp, peer_netns=hp)
     with pytest.raises(KernelError, match="not a bridge"):
-        links.ensure_bridge("rcnv1", netns=hp)
+        bridge.ensure_bridge("rcnv1", netns=hp)
     links.set_master("rcnv1", "rcnbr0", hp)
-    links.set_bridge_port("rcnv1", hp, hairpin=True, isolated=True)
+    bridge.set_bridge_port("rcnv1", hp, hairpin=True, isolated=True)
     links.set_promisc("rcnbr0", True, hp)
     port = links.get("rcnv1", hp)
     assert port.master == br.index and port.hairpin and port.isolated and port.slave_kind == "bridge"
@@ -69,7 +69,7 @@ def test_bridge_ensure_port_flags_and_errors(two):
 def test_bridge_created_once_under_concurrency(make_netns):
     _, hp = make_netns("rcn-h-")
     results: list = []
-    threads = [threading.Thread(target=lambda: results.append(links.ensure_bridge("rcnbr1", netns=hp)[1]))
+    threads = [threading.Thread(target=lambda: results.append(bridge.ensure_bridge("rcnbr1", netns=hp)[1]))
                for _ in range(6)]
     for t in threads:
         t.start()

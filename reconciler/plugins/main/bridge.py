@@ -15,7 +15,7 @@ from reconciler.cni.model import CNIModel
 from reconciler.cni.types import DNS, Interface, Result, Route
 from reconciler.cni.version import ALL_VERSIONS
 from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, UNSUPPORTED_FIELD, CNIError
-from reconciler.kernel import addrs, links, sysctl
+from reconciler.kernel import addrs, bridge, links, sysctl
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.netns import KernelError
 from reconciler.kernel.snapshot import snapshot
@@ -135,7 +135,7 @@ def _load(args: CmdArgs) -> BridgeConf:
 def _ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack) -> links.Link:
     vlan_filtering = bool(conf.vlan or conf.vlan_trunk)
     try:
-        br, created = links.ensure_bridge(conf.bridge, netns=host, mtu=conf.mtu or None,
+        br, created = bridge.ensure_bridge(conf.bridge, netns=host, mtu=conf.mtu or None,
                                           vlan_filtering=vlan_filtering)
     except KernelError as exc:
         raise CNIError(INTERNAL, f"failed to create bridge {conf.bridge!r}: {exc}") from exc
@@ -150,23 +150,40 @@ def _ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStac
     return links.get(conf.bridge, host)
 
 
+def _port_vlans(conf: BridgeConf, port: str, host: str | None) -> None:
+    """VLAN membership of a bridge port: PVID/untagged `vlan`, tagged trunks, default VLAN 1 dropped unless kept."""
+    trunks = conf.trunk_ranges()
+    if not (conf.vlan or trunks):
+        return
+    if not conf.preserve_default_vlan:
+        bridge.bridge_vlan(port, 1, add=False, netns=host)
+    if conf.vlan:
+        bridge.bridge_vlan(port, conf.vlan, pvid=True, untagged=True, netns=host)
+    elif not conf.preserve_default_vlan:
+        bridge.bridge_vlan(port, 1, pvid=True, untagged=True, netns=host)  # native VLAN of a trunk
+    for lo, hi in trunks:
+        bridge.bridge_vlan(port, lo, vid_end=hi, netns=host)
+
+
 def _setup_port(conf: BridgeConf, host_veth: str, host: str | None) -> None:
     links.set_master(host_veth, conf.bridge, host)
     if conf.hairpin_mode or conf.port_isolation:
-        links.set_bridge_port(host_veth, host, hairpin=conf.hairpin_mode or None,
-                              isolated=conf.port_isolation or None)
-    trunks = conf.trunk_ranges()
-    if conf.vlan or trunks:
-        if not conf.preserve_default_vlan:
-            links.bridge_vlan(host_veth, 1, add=False, netns=host)
-        if conf.vlan:
-            links.bridge_vlan(host_veth, conf.vlan, pvid=True, untagged=True, netns=host)
-        elif conf.preserve_default_vlan or not trunks:
-            pass
-        else:
-            links.bridge_vlan(host_veth, 1, pvid=True, untagged=True, netns=host)
-        for lo, hi in trunks:
-            links.bridge_vlan(host_veth, lo, vid_end=hi, netns=host)
+        bridge.set_bridge_port(host_veth, host, hairpin=conf.hairpin_mode or None,
+                               isolated=conf.port_isolation or None)
+    _port_vlans(conf, host_veth, host)
+
+
+def _ensure_vlan_gateway(conf: BridgeConf, host: str | None) -> links.Link:
+    """`<bridge>.<vlan>`: a host-side veth whose peer is an access port of the VLAN; it carries the gateway."""
+    name = f"{conf.bridge}.{conf.vlan}"
+    link = links.find(name, host)
+    if link is None:
+        port, _ = hostveth.setup_veth(name, netns=host or "/proc/self/ns/net", host_netns=host,
+                                      mtu=conf.mtu or None)
+        links.set_master(port.name, conf.bridge, host)
+        _port_vlans(conf, port.name, host)
+    links.set_up(name, host)
+    return links.get(name, host)
 
 
 def _gateways(conf: BridgeConf, result: Result) -> dict[int, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
@@ -189,8 +206,8 @@ def _gateways(conf: BridgeConf, result: Result) -> dict[int, list[ipaddress.IPv4
     return out
 
 
-def _ensure_gateway_addr(conf: BridgeConf, gw: Any, host: str | None) -> None:
-    for existing in addrs.list_addrs(host, conf.bridge, family=gw.version):
+def _ensure_gateway_addr(conf: BridgeConf, dev: str, gw: Any, host: str | None) -> None:
+    for existing in addrs.list_addrs(host, dev, family=gw.version):
         if not existing.is_global:
             continue
         if existing.address == gw:
@@ -199,9 +216,9 @@ def _ensure_gateway_addr(conf: BridgeConf, gw: Any, host: str | None) -> None:
         if not conflict:
             continue
         if not conf.force_address:
-            raise CNIError(INTERNAL, f"{conf.bridge!r} already has an IP address different from {gw}")
-        addrs.delete(conf.bridge, existing.address, host)
-    addrs.add(conf.bridge, gw, host, nodad=True)
+            raise CNIError(INTERNAL, f"{dev!r} already has an IP address different from {gw}")
+        addrs.delete(dev, existing.address, host)
+    addrs.add(dev, gw, host, nodad=True)
 
 
 def add(args: CmdArgs) -> Result:
@@ -240,10 +257,13 @@ def add(args: CmdArgs) -> Result:
         elif not conf.disable_container_interface:
             links.set_up(args.ifname, args.netns)
 
+        vlan_gw: links.Link | None = None
         if conf.is_gateway and gw_addrs:
+            if conf.vlan:
+                vlan_gw = _ensure_vlan_gateway(conf, host)
             for family_addrs in gw_addrs.values():
                 for gw in family_addrs:
-                    _ensure_gateway_addr(conf, gw, host)
+                    _ensure_gateway_addr(conf, vlan_gw.name if vlan_gw else conf.bridge, gw, host)
             br = links.get(conf.bridge, host)
             links.set_mac(conf.bridge, br.mac, host)  # pin the MAC: stop it following port churn
             sysctl.enable_forwarding(4 in gw_addrs, 6 in gw_addrs, host)
@@ -262,6 +282,8 @@ def add(args: CmdArgs) -> Result:
             Interface(name=host_veth.name, mac=links.get(host_veth.name, host).mac),
             Interface(name=args.ifname, mac=links.get(args.ifname, args.netns).mac, sandbox=args.netns),
         ]
+        if vlan_gw is not None:
+            result.interfaces.append(Interface(name=vlan_gw.name, mac=vlan_gw.mac))
         if conf.dns is not None and not conf.dns.is_empty():
             result.dns = conf.dns
         undo.pop_all()
@@ -308,7 +330,8 @@ def check(args: CmdArgs) -> None:
             raise CNIError(INTERNAL, f"bridge {conf.bridge!r}: promiscuous mode expected on, found off")
         idx = find_sandbox_iface(prev, args.ifname, args.netns)
         cont = check_link(cont_snap, prev.interfaces[idx], kind="veth")
-        hosts = [i for i in prev.interfaces if not i.sandbox and i.name != conf.bridge]
+        vlan_gw = f"{conf.bridge}.{conf.vlan}" if conf.vlan else None
+        hosts = [i for i in prev.interfaces if not i.sandbox and i.name not in (conf.bridge, vlan_gw)]
         for iface in hosts:
             live = host_snap.link(iface.name)
             if live is not None and live.kind != "veth":
