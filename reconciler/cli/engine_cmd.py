@@ -31,11 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="make the host match the specs (exit 3 when partial)")
     _common(p)
     p.add_argument("--no-wait", action="store_true", help="exit 1 at once if another reconciler holds the lock")
+    p.add_argument("--metrics-textfile", default=None, help="write this run's metrics for node-exporter")
     p.set_defaults(handler=cmd_apply)
     p = sub.add_parser("check", help="CNI CHECK every owned attachment (exit 2 on drift)")
     _common(p)
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing, just set the exit code")
     p.add_argument("--no-wait", action="store_true", help="exit 1 at once if a pass is running")
+    p.add_argument("--metrics-textfile", default=None, help="write this run's metrics for node-exporter")
     p.set_defaults(handler=cmd_check)
     p = sub.add_parser("gc", help="free leaked allocations, orphaned cache entries and namespaces")
     _common(p)
@@ -69,6 +71,15 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
+def _telemetry(hook: str, *args: Any) -> None:
+    """Call an ops hook (metrics, structured log lines, textfile) if that module is present."""
+    try:
+        from reconciler.engine import telemetry
+    except ImportError:
+        return
+    getattr(telemetry, hook)(*args)
+
+
 def _fail(msg: str) -> int:
     print(f"reconciler: {msg}", file=sys.stderr)
     return 1
@@ -98,7 +109,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         with state_lock(engine.state_dir, wait=not args.no_wait):
             report = engine.apply()
     except ReconcilerError as err:
+        _telemetry("after_error", args.metrics_textfile)
         return _fail(str(err))
+    _telemetry("after_pass", report, engine, args.metrics_textfile)
     lines = [f"recovered: {r}" for r in report.recovered]
     lines += [f"error: {e}" for e in report.plan.errors]
     for out in report.outcomes:
@@ -126,19 +139,22 @@ def cmd_check(args: argparse.Namespace) -> int:
             records = engine.inventory.records()
             obs = engine.observe(records)
     except ReconcilerError as err:
+        _telemetry("after_error", args.metrics_textfile, True)
         return _fail(str(err))
     drift = {k: v for k, v in obs.drift.items() if v}
     missing = sorted(k for k in specs.attachments if k not in records)
     for key in missing:
         drift[key] = ["not applied (desired in " + specs.attachments[key].file + ")"]
+    in_sync = len(records) - len([k for k in drift if k in records])
+    _telemetry("after_check", drift, in_sync, len(specs.errors), engine, args.metrics_textfile)
     if not args.quiet:
         lines = [f"spec error: {e}" for e in specs.errors]
         for key in sorted(drift):
             lines.append(f"DRIFT {key}:")
             lines += [f"  - {d}" for d in drift[key]]
-        ok = len(records) - len([k for k in drift if k in records])
-        lines.append(f"Check: {ok} in sync, {len(drift)} drifted.")
-        _emit(args, {"drift": drift, "in_sync": ok, "spec_errors": [str(e) for e in specs.errors]}, "\n".join(lines))
+        lines.append(f"Check: {in_sync} in sync, {len(drift)} drifted.")
+        data = {"drift": drift, "in_sync": in_sync, "spec_errors": [str(e) for e in specs.errors]}
+        _emit(args, data, "\n".join(lines))
     return 2 if drift else 0
 
 
@@ -179,11 +195,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
     engine.show_progress = False
-    on_pass = None
     if args.metrics_address:
-        from reconciler.engine.metrics import Metrics
+        _telemetry("serve_metrics", args.metrics_address)
 
-        on_pass = Metrics(args.metrics_address).observe
+    def on_pass(report: Any) -> None:
+        _telemetry("after_pass", report, engine)
+
     watcher = Watcher(engine, interval=args.interval, debounce=args.debounce, on_pass=on_pass)
     return watcher.run(serve_socket=None if args.no_serve else args.socket)
 
