@@ -340,3 +340,17 @@ def test_in_process_with_host_netns_argument(world, monkeypatch):
                          ifname="eth0", path=world.cni_path, host_netns=f"/run/netns/{world.host}")
     assert dispatch(module, args) is None
     assert [lk["kind"] for lk in links_state(world.host)] == ["bridge"] and allocated(world) == []
+
+
+def test_enabledad_and_disable_container_interface(world):
+    (n1, p1), (n2, p2) = world.container(), world.container()
+    dad = world.run(ours(world), "ADD", conf(world, isGateway=True, enabledad=True, ipam={
+        "type": "host-local", "subnet": "fd00:77::/64", "dataDir": str(world.data_dir)}), p1)
+    assert dad.code == 0, dad.stdout + dad.stderr
+    assert read_sysctl(n1, "net.ipv6.conf.eth0.accept_dad") == "1"
+    assert read_sysctl(n1, "net.ipv6.conf.eth0.enhanced_dad") == "1"
+    assert ping(n1, "fd00:77::1")  # DAD finished before ADD returned
+    l2 = world.run(ours(world), "ADD", conf(world, ipam={}, disableContainerInterface=True), p2, container_id="l2")
+    assert l2.code == 0, l2.stdout + l2.stderr
+    eth0 = [lk for lk in links_state(n2) if lk["name"] == "eth0"][0]
+    assert eth0["up"] is False and "ips" not in l2.json
