@@ -14,8 +14,8 @@ from reconciler.cni.invoke import delegate
 from reconciler.cni.model import CNIModel
 from reconciler.cni.types import DNS, Interface, Result, Route
 from reconciler.cni.version import ALL_VERSIONS
-from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, UNSUPPORTED_FIELD, CNIError
-from reconciler.kernel import addrs, bridge, links, sysctl
+from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, CNIError
+from reconciler.kernel import addrs, bridge, links, macspoof, sysctl
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.netns import KernelError
 from reconciler.kernel.snapshot import snapshot
@@ -129,6 +129,16 @@ def _load(args: CmdArgs) -> BridgeConf:
     return conf
 
 
+def _firewall(what: str, fn: Any, *args: Any) -> Any:
+    """Call into the nftables layer, turning its failures into CNI errors."""
+    try:
+        return fn(*args)
+    except CNIError:
+        raise
+    except Exception as exc:
+        raise CNIError(INTERNAL, f"{what}: {exc}") from exc
+
+
 # --- ADD ---------------------------------------------------------------------------------------
 
 
@@ -223,8 +233,6 @@ def _ensure_gateway_addr(conf: BridgeConf, dev: str, gw: Any, host: str | None) 
 
 def add(args: CmdArgs) -> Result:
     conf = _load(args)
-    if conf.macspoofchk:
-        raise CNIError(UNSUPPORTED_FIELD, "macspoofchk is not supported by this build (nftables bridge rules)")
     mac = mac_from_args(args)
     host = args.host_netns
     layer3 = is_layer3(args)
@@ -234,6 +242,10 @@ def add(args: CmdArgs) -> Result:
                                               mtu=conf.mtu or None, mac=mac)
         undo.callback(undo_quietly(links.delete, host_veth.name, host))
         _setup_port(conf, host_veth.name, host)
+        if conf.macspoofchk:
+            ref = macspoof.ref_id(args.container_id, args.ifname)
+            _firewall("macspoofchk", macspoof.setup, host_veth.name, cont.mac, ref, host)
+            undo.callback(undo_quietly(macspoof.teardown, ref, host))
 
         result = Result(cni_version=args.cni_version)
         if layer3:
@@ -303,6 +315,8 @@ def delete(args: CmdArgs) -> None:
             _, found = hostveth.delete_container_link(args.ifname, args.netns)
         if is_layer3(args):
             delegate("DEL", str(conf.ipam["type"]), args)  # type: ignore[index]
+        if conf.macspoofchk:
+            _firewall("macspoofchk", macspoof.teardown, macspoof.ref_id(args.container_id, args.ifname), host)
         if conf.ip_masq:
             addresses = found or container_addresses(prev, args.ifname)
             ipmasq.teardown(args.network_name, args.container_id, args.ifname, addresses, host)
@@ -345,6 +359,11 @@ def check(args: CmdArgs) -> None:
                 raise CNIError(INTERNAL, f"host veth {iface.name!r}: hairpin mode expected on")
             if conf.port_isolation and not hv.isolated:
                 raise CNIError(INTERNAL, f"host veth {iface.name!r}: port isolation expected on")
+            if conf.macspoofchk:
+                ref = macspoof.ref_id(args.container_id, args.ifname)
+                missing = _firewall("macspoofchk", macspoof.check, iface.name, cont.mac, ref, host)
+                if missing:
+                    raise CNIError(INTERNAL, missing)
         check_interface_ips(cont_snap, args.ifname, prev)
         check_routes(cont_snap, args.ifname, prev)
     if conf.ip_masq and prev.ips:
