@@ -287,12 +287,17 @@ def _walk(head: ctypes.c_void_p) -> list[int]:
     return out
 
 
-def _prune(head: ctypes.c_void_p, before: set[int], family: int) -> None:
-    """Unlink entries added since `before` that are not of `family` (they would be duplicates)."""
+def _key(ptr: int) -> tuple[bytes, int, int]:
+    node = _Head.from_address(ptr)
+    return (node.name or b"", node.revision, node.family)
+
+
+def _prune(head: ctypes.c_void_p, before: set[int], family: int, known: set[tuple[bytes, int, int]]) -> None:
+    """Unlink entries added since `before` of another family, or already registered."""
     prev: int | None = None
     for ptr in _walk(head):
         node = _Head.from_address(ptr)
-        if ptr not in before and node.family != family:
+        if ptr not in before and (node.family not in (family, 0) or _key(ptr) in known):
             if prev is None:
                 head.value = node.next
             else:
@@ -314,38 +319,38 @@ def _preload_extensions() -> None:
     extension's shared object is loaded (libxt_NAT.so loaded while IPv4 is
     active never yields the IPv6 DNAT/MASQUERADE) and never loads it again,
     so one process cannot normally use both `Rule` and `Rule6`. Before any
-    lookup, load each object for IPv4, then a private copy of it for IPv6 (its
-    constructor registers fresh structs) and unlink the family-neutral entries
-    the copy added, which libxtables would reject as duplicates. Extensions
-    outside this list work for the family that loads them first only.
+    lookup, load a private copy of each object per family (its constructor
+    registers fresh structs) and unlink what the copy added for the other
+    family or what is registered already (libxtables exits on duplicates).
+    Extensions outside this list work for the family that loads them first.
     """
     global _preloaded
     if _preloaded:
         return
     _preloaded = True
-    import os
     import shutil
     import tempfile
 
     from iptc import xtables as xt
 
     lists = (xt.xtables._xtables_pending_matches, xt.xtables._xtables_pending_targets)
-    if not all(isinstance(h, ctypes.c_void_p) for h in lists):
+    done = (xt.xtables._xtables_matches, xt.xtables._xtables_targets)
+    if not all(isinstance(h, ctypes.c_void_p) for h in lists + done):
         return
     with tempfile.TemporaryDirectory(prefix="rcn-xt-") as tmp:
         for name in EXTENSIONS:
             path = os.path.join(xt._xtables_libdir, f"libxt_{name}.so")
             if not os.path.exists(path):
                 continue
-            xt.xtables._xtables_set_nfproto(xt.NFPROTO_IPV4)
-            _KEEP.append(ctypes.CDLL(path))
-            before = [set(_walk(h)) for h in lists]
-            copy = os.path.join(tmp, f"v6-{name}.so")
-            shutil.copyfile(path, copy)
-            xt.xtables._xtables_set_nfproto(xt.NFPROTO_IPV6)
-            _KEEP.append(ctypes.CDLL(copy))  # the mapping outlives the file
-            for head, seen in zip(lists, before, strict=True):
-                _prune(head, seen, xt.NFPROTO_IPV6)
+            for proto in (xt.NFPROTO_IPV4, xt.NFPROTO_IPV6):
+                before = [set(_walk(h)) for h in lists]
+                known = {_key(p) for h in lists + done for p in _walk(h)}  # never register twice
+                copy = os.path.join(tmp, f"{proto}-{name}.so")
+                shutil.copyfile(path, copy)
+                xt.xtables._xtables_set_nfproto(proto)
+                _KEEP.append(ctypes.CDLL(copy))  # its constructor registers; the mapping outlives the file
+                for head, seen in zip(lists, before, strict=True):
+                    _prune(head, seen, proto, known)
 
 
 _KEEP: list[ctypes.CDLL] = []
