@@ -433,3 +433,35 @@ def test_rebinds_at_t2_when_the_server_ignores_renewals(lan, dnsmasq, dhcp_daemo
     assert server.count("DHCPACK", ip) >= 2
     assert dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path).code == 0
     assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_expired_lease_is_reported(lan, dnsmasq, dhcp_daemon, plugin_dir):
+    """The server goes silent: after the lease time (dnsmasq's minimum, 2 min) the loss shows in CHECK."""
+    dnsmasq("--dhcp-option=option:T1,5", "--dhcp-option=option:T2,10")
+    daemon = dhcp_daemon()
+    ctr, path = lan.container()
+    conf = netconf(daemon.socket_path)
+    res = dhcp_exec(plugin_dir, "ADD", conf, path)
+    assert res.code == 0, res.stdout + res.stderr
+    configure(ctr, res.json)
+    run(
+        "ip",
+        "netns",
+        "exec",
+        lan.net_ns,
+        "iptables-nft",
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "67",
+        "-j",
+        "DROP",
+    )
+    wait_for(lambda: "lease lost (expired)" in daemon.log.read_text(), 180, "the lease to expire")
+    out = dhcp_exec(plugin_dir, "CHECK", dict(conf, prevResult=res.json), path)
+    assert out.code != 0 and "lost" in out.json["msg"]
+    assert dhcp_exec(plugin_dir, "DEL", conf, path).code == 0
