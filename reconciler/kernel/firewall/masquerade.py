@@ -94,7 +94,11 @@ class IptablesMasq(FeatureBackend):
                 for args in post:
                     s.append_unique("POSTROUTING", args)
 
-            iptables.transact(netns, family, "nat", apply)
+            try:
+                iptables.transact(netns, family, "nat", apply)
+            except Exception:
+                self.teardown(network, container_id, ifname, addresses, netns)  # no half-done attachment
+                raise
 
     def teardown(self, network: str, container_id: str, ifname: str, addresses: Sequence[Address],
                  netns: str | None) -> None:
