@@ -20,7 +20,8 @@ import pytest
 from tests.cnitest import exec_plugin
 from tests.conftest import run, unique
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(1800)  # generous: the VM job runs under emulation (no KVM)
+EXEC_TIMEOUT = 600
 
 NET = "rcnvrf"
 CTR = "rcnctr-vrf1"
@@ -61,6 +62,7 @@ class Ctr:
 
     def run(self, binary: Path, verb: str, conf: dict[str, Any], ifname: str = "eth0", **kw: Any):
         kw.setdefault("netns", self.path)
+        kw.setdefault("timeout", EXEC_TIMEOUT)
         return exec_plugin(binary, verb, conf, container_id=CTR, ifname=ifname, netns_exec=self.host, **kw)
 
     def state(self) -> dict[str, Any]:
@@ -99,7 +101,7 @@ def container(make_netns, reference_plugins, tmp_path):
                             "ranges": [[{"subnet": f"10.9{n}.0.0/24"}], [{"subnet": f"fd00:9{n}::/64"}]],
                             "routes": [{"dst": f"10.20{n}.0.0/16"}]}}
             res = exec_plugin(reference_plugins / "ptp", "ADD", ptp, netns=path, container_id=CTR, ifname=ifname,
-                              netns_exec=host, cni_path=reference_plugins)
+                              netns_exec=host, cni_path=reference_plugins, timeout=EXEC_TIMEOUT)
             assert res.code == 0, res.stdout + res.stderr
             ctr.prev[ifname] = res.json
             made.append((ctr, ifname, ptp))
@@ -202,7 +204,7 @@ def test_traffic_through_the_vrf(need_vrf, container, plugin_dir):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        run("ip", "netns", "exec", ctr.name, sys.executable, "-c", CONNECT, gw, "rcnblue", timeout=30)
+        run("ip", "netns", "exec", ctr.name, sys.executable, "-c", CONNECT, gw, "rcnblue", timeout=EXEC_TIMEOUT)
         assert server.stdout.readline().startswith("from 10.90.0.")
     finally:
         server.kill()
