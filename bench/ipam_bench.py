@@ -17,6 +17,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REFERENCE, cni_env, exec_timed, write_results  # noqa: E402
@@ -32,37 +33,43 @@ def net_conf(data_dir: str, name: str) -> dict:
     }
 
 
-def inproc_worker(conf: dict, prefix: str, count: int, start_at: float) -> int:
+def inproc_worker(conf: dict, prefix: str, count: int, barrier: Any = None) -> int:
     """Allocate `count` addresses in this process (the engine's in-process path)."""
     from reconciler.cni.args import CmdArgs
     from reconciler.plugins.ipam import host_local
 
     stdin = json.dumps(conf).encode()
-    while time.time() < start_at:
-        time.sleep(0.001)
+    if barrier is not None:
+        barrier.wait()  # imports done: start together
     for i in range(count):
         host_local.add(CmdArgs.build("ADD", stdin, container_id=f"{prefix}-{i}", ifname="eth0", netns="/x"))
+    if barrier is not None:
+        barrier.wait()
     return count
 
 
 def run_inproc(conf: dict, writers: int, per_writer: int) -> float:
     if writers == 1:
-        inproc_worker(conf, "warmup", 1, 0)  # imports outside the timed region
+        inproc_worker(conf, "warmup", 1)  # imports outside the timed region
         start = time.perf_counter()
-        inproc_worker(conf, "s", per_writer, 0)
+        inproc_worker(conf, "s", per_writer)
         return per_writer / (time.perf_counter() - start)
     ctx = multiprocessing.get_context("fork")
-    start_at = time.time() + 1.0
+    barrier = ctx.Barrier(writers + 1)
     procs = [
-        ctx.Process(target=inproc_worker, args=(conf, f"w{k}", per_writer, start_at)) for k in range(writers)
+        ctx.Process(target=inproc_worker, args=(conf, f"w{k}", per_writer, barrier)) for k in range(writers)
     ]
     for p in procs:
         p.start()
+    barrier.wait()
+    start = time.perf_counter()
+    barrier.wait()
+    elapsed = time.perf_counter() - start
     for p in procs:
         p.join()
         if p.exitcode != 0:
             raise RuntimeError(f"in-process writer failed: {p.exitcode}")
-    return writers * per_writer / (time.time() - start_at)
+    return writers * per_writer / elapsed
 
 
 def run_exec(binary: str, conf: dict, writers: int, per_writer: int, netns_path: str) -> float:
@@ -83,25 +90,14 @@ def run_exec(binary: str, conf: dict, writers: int, per_writer: int, netns_path:
     return total / (time.perf_counter() - start)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
-    opts = parser.parse_args()
-    scale = 0.2 if opts.quick else 1.0
+STORES = {"disk": "/var/tmp", "tmpfs": "/dev/shm"}
+IMPLS = ("ours in-process", "ours exec'd", "reference exec'd")
 
-    def n(value: int) -> int:
-        return max(2, int(value * scale))
 
-    counts = {
-        ("ours in-process", 1): n(2000),
-        ("ours in-process", WRITERS): n(300),
-        ("ours exec'd", 1): n(60),
-        ("ours exec'd", WRITERS): n(12),
-        ("reference exec'd", 1): n(400),
-        ("reference exec'd", WRITERS): n(60),
-    }
+def measure(base: str, single: int, total: int) -> dict[str, dict[str, float]]:
+    """allocations/s per implementation and writer count, each on a fresh store under `base`."""
     rates: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="ipambench", dir="/var/tmp") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ipambench", dir=base) as tmp:
         netns_path = os.path.join(tmp, "netns")
         Path(netns_path).touch()
         from reconciler.launcher import install
@@ -113,29 +109,61 @@ def main() -> int:
             "ours exec'd": os.path.join(bindir, "host-local"),
             "reference exec'd": str(REFERENCE / "host-local"),
         }
-        for (impl, writers), count in counts.items():
+        for impl in IMPLS:
             if impl == "reference exec'd" and not Path(binaries[impl]).exists():
                 continue
-            conf = net_conf(os.path.join(tmp, "data"), f"{impl.split()[0]}{impl.split()[1][:4]}{writers}")
-            per_writer = max(1, count // writers) if writers > 1 else count
-            if impl == "ours in-process":
-                rate = run_inproc(conf, writers, per_writer)
-            else:
-                rate = run_exec(binaries[impl], conf, writers, per_writer, netns_path)
-            rates.setdefault(impl, {})[f"{writers}w"] = round(rate, 1)
-            print(
-                f"{impl:18} {writers} writer(s): {rate:9.1f} allocations/s  ({per_writer * writers} allocations)"
-            )
-    ratios = {}
+            for writers in (1, WRITERS):
+                conf = net_conf(os.path.join(tmp, "data"), f"n{IMPLS.index(impl)}w{writers}")
+                per_writer = single if writers == 1 else max(1, total // writers)
+                if impl == "ours in-process":
+                    rate = run_inproc(conf, writers, per_writer)
+                else:
+                    rate = run_exec(binaries[impl], conf, writers, per_writer, netns_path)
+                rates.setdefault(impl, {})[f"{writers}w"] = round(rate, 1)
+                print(
+                    f"  {impl:18} {writers} writer(s): {rate:9.1f} allocations/s  ({per_writer * writers} allocations)",
+                    flush=True,
+                )
+    return rates
+
+
+def ratios_of(rates: dict[str, dict[str, float]]) -> dict[str, float]:
     ref = rates.get("reference exec'd")
-    if ref:
-        for impl in ("ours in-process", "ours exec'd"):
-            for key in ("1w", f"{WRITERS}w"):
-                ratios[f"{impl} / reference, {key}"] = round(rates[impl][key] / ref[key], 3)
+    out: dict[str, float] = {}
+    if not ref:
+        return out
+    for impl in ("ours in-process", "ours exec'd"):
+        for key in ("1w", f"{WRITERS}w"):
+            out[f"{impl} / reference, {key}"] = round(rates[impl][key] / ref[key], 3)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    parser.add_argument("--store", choices=sorted(STORES), action="append", help="default: both")
+    opts = parser.parse_args()
+    single, total = (20, 24) if opts.quick else (100, 96)
+    results: dict[str, dict] = {}
+    for store in opts.store or ["disk", "tmpfs"]:
+        if not os.path.isdir(STORES[store]):
+            continue
+        print(
+            f"store on {store} ({STORES[store]}): {single} allocations single, {total} with {WRITERS} writers"
+        )
+        rates = measure(STORES[store], single, total)
+        ratios = ratios_of(rates)
         for label, value in ratios.items():
-            print(f"{label:40} {value:8.3f}x")
+            print(f"  {label:40} {value:8.3f}x")
+        results[store] = {"allocations_per_second": rates, "ratios_to_reference": ratios}
     path = write_results(
-        "ipam", {"allocations_per_second": rates, "ratios_to_reference": ratios, "quick": opts.quick}
+        "ipam",
+        {
+            "stores": results,
+            "single_writer_allocations": single,
+            "eight_writer_allocations": total,
+            "quick": opts.quick,
+        },
     )
     print(f"wrote {path}")
     return 0
