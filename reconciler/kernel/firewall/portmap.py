@@ -373,17 +373,22 @@ class NftablesPortmap(FeatureBackend):
 
 
 def _is_dnat(rule: dict, m: PortMapping, fwd: Forward) -> bool:
+    """Does this listed nft rule forward mapping `m` (protocol, port, host address, target)?"""
     if rule.get("chain") != "hostports":
         return False
     port_ok = dnat_ok = False
+    daddr = None
     for expr in rule.get("expr", []):
-        match = expr.get("match")
-        if match and match.get("left", {}).get("payload", {}).get("field") == "dport":
-            port_ok = match.get("right") == m.host_port
+        match = expr.get("match") or {}
+        payload = match.get("left", {}).get("payload", {})
+        if payload.get("field") == "dport":
+            port_ok = payload.get("protocol") == m.protocol and match.get("right") == m.host_port
+        elif payload.get("field") == "daddr":
+            daddr = match.get("right")
         dnat = expr.get("dnat")
         if dnat:
             dnat_ok = dnat.get("addr") == str(fwd.address.ip) and dnat.get("port") == m.container_port
-    return port_ok and dnat_ok
+    return port_ok and dnat_ok and daddr == m.dest
 
 
 IMPLS: dict[str, IptablesPortmap | NftablesPortmap] = {IPTABLES: IptablesPortmap(), NFTABLES: NftablesPortmap()}
