@@ -63,6 +63,18 @@ class Outcome:
 
 
 @dataclass
+class Pending:
+    """An ADD done in this pass and not yet verified."""
+
+    att: Attachment
+    netlist: NetworkConfigList
+    rt: RuntimeConf
+    created_netns: bool = False
+    record: Record | None = None
+    outcome: Outcome | None = None
+
+
+@dataclass
 class PassReport:
     plan: Plan
     outcomes: list[Outcome] = field(default_factory=list)
@@ -147,6 +159,7 @@ class Engine:
         self.verify_delay = verify_delay
         self.show_progress = show_progress
         self.backoff_base = float(os.environ.get("RECONCILER_REPAIR_BACKOFF", "10"))
+        self.batch: list[Pending] = []
 
     # ---- reading
     def load(self) -> Specs:
@@ -160,7 +173,7 @@ class Engine:
         chosen = [r for k, r in records.items() if keys is None or k in keys]
         bar = Progress(len(chosen), "observe", enabled=self.show_progress)
         try:
-            with namespaces.session():
+            with namespaces.session(), namespaces.shared():
                 return observe(chosen, self.runner, deep, progress=bar.step)
         finally:
             bar.close()
@@ -231,18 +244,8 @@ class Engine:
     def _runtime(self, att: Attachment) -> RuntimeConf:
         return RuntimeConf(att.id, att.netns_path, att.ifname, att.args, att.capabilities)
 
-    def _verify(self, rec: Record) -> list[str]:
-        drift: list[str] = []
-        for attempt in range(self.verify_retries):
-            drift = judge(rec, Observation(), self.runner, deep=True)
-            if not drift:
-                return []
-            if attempt < self.verify_retries - 1:
-                time.sleep(self.verify_delay * (attempt + 1))
-        return drift
-
-    def _add(self, att: Attachment, specs: Specs, requested: list[str] | None = None, action: str = "add") -> list[str]:
-        """ADD + verify; on any failure undo everything this call did and raise."""
+    def _add(self, att: Attachment, specs: Specs, requested: list[str] | None = None, action: str = "add") -> Pending:
+        """ADD (verification comes later, for the whole batch); on failure undo what this call did and raise."""
         network = specs.networks[att.network]
         netlist = with_data_dir(network, self.data_dir)
         if requested:
@@ -254,30 +257,63 @@ class Engine:
             config_b64=base64.b64encode(netlist.raw).decode(),
         )
         self.journal.begin(intent)
-        created = False
+        pending = Pending(att, netlist, rt)
         try:
-            created = self._ensure_namespace(att, intent)
+            pending.created_netns = self._ensure_namespace(att, intent)
             result = self.runner.add(netlist, rt)
-            rec = Record(
-                key=att.key, network=att.network, id=att.id, ifname=att.ifname, netns=att.netns,
-                netns_path=att.netns_path, owns_netns=att.owns_netns or att.netns in self.inventory.namespaces(),
-                file=os.path.abspath(att.file), network_file=os.path.abspath(network.source), fingerprint=att.fingerprint(network),
-                ips=[ip.address for ip in result.ips], applied_at=time.time(), network_hash=network_hash(network),
-            )
-            drift = self._verify(rec)
-            if drift:
-                raise CNIError(999, "verification failed after ADD: " + "; ".join(drift))
-            self.inventory.put(rec)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.runner.delete(netlist, rt)
-            if created:
-                with contextlib.suppress(Exception):
-                    self.drop_namespace(att.netns)
-            self.journal.clear(att.key)
+            self._undo(pending)
             raise
-        self.journal.clear(att.key)
-        return rec.ips
+        pending.record = Record(
+            key=att.key, network=att.network, id=att.id, ifname=att.ifname, netns=att.netns,
+            netns_path=att.netns_path, owns_netns=att.owns_netns or att.netns in self.inventory.namespaces(),
+            file=os.path.abspath(att.file), network_file=os.path.abspath(network.source),
+            fingerprint=att.fingerprint(network), ips=[ip.address for ip in result.ips], applied_at=time.time(),
+            network_hash=network_hash(network),
+        )
+        return pending
+
+    def _undo(self, pending: Pending) -> None:
+        """Roll back one ADD: DEL with the config it used, drop a namespace it created, clear its intent."""
+        with contextlib.suppress(Exception):
+            self.runner.delete(pending.netlist, pending.rt)
+        if pending.created_netns:
+            with contextlib.suppress(Exception):
+                self.drop_namespace(pending.att.netns)
+        self.journal.clear(pending.att.key)
+
+    def _verify(self, batch: list[Pending]) -> None:
+        """CHECK every ADD of the pass against the live kernel, retrying briefly while it settles.
+
+        Each round reads every namespace once (shared snapshots), so verifying N attachments costs
+        O(N) reads instead of one host dump per attachment. Passing ones are recorded; the rest are
+        rolled back and their outcome turned into a failure.
+        """
+        remaining = {p.att.key: p for p in batch}
+        drift: dict[str, list[str]] = {}
+        for attempt in range(self.verify_retries):
+            with namespaces.shared():
+                obs = Observation()
+                for key, pending in list(remaining.items()):
+                    assert pending.record is not None
+                    found = judge(pending.record, obs, self.runner, deep=True)
+                    if found:
+                        drift[key] = found
+                        continue
+                    self.inventory.put(pending.record)
+                    self.journal.clear(key)
+                    del remaining[key]
+            if not remaining:
+                return
+            if attempt < self.verify_retries - 1:
+                time.sleep(self.verify_delay * (attempt + 1))
+        for key, pending in remaining.items():
+            self._undo(pending)
+            if pending.outcome is not None:
+                pending.outcome.result = "failed"
+                pending.outcome.ips = []
+                pending.outcome.error = "verification failed after ADD (rolled back): " + "; ".join(drift[key])
+            log.error("%s: verification failed, rolled back: %s", key, "; ".join(drift[key]))
 
     def _delete(self, key: str, rec: Record | None, specs: Specs) -> None:
         """DEL with the cached config (works when the network file is gone), drop the record."""
@@ -294,6 +330,13 @@ class Engine:
         self.inventory.drop(key)
         self.journal.clear(key)
 
+    def _pending(self, pending: Pending, outcome: Outcome) -> Outcome:
+        assert pending.record is not None
+        outcome.ips = list(pending.record.ips)
+        pending.outcome = outcome
+        self.batch.append(pending)
+        return outcome
+
     def _execute(self, step: Step, specs: Specs, records: dict[str, Record], status: dict[str, Any]) -> Outcome:
         rec = records.get(step.key)
         att = specs.attachments.get(step.key)
@@ -304,17 +347,17 @@ class Engine:
                 return Outcome(step.key, "delete", "ok")
             assert att is not None
             if step.kind == "add":
-                return Outcome(step.key, "add", "ok", ips=self._add(att, specs))
+                return self._pending(self._add(att, specs), Outcome(step.key, "add", "ok"))
             self._delete(step.key, rec, specs)
             if step.kind == "replace":
-                return Outcome(step.key, "replace", "ok", ips=self._add(att, specs, action="replace"))
+                return self._pending(self._add(att, specs, action="replace"), Outcome(step.key, "replace", "ok"))
             requested = rec.ips if rec else []
             try:
-                ips = self._add(att, specs, requested, action="repair")
+                pending = self._add(att, specs, requested, action="repair")
             except CNIError as err:
                 log.warning("%s: repair with its old address failed (%s); adding afresh", step.key, err)
-                ips = self._add(att, specs, action="repair")
-            out = Outcome(step.key, "repair", "ok", error="repaired: " + "; ".join(step.drift), ips=ips)
+                pending = self._add(att, specs, action="repair")
+            out = self._pending(pending, Outcome(step.key, "repair", "ok", error="repaired: " + "; ".join(step.drift)))
             repairs = int(prev.get("repairs", 0)) + 1
             if repairs >= BACKOFF_AFTER:
                 delay = min(self.backoff_base * 2 ** (repairs - BACKOFF_AFTER), 3600.0)
@@ -342,16 +385,21 @@ class Engine:
         records = self.inventory.records()
         todo = plan.actions
         bar = Progress(len(todo), "apply", enabled=self.show_progress)
+        self.batch = []
         for step in todo:
-            prev = per_key.setdefault(step.key, {})
+            per_key.setdefault(step.key, {})
             outcome = self._execute(step, specs, records, per_key)
             report.outcomes.append(outcome)
-            bar.step(f"{step.kind} {step.key}", outcome.result == "ok")
-            if step.kind == "delete" and outcome.result == "ok":
-                per_key.pop(step.key, None)
-                continue
-            prev.update(asdict(outcome))
+            bar.step(f"{step.kind} {step.key}", outcome.result != "failed")
         bar.close()
+        if self.batch:
+            self._verify(self.batch)
+        self.batch = []
+        for outcome in report.outcomes:
+            if outcome.action == "delete" and outcome.result == "ok":
+                per_key.pop(outcome.key, None)
+            else:
+                per_key.setdefault(outcome.key, {}).update(asdict(outcome))
         for step in plan.steps:
             entry = per_key.setdefault(step.key, {}) if step.kind != "delete" else None
             if entry is None:

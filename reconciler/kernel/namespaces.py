@@ -8,18 +8,11 @@ Named namespaces live at /run/netns/NAME (the `ip netns` convention), so
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import subprocess
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 RUN_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def path_for(name: str) -> str:
@@ -65,26 +58,6 @@ def session() -> contextlib.AbstractContextManager[None]:
     return nsmod.session()
 
 
-@contextlib.contextmanager
-def entered(path: str) -> Iterator[None]:
-    """Run the block with this thread inside the namespace at `path`, then come back."""
-    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns back: {os.strerror(err)}")
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 @dataclass
 class LinkState:
     name: str
@@ -94,24 +67,24 @@ class LinkState:
 
 
 def snapshot(path: str | None = None) -> dict[str, LinkState]:
-    """Links and addresses of one namespace (None = the current one), read once."""
-    from pyroute2 import IPRoute
+    """Links and addresses of one namespace (None = the current one).
 
-    ctx = entered(path) if path else contextlib.nullcontext()
-    with ctx:
-        ipr = IPRoute()
-    try:
-        links: dict[int, LinkState] = {}
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-            links[link["index"]] = LinkState(
-                name=link.get_attr("IFLA_IFNAME"), up=bool(link["flags"] & 1), kind=kind or ""
-            )
-        for addr in ipr.get_addr():
-            state = links.get(addr["index"])
-            if state is not None:
-                state.addresses.append(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
-        return {state.name: state for state in links.values()}
-    finally:
-        ipr.close()
+    Read through kernel.snapshot, so inside `shared()` the plugins' CHECKs of the
+    same pass reuse this very read instead of dumping the namespace again.
+    """
+    from reconciler.kernel import snapshot as snapmod
+
+    snap = snapmod.snapshot(path)
+    out: dict[str, LinkState] = {}
+    for link in snap.links:
+        state = LinkState(name=link.name, up=link.up, kind=link.kind)
+        state.addresses = [str(a.address) for a in snap.addrs_of(link.name)]
+        out[link.name] = state
+    return out
+
+
+def shared() -> contextlib.AbstractContextManager[None]:
+    """A read-only stretch (observe, verify): every namespace is dumped once and the read is shared."""
+    from reconciler.kernel import snapshot as snapmod
+
+    return snapmod.shared()
