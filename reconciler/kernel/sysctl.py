@@ -40,7 +40,8 @@ def _read_many(keys: list[str]) -> dict[str, str | None]:
     return out
 
 
-def _write_many(values: list[tuple[str, str]], only_if_different: bool) -> dict[str, str | None]:
+def _write_many(values: list[tuple[str, str]], only_if_different: bool,
+                missing_ok: bool = False) -> dict[str, str | None]:
     before: dict[str, str | None] = {}
     for key, value in values:
         path = _path(key)
@@ -49,6 +50,8 @@ def _write_many(values: list[tuple[str, str]], only_if_different: bool) -> dict[
                 current = fh.read().strip()
         except FileNotFoundError:
             before[key] = None
+            if missing_ok:
+                continue
             raise
         before[key] = current
         if only_if_different and current == str(value):
@@ -73,10 +76,13 @@ def write(key: str, value: str | int, netns: str | None = None) -> str | None:
 
 
 def write_many(values: dict[str, str | int], netns: str | None = None,
-               only_if_different: bool = True) -> dict[str, str | None]:
-    """Set several sysctls in one namespace visit, in order; returns the previous values."""
+               only_if_different: bool = True, missing_ok: bool = False) -> dict[str, str | None]:
+    """Set several sysctls in one namespace visit, in order; returns the previous values.
+
+    `missing_ok`: skip keys that do not exist (IPv6 disabled, ...) instead of raising.
+    """
     items = [(k, str(v)) for k, v in values.items()]
-    return nsmod.run_in(netns, _write_many, items, only_if_different)
+    return nsmod.run_in(netns, _write_many, items, only_if_different, missing_ok)
 
 
 def enable_forwarding(ipv4: bool, ipv6: bool, netns: str | None = None) -> None:

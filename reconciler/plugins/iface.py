@@ -118,7 +118,7 @@ def configure_iface(netns: str, ifname: str, result: Result) -> None:
                 f"net/ipv6/conf/{ifname}/disable_ipv6": 0,
                 "net/ipv6/conf/lo/disable_ipv6": 0,
                 f"net/ipv6/conf/{ifname}/keep_addr_on_down": 1,
-            }, netns)
+            }, netns, missing_ok=True)
         for ipc in ips:
             addrs.add(ifname, ipc.iface, netns)
         links.set_up(ifname, netns)

@@ -262,9 +262,9 @@ def add(args: CmdArgs) -> Result:
         if layer3:
             dad = {f"net/ipv6/conf/{args.ifname}/enhanced_dad": 1, f"net/ipv6/conf/{args.ifname}/accept_dad": 1} \
                 if conf.enabledad else {f"net/ipv6/conf/{args.ifname}/accept_dad": 0}
-            for key, value in {**dad, f"net/ipv4/conf/{args.ifname}/arp_notify": 1}.items():
-                with contextlib.suppress(OSError, ValueError):
-                    sysctl.write(key, value, args.netns)
+            with contextlib.suppress(OSError, ValueError):
+                sysctl.write_many({**dad, f"net/ipv4/conf/{args.ifname}/arp_notify": 1}, args.netns,
+                                  missing_ok=True)
             configure_iface(args.netns, args.ifname, result)
         elif not conf.disable_container_interface:
             links.set_up(args.ifname, args.netns)

@@ -117,9 +117,9 @@ def add(args: CmdArgs) -> Result:
             result.interfaces = [iface]
             for ipc in result.ips:
                 ipc.interface = 0
-            for key in (f"net/ipv4/conf/{args.ifname}/arp_notify", f"net/ipv6/conf/{args.ifname}/ndisc_notify"):
-                with contextlib.suppress(OSError, ValueError):
-                    sysctl.write(key, 1, args.netns)
+            with contextlib.suppress(OSError, ValueError):
+                sysctl.write_many({f"net/ipv4/conf/{args.ifname}/arp_notify": 1,
+                                   f"net/ipv6/conf/{args.ifname}/ndisc_notify": 1}, args.netns, missing_ok=True)
             configure_iface(args.netns, args.ifname, result)
         else:
             links.set_up(args.ifname, args.netns)
