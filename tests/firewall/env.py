@@ -63,9 +63,10 @@ class World:
     """Host namespace + bridge network; call close() (the fixture does) to stop servers."""
 
     def __init__(self, make_netns: Any, tmp: Path, subnet: str = "10.250.0.0/24", name: str = "rcnpm",
-                 subnet6: str | None = None) -> None:
+                 subnet6: str | None = None, host: str | None = None) -> None:
+        """`host`: share another World's host namespace (a second network on the same host)."""
         self.make_netns = make_netns
-        self.host, _ = make_netns("rcn-h-")
+        self.host = host or make_netns("rcn-h-")[0]
         self.tmp = tmp
         self.name = name
         self.bridge = "rcnbr" + uuid.uuid4().hex[:6]

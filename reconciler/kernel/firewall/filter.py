@@ -9,6 +9,12 @@ CNI-ADMIN belongs to the operator: it is created empty if missing and never flus
 deleted. Our per-IP rules also carry ``name: "<net>" id: "<id>"`` (the reference's have no
 comment), so GC can find them; DEL removes both forms, so state made by the reference
 plugin is cleaned up too. Chains are never deleted.
+
+ingressPolicy same-bridge / isolated (per bridge, never torn down: other containers may
+still use the bridge), as the reference:
+  FORWARD (first)        -j CNI-ISOLATION-STAGE-1
+  CNI-ISOLATION-STAGE-1  -i BR ! -o BR -j CNI-ISOLATION-STAGE-2 ; [isolated: -i BR -o BR -j DROP] ; -j RETURN
+  CNI-ISOLATION-STAGE-2  -o BR -j DROP ; -j RETURN
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from reconciler.kernel.firewall.base import BackendUnavailable, RuleDrift
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 PRIV = "CNI-FORWARD"
 ADMIN = "CNI-ADMIN"
+STAGE1 = "CNI-ISOLATION-STAGE-1"
+STAGE2 = "CNI-ISOLATION-STAGE-2"
+POLICIES = ("same-bridge", "isolated")
 
 
 def comment(network: str, container_id: str) -> str:
@@ -126,3 +135,49 @@ def gc(network: str, valid_ids: set[str], netns: str | None = None) -> int:
         except BackendUnavailable:
             continue
     return total
+
+
+def isolation_rules(bridge: str, policy: str) -> dict[str, list[list[str]]]:
+    """chain -> rules (in order) of one bridge's ingress policy."""
+    cmt = ["-m", "comment", "--comment", f"CNI firewall plugin rules (ingressPolicy: {policy})"]
+    stage1 = [["-i", bridge, "!", "-o", bridge, *cmt, "-j", STAGE2]]
+    if policy == "isolated":
+        stage1.append(["-i", bridge, "-o", bridge, *cmt, "-j", "DROP"])
+    return {"FORWARD": [[*cmt, "-j", STAGE1]],
+            STAGE1: stage1 + [[*cmt, "-j", "RETURN"]],
+            STAGE2: [["-o", bridge, *cmt, "-j", "DROP"], [*cmt, "-j", "RETURN"]]}
+
+
+def setup_isolation(bridge: str, families: set[int], policy: str, netns: str | None = None) -> None:
+    """Drop traffic between this bridge and other isolated bridges (isolated: within it too)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown ingress policy {policy!r}")
+    rules = isolation_rules(bridge, policy)
+
+    def apply(s: iptables.Session) -> None:
+        s.ensure_chain(STAGE1)
+        s.ensure_chain(STAGE2)
+        for chain, chain_rules in rules.items():
+            *specific, last = chain_rules
+            if chain == "FORWARD":
+                s.insert_unique(chain, last, 0)  # before the CNI-FORWARD jump
+                continue
+            for args in reversed(specific):
+                s.insert_unique(chain, args, 0)  # before the RETURN
+            s.append_unique(chain, last)
+
+    for family in sorted(families):
+        iptables.transact(netns, family, "filter", apply)
+
+
+def check_isolation(bridge: str, families: set[int], policy: str, netns: str | None = None) -> None:
+    rules = isolation_rules(bridge, policy)
+
+    def verify(s: iptables.Session) -> None:
+        for chain, chain_rules in rules.items():
+            for args in chain_rules:
+                if not s.has(chain, args):
+                    raise RuleDrift(f"firewall: rule missing in {chain}: {iptables.render(args)}")
+
+    for family in sorted(families):
+        iptables.transact(netns, family, "filter", verify)

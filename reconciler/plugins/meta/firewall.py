@@ -2,7 +2,8 @@
 
 Config: `backend` ("iptables"; "firewalld" is not supported here), and
 `iptablesAdminChainName` (default CNI-ADMIN: a chain for the operator's own rules,
-created if missing, never flushed). `ingressPolicy` other than "open" is not supported.
+created if missing, never flushed), `ingressPolicy` (open | same-bridge | isolated; the
+bridge is prevResult's first interface).
 Rules live in the filter table of `args.host_netns`, per family of each prevResult IP.
 """
 
@@ -44,8 +45,8 @@ class FirewallConf(NetConf):
     @field_validator("ingress_policy")
     @classmethod
     def _policy(cls, v: str | None) -> str | None:
-        if v not in (None, "", "open"):
-            raise ValueError(f"ingressPolicy {v!r} is not supported (only open)")
+        if v not in (None, "", "open", "same-bridge", "isolated"):
+            raise ValueError(f"unknown ingress policy {v!r} (want open, same-bridge or isolated)")
         return v or None
 
     @property
@@ -65,14 +66,27 @@ def _ips(result: Result) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     return [ip.iface.ip for ip in result.ips]
 
 
+def _bridge(conf: FirewallConf, result: Result) -> str | None:
+    """The bridge an ingress policy applies to (prevResult's first interface), or None for "open"."""
+    if conf.ingress_policy in (None, "open"):
+        return None
+    if not result.interfaces or not result.interfaces[0].name:
+        raise CNIError(INVALID_NETWORK_CONFIG, f"interface needs to be set for ingress policy "
+                       f"{conf.ingress_policy!r}, make sure to chain \"firewall\" plugin with \"bridge\"")
+    return result.interfaces[0].name
+
+
 def add(args: CmdArgs) -> Result:
     from reconciler.kernel.firewall import filter as fw
 
     conf = args.conf(FirewallConf)
     result = _prev(conf)
     assert result is not None
+    bridge = _bridge(conf, result)
     try:
         fw.setup(args.network_name, args.container_id, _ips(result), conf.admin_chain, args.host_netns)
+        if bridge and conf.ingress_policy:
+            fw.setup_isolation(bridge, {ip.version for ip in _ips(result)}, conf.ingress_policy, args.host_netns)
     except Exception as exc:
         try:
             fw.teardown(args.network_name, args.container_id, _ips(result), args.host_netns)
@@ -104,8 +118,11 @@ def check(args: CmdArgs) -> None:
     conf = args.conf(FirewallConf)
     result = _prev(conf)
     assert result is not None
+    bridge = _bridge(conf, result)
     try:
         fw.check(args.network_name, args.container_id, _ips(result), conf.admin_chain, args.host_netns)
+        if bridge and conf.ingress_policy:
+            fw.check_isolation(bridge, {ip.version for ip in _ips(result)}, conf.ingress_policy, args.host_netns)
     except RuleDrift as exc:
         raise CNIError(INTERNAL, str(exc)) from exc
 

@@ -84,7 +84,7 @@ def test_gc_removes_only_invalid(host_netns, plugin_dir) -> None:
     assert "10.250.0.5" in text and "10.250.0.6" not in text
 
 
-@pytest.mark.parametrize(("extra", "field"), [({"ingressPolicy": "isolated"}, "ingressPolicy"),
+@pytest.mark.parametrize(("extra", "field"), [({"ingressPolicy": "closed"}, "ingressPolicy"),
                                               ({"backend": "firewalld"}, "backend"),
                                               ({"iptablesAdminChainName": "bad name!"}, "iptablesAdminChainName")])
 def test_bad_config(host_netns, plugin_dir, extra, field) -> None:
@@ -136,3 +136,38 @@ def test_forwarding_follows_the_rules(make_netns, tmp_path, plugin_dir, referenc
         assert world.connect(client, ip, 80).startswith("ERR")
     finally:
         world.close()
+
+
+@pytest.mark.parametrize("policy", ["same-bridge", "isolated"])
+def test_ingress_policy_isolates_bridges(make_netns, tmp_path, plugin_dir, reference_plugins, policy) -> None:
+    net_a = World(make_netns, tmp_path / "a", subnet="10.250.0.0/24", name="rcnfwa")
+    net_b = World(make_netns, tmp_path / "b", subnet="10.252.0.0/24", name="rcnfwb", host=net_a.host)
+    try:
+        a1, a1_path, prev_a1 = net_a.container("a1")
+        a2, a2_path, prev_a2 = net_a.container("a2")
+        b1, b1_path, prev_b1 = net_b.container("b1")
+        client, _ = net_a.outside_client()
+        for ns in (a2, b1, client):
+            net_a.serve(ns, 80, f"hello-{ns[:6]}")
+        ip = {name: prev["ips"][0]["address"].split("/")[0] for name, prev in
+              (("a2", prev_a2), ("b1", prev_b1))}
+        assert net_a.connect(a1, ip["b1"], 80).startswith("hello")  # open: networks reach each other
+        for world, cid, path, prev in ((net_a, "a1", a1_path, prev_a1), (net_a, "a2", a2_path, prev_a2),
+                                       (net_b, "b1", b1_path, prev_b1)):
+            c = {"cniVersion": "1.0.0", "name": world.name, "type": "firewall", "ingressPolicy": policy,
+                 "prevResult": prev}
+            run = run_plugin(plugin_dir / "firewall", "ADD", c, world, cid, path)
+            assert run.code == 0, run.stdout + run.stderr
+            assert run_plugin(plugin_dir / "firewall", "CHECK", c, world, cid, path).code == 0
+        assert net_a.connect(a1, ip["b1"], 80).startswith("ERR")  # other bridge: dropped
+        assert net_a.connect(a1, "10.251.0.2", 80).startswith("hello")  # outside: still reachable
+        same = net_a.connect(a1, ip["a2"], 80)  # same bridge: bridged, unless br_netfilter is loaded
+        if policy == "same-bridge":
+            assert same.startswith("hello")
+        lines = filter_lines(net_a.host)
+        assert lines.index(f'-A FORWARD -m comment --comment "CNI firewall plugin rules (ingressPolicy: {policy})"'
+                           " -j CNI-ISOLATION-STAGE-1") < lines.index(
+            '-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD')
+    finally:
+        net_a.close()
+        net_b.close()
