@@ -150,7 +150,7 @@ def _ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStac
     except KernelError as exc:
         raise CNIError(INTERNAL, f"failed to create bridge {conf.bridge!r}: {exc}") from exc
     if created:
-        undo.callback(undo_quietly(links.delete, conf.bridge, host))
+        undo.callback(undo_quietly(_delete_if_unused, conf.bridge, host))
     if conf.promisc_mode and not br.promisc:
         links.set_promisc(conf.bridge, True, host)
     with contextlib.suppress(OSError, ValueError):
@@ -158,6 +158,13 @@ def _ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStac
     if not br.up:
         links.set_up(conf.bridge, host)
     return links.get(conf.bridge, host)
+
+
+def _delete_if_unused(name: str, host: str | None) -> None:
+    """Rollback of a bridge this call created: only while no other attachment has joined it meanwhile."""
+    br = links.find(name, host)
+    if br is not None and not any(lk.master == br.index for lk in links.list_links(host)):
+        links.delete(name, host)
 
 
 def _port_vlans(conf: BridgeConf, port: str, host: str | None) -> None:

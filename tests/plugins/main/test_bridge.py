@@ -354,3 +354,12 @@ def test_enabledad_and_disable_container_interface(world):
     assert l2.code == 0, l2.stdout + l2.stderr
     eth0 = [lk for lk in links_state(n2) if lk["name"] == "eth0"][0]
     assert eth0["up"] is False and "ips" not in l2.json
+
+
+def test_ipam_failure_removes_the_bridge_this_add_created(world):
+    cname, ns = world.container()
+    bad = conf(world, isGateway=True, ipam={"type": "host-local", "subnet": "not-a-subnet",
+                                            "dataDir": str(world.data_dir)})
+    r = world.run(ours(world), "ADD", bad, ns)
+    assert r.code != 0
+    assert links_state(world.host) == [] and links_state(cname) == []
