@@ -205,3 +205,25 @@ def test_foreign_namespace_and_cache_entries_untouched(rig, make_netns):
     assert os.path.exists(foreign_path)  # a path we were given is never deleted
     assert alien.exists()
     assert rig.addrs(foreign) == []
+
+
+def test_interrupted_add_is_undone_then_redone(rig):
+    """A crash after ADD but before the record: the journal entry makes the next apply undo and redo it."""
+    rig.network()
+    rig.attachments(atts(rig, 2))
+    assert rig.run("apply").returncode == 0
+    entry = json.loads((rig.state / "results" / "net1-c1-eth0").read_text())
+    (rig.state / "reconciler" / "attachments" / "net1-c1-eth0.json").unlink()
+    journal = rig.state / "reconciler" / "journal"
+    journal.mkdir(exist_ok=True)
+    (journal / "net1-c1-eth0.json").write_text(json.dumps({
+        "key": "net1/c1/eth0", "action": "add", "network": "net1", "container_id": "c1", "ifname": "eth0",
+        "netns": f"/run/netns/{rig.ns('c1')}", "config_b64": entry["config"], "pid": 1}))
+    plan = rig.run("plan", "--output", "json")
+    assert plan.returncode == 2
+    assert json.loads(plan.stdout)["interrupted"][0].startswith("net1/c1/eth0: add")
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "recovered: net1/c1/eth0: undid interrupted add" in out.stdout
+    assert "add net1/c1/eth0: ok" in out.stdout
+    assert_clean_converged(rig, 2)
