@@ -74,7 +74,7 @@ def add(args: CmdArgs) -> Result:
 
 def _store_location(args: CmdArgs) -> tuple[str, str]:
     """(dataDir, network) without requiring the ranges to parse (DEL and GC must not leak)."""
-    ipam = args.config.get("ipam")
+    ipam = cfgmod.get_key(args.config, "ipam")
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_NETWORK_CONFIG, "IPAM config missing 'ipam' key")
     data_dir = cfgmod.get_key(ipam, "dataDir") or os.environ.get(cfgmod.DATA_DIR_ENV)
