@@ -6,7 +6,9 @@ specs, the journal), and every candidate is re-read right before it is freed.
 A candidate is freed only after it stayed unreferenced for the grace period:
 the first GC that sees it writes down when, a later one frees it.
 Networks with `disableGC` are skipped entirely; networks that are not in our
-specs are someone else's and are never touched.
+specs are someone else's and are never touched. Within our networks, a cache
+entry we hold no record of belongs to another runtime: it is left alone while
+its namespace exists, and only a dead one (namespace gone) becomes a candidate.
 """
 
 from __future__ import annotations
@@ -106,10 +108,20 @@ def run_gc(engine: Engine, grace: float) -> GCReport:
         config = with_data_dir(netlist, engine.data_dir)
         keep: set[tuple[str, str]] = {(cid, ifn) for net, cid, ifn in live if net == network}
         freeable: list[tuple[str, str, str]] = []  # (candidate id, cid, ifname)
-        orphans = [(f"cache:{n}/{c}/{i}", c, i) for (n, c, i) in entries if n == network and (n, c, i) not in live]
+        orphans: list[tuple[str, str, str]] = []
+        for (n, c, i), entry in entries.items():
+            if n != network or (n, c, i) in live:
+                continue
+            if entry.netns and os.path.exists(entry.netns):
+                keep.add((c, i))  # someone else's attachment, alive: never touched
+                continue
+            orphans.append((f"cache:{n}/{c}/{i}", c, i))  # its namespace is gone: a dead attachment
         for (net, _dir), store in allocs.items():
-            if net == network:
-                orphans += [(f"alloc:{net}/{ip}", c, i) for ip, (c, i) in store.items() if (net, c, i) not in live]
+            if net != network:
+                continue
+            for ip, (c, i) in store.items():
+                if (net, c, i) not in live and (net, c, i) not in entries:
+                    orphans.append((f"alloc:{net}/{ip}", c, i))  # reserved, but nobody's result holds it
         for cid_key, cid, ifname in orphans:
             first = seen.get(cid_key, now)
             if now - first >= grace:

@@ -227,3 +227,20 @@ def test_interrupted_add_is_undone_then_redone(rig):
     assert "recovered: net1/c1/eth0: undid interrupted add" in out.stdout
     assert "add net1/c1/eth0: ok" in out.stdout
     assert_clean_converged(rig, 2)
+
+
+def test_gc_spares_a_live_foreign_cache_entry_and_frees_a_dead_one(rig, make_netns):
+    rig.network()
+    rig.attachments(atts(rig, 1))
+    assert rig.run("apply").returncode == 0
+    _alive_name, alive_path = make_netns("rcn-f-")
+    results = rig.state / "results"
+    template = json.loads((results / "net1-c0-eth0").read_text())
+    for cid, netns in (("alive", alive_path), ("dead", "/run/netns/rcn-gone-nowhere")):
+        entry = dict(template, containerId=cid, netns=netns, result={"cniVersion": "1.0.0"})
+        (results / f"net1-{cid}-eth0").write_text(json.dumps(entry))
+    out = rig.run("gc", "--grace", "0", "--output", "json")
+    report = json.loads(out.stdout)
+    assert (results / "net1-alive-eth0").exists()
+    assert not (results / "net1-dead-eth0").exists() and "cache:net1/dead/eth0" in report["freed"]
+    assert rig.run("check").returncode == 0
