@@ -151,3 +151,25 @@ def test_ipmasq_removed_on_del_without_netns(world):
     run("ip", "netns", "delete", name)
     assert world.run(ours(world), "DEL", {**c, "prevResult": r.json}, ns).code == 0
     assert chains() == []
+
+
+def test_gc_removes_masquerade_of_invalid_attachments_and_status_forwards(world):
+    pytest.importorskip("reconciler.kernel.firewall.masquerade", reason="firewall backend not available yet")
+    import subprocess
+
+    c = conf(world, "1.1.0", ipMasq=True, ipMasqBackend="iptables")
+    (_, p1), (_, p2) = world.container(), world.container()
+    assert world.run(ours(world), "ADD", c, p1, container_id="keep").code == 0
+    assert world.run(ours(world), "ADD", c, p2, container_id="gone").code == 0
+
+    def chains() -> int:
+        out = subprocess.run(["ip", "netns", "exec", world.host, "iptables-legacy-save", "-t", "nat"],
+                             capture_output=True, text=True).stdout
+        return sum(1 for ln in out.splitlines() if ln.startswith(":CNI-"))
+
+    assert chains() == 2
+    gc = world.run(ours(world), "GC", {**c, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]},
+                   "")
+    assert gc.code == 0, gc.stdout + gc.stderr
+    assert chains() == 1
+    assert world.run(ours(world), "STATUS", c, "").code == 0
