@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cnitest import PluginRun, exec_plugin
 from tests.conftest import run
 
 SERVER_IP = "10.77.0.1"
@@ -282,3 +283,38 @@ def netconf(socket_path: str, version: str = "1.0.0", **ipam: object) -> dict:
         "master": "rcnup0",
         "ipam": {"type": "dhcp", "daemonSocketPath": socket_path, **ipam},
     }
+
+
+def dhcp_exec(
+    plugin_dir: Path, command: str, conf: dict, netns: str, cid: str = "ctr1", **kw: object
+) -> PluginRun:
+    """Exec our installed dhcp plugin as a runtime would."""
+    return exec_plugin(
+        plugin_dir / "dhcp",
+        command,
+        conf,
+        netns=netns,
+        container_id=cid,
+        cni_path=f"{plugin_dir}:/usr/lib/cni",
+        **kw,
+    )
+
+
+def client_hex(cid: str) -> str:
+    """dnsmasq's rendering of our client identifier (type 0 + '<cid>/<network>/eth0')."""
+    raw = b"\x00" + f"{cid}/rcn-dhcp-net/eth0".encode()
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def lease_of(server: Dnsmasq, cid: str) -> list[str] | None:
+    """The dnsmasq lease-file line of our client `cid`, if any."""
+    for line in server.leases():
+        if len(line) >= 5 and line[4] == client_hex(cid):
+            return line
+    return None
+
+
+def configure(ctr: str, result: dict) -> None:
+    """What the main plugin does with the IPAM result: the address on eth0, link up."""
+    run("ip", "-n", ctr, "addr", "add", result["ips"][0]["address"], "dev", "eth0")
+    run("ip", "-n", ctr, "link", "set", "eth0", "up")
