@@ -114,3 +114,27 @@ def check(host_iface: str, mac: str, ref: str, netns: str | None = None) -> str 
         return None
 
     return nftables.transact(netns, body)
+
+
+def attachments(netns: str | None = None) -> dict[str, str]:
+    """{ref: host interface} of every macspoofchk jump rule present."""
+    from reconciler.kernel.firewall import nftables
+    from reconciler.kernel.firewall.base import BackendUnavailable
+
+    def body(nft: Any) -> dict[str, str]:
+        view = nft.table(FAMILY, TABLE)
+        out: dict[str, str] = {}
+        for rule in view.chain_rules(BASE) if view is not None else []:
+            comment = str(rule.get("comment") or "")
+            if not comment.startswith("macspoofchk-"):
+                continue
+            for expr in rule.get("expr", []):
+                match = expr.get("match") if isinstance(expr, dict) else None
+                if match and match.get("left") == {"meta": {"key": "iifname"}}:
+                    out[comment.removeprefix("macspoofchk-")] = str(match.get("right"))
+        return out
+
+    try:
+        return nftables.transact(netns, body)
+    except BackendUnavailable:
+        return {}

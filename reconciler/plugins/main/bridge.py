@@ -378,9 +378,27 @@ def check(args: CmdArgs) -> None:
                      conf.ip_masq_backend, host)
 
 
+def _gc_spoofchk(conf: BridgeConf, args: CmdArgs) -> None:
+    """Drop macspoofchk rules whose host veth is gone, or is a port of this bridge and not a valid attachment."""
+    host = args.host_netns
+    valid = {macspoof.ref_id(cid, ifn) for cid, ifn in ipmasq.valid_attachments(args.config)}
+    with nsmod.session():
+        br = links.find(conf.bridge, host)
+        for ref, iface in macspoof.attachments(host).items():
+            link = links.find(iface, host)
+            mine = link is not None and br is not None and link.master == br.index
+            if link is None or (mine and ref not in valid):
+                macspoof.teardown(ref, host)
+
+
 def gc(args: CmdArgs) -> None:
     conf = _load(args)
     errors: list[str] = []
+    if conf.macspoofchk:
+        try:
+            _firewall("macspoofchk GC", _gc_spoofchk, conf, args)
+        except CNIError as exc:
+            errors.append(exc.msg)
     if conf.ip_masq:
         try:
             ipmasq.gc(args.network_name, ipmasq.valid_attachments(args.config), args.host_netns)

@@ -63,3 +63,21 @@ def test_spoofed_source_mac_is_dropped(world):
     run("ip", "-n", cname, "link", "set", "eth0", "address", "0a:58:0a:51:00:66")
     run("ip", "-n", world.host, "neigh", "flush", "all")
     assert not ping(cname, "10.81.0.1", attempts=3)
+
+
+def test_gc_removes_rules_of_invalid_and_dead_attachments(world):
+    ours = Path(world.cni_path.split(":")[0]) / "bridge"
+    c = dict(conf(world), cniVersion="1.1.0")
+    spaces = {cid: world.container() for cid in ("keep", "drop", "dead")}
+    for cid, (_, ns) in spaces.items():
+        assert world.run(ours, "ADD", c, ns, container_id=cid).code == 0
+    run("ip", "netns", "delete", spaces["dead"][0])  # its veth goes with it; rules stay behind
+
+    def refs() -> set[str]:
+        return {json.loads(body)["comment"].removeprefix("macspoofchk-") for kind, body in bridge_nat(world.host)
+                if kind == "rule" and json.loads(body)["chain"] == "PREROUTING"}
+
+    assert refs() == {"keep-eth0", "drop-eth0", "dead-eth0"}
+    gc = world.run(ours, "GC", {**c, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}, "")
+    assert gc.code == 0, gc.stdout + gc.stderr
+    assert refs() == {"keep-eth0"}
