@@ -59,7 +59,8 @@ class Session:
             self._table.refresh()
         except iptc.IPTCError as exc:
             raise BackendUnavailable(f"iptables-legacy table {table} (IPv{family}): {exc}") from exc
-        self._rules: dict[str, list[Any]] = {}
+        self._ents: dict[str, list[tuple[Any, str]]] = {}
+        self._rules: dict[tuple[str, int], Any] = {}
         self.dirty = False
 
     # --- reading -----------------------------------------------------------------
@@ -69,13 +70,32 @@ class Session:
     def has_chain(self, chain: str) -> bool:
         return bool(self._table.is_chain(chain))
 
+    def _entries(self, chain: str) -> list[tuple[Any, str]]:
+        """(raw entry, target name) of each rule, read once; rules are decoded only when needed."""
+        if chain not in self._ents:
+            out: list[tuple[Any, str]] = []
+            if self.has_chain(chain):
+                entry = self._table.first_rule(chain)
+                while entry:
+                    name = self._table.get_target(entry)
+                    out.append((entry, name.decode() if isinstance(name, bytes) else (name or "")))
+                    entry = self._table.next_rule(entry)
+            self._ents[chain] = out
+        return self._ents[chain]
+
+    def _rule_at(self, chain: str, pos: int) -> Any:
+        key = (chain, pos)
+        if key not in self._rules:
+            self._rules[key] = self._table.create_rule(self._entries(chain)[pos][0], self._chain(chain))
+        return self._rules[key]
+
     def rules(self, chain: str) -> list[Any]:
         """The chain's rules (python-iptables objects), read once per session."""
-        if chain not in self._rules:
-            if not self.has_chain(chain):
-                return []
-            self._rules[chain] = list(self._chain(chain).rules)
-        return self._rules[chain]
+        return [self._rule_at(chain, i) for i in range(len(self._entries(chain)))]
+
+    def rules_to(self, chain: str, target: str) -> list[Any]:
+        """Only the rules of `chain` whose target is `target` (cheap on long chains)."""
+        return [self._rule_at(chain, i) for i, (_, t) in enumerate(self._entries(chain)) if t == target]
 
     @staticmethod
     def comment_of(rule: Any) -> str | None:
@@ -144,8 +164,9 @@ class Session:
     def index(self, chain: str, args: Args) -> int:
         """Position of the first rule equal to `args` in `chain`, or -1."""
         wanted = self.build(args)
-        for pos, rule in enumerate(self.rules(chain)):
-            if self.same(rule, wanted):
+        name = self.target_of(wanted)
+        for pos, (_, target) in enumerate(self._entries(chain)):
+            if target == name and self.same(self._rule_at(chain, pos), wanted):
                 return pos
         return -1
 
@@ -158,7 +179,8 @@ class Session:
 
     def _changed(self, chain: str) -> None:
         self.dirty = True
-        self._rules.pop(chain, None)
+        self._ents.pop(chain, None)
+        self._rules = {k: v for k, v in self._rules.items() if k[0] != chain}
 
     def ensure_chain(self, chain: str) -> None:
         if not self.has_chain(chain):
@@ -201,12 +223,22 @@ class Session:
             self._changed(chain)
         return len(victims)
 
+    def remove(self, chain: str, rule: Any) -> None:
+        """Delete one rule object read from `chain`."""
+        self._chain(chain).delete_rule(rule)
+        self._changed(chain)
+
     def delete(self, chain: str, args: Args) -> int:
         wanted = self.build(args)
         return self.delete_where(chain, lambda r: self.same(r, wanted))
 
     def delete_jumps(self, chain: str, target: str) -> int:
-        return self.delete_where(chain, lambda r: self.target_of(r) == target)
+        victims = self.rules_to(chain, target)
+        for rule in victims:
+            self._chain(chain).delete_rule(rule)
+        if victims:
+            self._changed(chain)
+        return len(victims)
 
     def flush_delete_chain(self, chain: str) -> bool:
         if not self.has_chain(chain):

@@ -203,7 +203,9 @@ class IptablesPortmap(FeatureBackend):
             s.ensure_chain(chain)
             s.replace_rules(chain, wanted_rules)
             keep = [s.build(a) for a in wanted_entries]
-            s.delete_where(TOP_DNAT, lambda r: s.target_of(r) == chain and not any(s.same(r, k) for k in keep))
+            stale = [r for r in s.rules_to(TOP_DNAT, chain) if not any(s.same(r, k) for k in keep)]
+            for rule in stale:
+                s.remove(TOP_DNAT, rule)
             for args in reversed(wanted_entries):
                 s.insert_unique(TOP_DNAT, args, 0)  # newest container wins a contested port
 
