@@ -1,0 +1,139 @@
+"""bridge's host side: the bridge itself, its ports and VLANs, gateway addresses, anti-spoofing rules."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from typing import Any
+
+from reconciler.cni.args import CmdArgs
+from reconciler.cni.types import Result, Route
+from reconciler.errors import INTERNAL, CNIError
+from reconciler.kernel import addrs, bridge, links, macspoof, sysctl
+from reconciler.kernel import netns as nsmod
+from reconciler.kernel.netns import KernelError
+from reconciler.plugins import hostveth, ipmasq
+from reconciler.plugins.iface import undo_quietly
+from reconciler.plugins.main.bridge.config import BridgeConf
+
+
+def firewall(what: str, fn: Any, *args: Any) -> Any:
+    """Call into the nftables layer, turning its failures into CNI errors."""
+    try:
+        return fn(*args)
+    except CNIError:
+        raise
+    except Exception as exc:
+        raise CNIError(INTERNAL, f"{what}: {exc}") from exc
+
+
+# --- ADD ---------------------------------------------------------------------------------------
+
+
+def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack) -> links.Link:
+    vlan_filtering = bool(conf.vlan or conf.vlan_trunk)
+    try:
+        br, created = bridge.ensure_bridge(conf.bridge, netns=host, mtu=conf.mtu or None,
+                                          vlan_filtering=vlan_filtering)
+    except KernelError as exc:
+        raise CNIError(INTERNAL, f"failed to create bridge {conf.bridge!r}: {exc}") from exc
+    if created:
+        undo.callback(undo_quietly(delete_if_unused, conf.bridge, host))
+    if conf.promisc_mode and not br.promisc:
+        links.set_promisc(conf.bridge, True, host)
+    with contextlib.suppress(OSError, ValueError):
+        sysctl.write(f"net/ipv6/conf/{conf.bridge}/accept_ra", 0, host)
+    if not br.up:
+        links.set_up(conf.bridge, host)
+    return links.get(conf.bridge, host)
+
+
+def delete_if_unused(name: str, host: str | None) -> None:
+    """Rollback of a bridge this call created: only while no other attachment has joined it meanwhile."""
+    br = links.find(name, host)
+    if br is not None and not any(lk.master == br.index for lk in links.list_links(host)):
+        links.delete(name, host)
+
+
+def port_vlans(conf: BridgeConf, port: str, host: str | None) -> None:
+    """VLAN membership of a bridge port: PVID/untagged `vlan`, tagged trunks, default VLAN 1 dropped unless kept."""
+    trunks = conf.trunk_ranges()
+    if not (conf.vlan or trunks):
+        return
+    if not conf.preserve_default_vlan:
+        bridge.bridge_vlan(port, 1, add=False, netns=host)
+    if conf.vlan:
+        bridge.bridge_vlan(port, conf.vlan, pvid=True, untagged=True, netns=host)
+    elif not conf.preserve_default_vlan:
+        bridge.bridge_vlan(port, 1, pvid=True, untagged=True, netns=host)  # native VLAN of a trunk
+    for lo, hi in trunks:
+        bridge.bridge_vlan(port, lo, vid_end=hi, netns=host)
+
+
+def setup_port(conf: BridgeConf, host_veth: str, host: str | None) -> None:
+    links.set_master(host_veth, conf.bridge, host)
+    if conf.hairpin_mode or conf.port_isolation:
+        bridge.set_bridge_port(host_veth, host, hairpin=conf.hairpin_mode or None,
+                               isolated=conf.port_isolation or None)
+    port_vlans(conf, host_veth, host)
+
+
+def ensure_vlan_gateway(conf: BridgeConf, host: str | None) -> links.Link:
+    """`<bridge>.<vlan>`: a host-side veth whose peer is an access port of the VLAN; it carries the gateway."""
+    name = f"{conf.bridge}.{conf.vlan}"
+    link = links.find(name, host)
+    if link is None:
+        port, _ = hostveth.setup_veth(name, netns=host or "/proc/self/ns/net", host_netns=host,
+                                      mtu=conf.mtu or None)
+        links.set_master(port.name, conf.bridge, host)
+        port_vlans(conf, port.name, host)
+    links.set_up(name, host)
+    return links.get(name, host)
+
+
+def gateways(conf: BridgeConf, result: Result) -> dict[int, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+    """Fill missing gateways (first host of the subnet) and default routes; return bridge addresses per family."""
+    out: dict[int, list[Any]] = {}
+    for ipc in result.ips:
+        ipc.interface = 2
+        net = ipc.iface.network
+        if ipc.gateway is None and conf.is_gateway:
+            ipc.gateway = str(net.network_address + 1)
+        if conf.is_gateway and ipc.gateway:
+            gw_iface = ipaddress.ip_interface(f"{ipc.gateway}/{net.prefixlen}")
+            if gw_iface not in out.setdefault(ipc.version, []):
+                out[ipc.version].append(gw_iface)
+            if conf.is_default_gateway:
+                default = "0.0.0.0/0" if ipc.version == 4 else "::/0"
+                if not any(r.dst == default and r.gw for r in result.routes) and not any(
+                        r.dst == default and r.gw == ipc.gateway for r in result.routes):
+                    result.routes.append(Route(dst=default, gw=ipc.gateway))
+    return out
+
+
+def ensure_gateway_addr(conf: BridgeConf, dev: str, gw: Any, host: str | None) -> None:
+    for existing in addrs.list_addrs(host, dev, family=gw.version):
+        if not existing.is_global:
+            continue
+        if existing.address == gw:
+            return
+        conflict = gw.version == 4 or existing.address.network.overlaps(gw.network)
+        if not conflict:
+            continue
+        if not conf.force_address:
+            raise CNIError(INTERNAL, f"{dev!r} already has an IP address different from {gw}")
+        addrs.delete(dev, existing.address, host)
+    addrs.add(dev, gw, host, nodad=True)
+
+
+def gc_spoofchk(conf: BridgeConf, args: CmdArgs) -> None:
+    """Drop macspoofchk rules whose host veth is gone, or is a port of this bridge and not a valid attachment."""
+    host = args.host_netns
+    valid = {macspoof.ref_id(cid, ifn) for cid, ifn in ipmasq.valid_attachments(args.config)}
+    with nsmod.session():
+        br = links.find(conf.bridge, host)
+        for ref, iface in macspoof.attachments(host).items():
+            link = links.find(iface, host)
+            mine = link is not None and br is not None and link.master == br.index
+            if link is None or (mine and ref not in valid):
+                macspoof.teardown(ref, host)
