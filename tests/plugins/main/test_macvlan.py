@@ -166,3 +166,21 @@ def test_check_detects_mode_and_address_drift(world):
     run("ip", "-n", cname, "addr", "flush", "dev", "eth0")
     chk = world.run(ours(world), "CHECK", {**c, "prevResult": r.json}, ns)
     assert chk.code == 1 and "10.79.0.2/24" in chk.json["msg"]
+
+
+def test_ipam_failure_rolls_back_the_link(world):
+    cname, ns = world.container()
+    r = world.run(ours(world), "ADD", conf(world, ipam={"type": "host-local", "subnet": "bogus"}), ns)
+    assert r.code != 0
+    assert links_state(cname) == []
+
+
+def test_status_and_gc_forward_to_ipam(world):
+    _, ns = world.container()
+    c = conf(world, "1.1.0")
+    assert world.run(ours(world), "ADD", c, ns, container_id="keep").code == 0
+    assert world.run(ours(world), "STATUS", c, "").code == 0
+    gc = world.run(ours(world), "GC", {**c, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]},
+                   "")
+    assert gc.code == 0, gc.stdout + gc.stderr
+    assert allocated(world) == ["10.79.0.2"]
