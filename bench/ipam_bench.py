@@ -1,4 +1,4 @@
-"""host-local allocation throughput: ours in-process, ours exec'd, the reference exec'd.
+"""host-local allocation throughput: ours in-process, ours exec'd (cold and warm), the reference exec'd.
 
 Single writer and 8 concurrent writers on one network store each; prints
 allocations/s and the ratios to the reference, and writes
@@ -9,18 +9,21 @@ directory on the same filesystem as /var/tmp (fsyncs are real).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import REFERENCE, cni_env, exec_timed, write_results  # noqa: E402
+from bench.common import PYTHON, REFERENCE, ROOT, cni_env, exec_timed, write_results  # noqa: E402
 
 WRITERS = 8
 
@@ -72,9 +75,10 @@ def run_inproc(conf: dict, writers: int, per_writer: int) -> float:
     return writers * per_writer / elapsed
 
 
-def run_exec(binary: str, conf: dict, writers: int, per_writer: int, netns_path: str) -> float:
+def run_exec(binary: str, conf: dict, writers: int, per_writer: int, netns_path: str, sock: str) -> float:
+    """Exec `binary` per allocation; `sock` is the warm-path socket (os.devnull: cold, no daemon)."""
     stdin = json.dumps(conf).encode()
-    extra = {"RECONCILER_PLUGIN_SOCKET": os.devnull}  # cold: no warm-path daemon
+    extra = {"RECONCILER_PLUGIN_SOCKET": sock}
 
     def writer(k: int) -> int:
         for i in range(per_writer):
@@ -91,13 +95,33 @@ def run_exec(binary: str, conf: dict, writers: int, per_writer: int, netns_path:
 
 
 STORES = {"disk": "/var/tmp", "tmpfs": "/dev/shm"}
-IMPLS = ("ours in-process", "ours exec'd", "reference exec'd")
+IMPLS = ("ours in-process", "ours exec'd", "ours exec'd warm", "reference exec'd")
+
+
+@contextlib.contextmanager
+def warm_daemon(directory: str) -> Iterator[str | None]:
+    """`reconciler serve` on a private socket; yields its path, or None if it did not come up."""
+    sock = os.path.join(directory, "warm.sock")
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "reconciler", "serve", "--socket", sock],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield sock if os.path.exists(sock) else None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def measure(base: str, single: int, total: int) -> dict[str, dict[str, float]]:
     """allocations/s per implementation and writer count, each on a fresh store under `base`."""
     rates: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="ipambench", dir=base) as tmp:
+    with tempfile.TemporaryDirectory(prefix="ipambench", dir=base) as tmp, warm_daemon(tmp) as sock:
         netns_path = os.path.join(tmp, "netns")
         Path(netns_path).touch()
         from reconciler.launcher import install
@@ -118,7 +142,8 @@ def measure(base: str, single: int, total: int) -> dict[str, dict[str, float]]:
                 if impl == "ours in-process":
                     rate = run_inproc(conf, writers, per_writer)
                 else:
-                    rate = run_exec(binaries[impl], conf, writers, per_writer, netns_path)
+                    path = sock if impl == "ours exec'd warm" and sock else os.devnull
+                    rate = run_exec(binaries[impl], conf, writers, per_writer, netns_path, path)
                 rates.setdefault(impl, {})[f"{writers}w"] = round(rate, 1)
                 print(
                     f"  {impl:18} {writers} writer(s): {rate:9.1f} allocations/s  ({per_writer * writers} allocations)",
@@ -132,9 +157,10 @@ def ratios_of(rates: dict[str, dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     if not ref:
         return out
-    for impl in ("ours in-process", "ours exec'd"):
+    for impl in IMPLS[:-1]:
         for key in ("1w", f"{WRITERS}w"):
-            out[f"{impl} / reference, {key}"] = round(rates[impl][key] / ref[key], 3)
+            if impl in rates:
+                out[f"{impl} / reference, {key}"] = round(rates[impl][key] / ref[key], 3)
     return out
 
 
@@ -143,7 +169,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     parser.add_argument("--store", choices=sorted(STORES), action="append", help="default: both")
     opts = parser.parse_args()
-    single, total = (20, 24) if opts.quick else (100, 96)
+    single, total = (16, 16) if opts.quick else (60, 64)
     results: dict[str, dict] = {}
     for store in opts.store or ["disk", "tmpfs"]:
         if not os.path.isdir(STORES[store]):
