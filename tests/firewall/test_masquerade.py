@@ -105,3 +105,22 @@ def test_masquerade_traffic(make_netns, tmp_path, backend: str, reference_plugin
         assert world.connect(ctr, "10.251.0.2", 7000) == str(addr.ip)
     finally:
         world.close()
+
+
+def test_shared_reads_reuse_one_table_read(hostns: str) -> None:
+    from reconciler.kernel.firewall import iptables
+
+    masquerade.setup("rcnnet", "ctr1", "eth0", [V4], "iptables", netns=hostns)
+    chain = masquerade.chain_name("rcnnet", "ctr1")
+    with iptables.shared_reads():
+        masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)
+        # changed behind our back: the pass keeps judging the table it read once
+        sh(hostns, "iptables-legacy", "-t", "nat", "-F", chain)
+        masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)
+        # our own writes drop the shared copy, so what we add is seen
+        masquerade.setup("rcnnet", "ctr2", "eth0", [ipaddress.ip_interface("10.88.0.9/16")], "iptables", hostns)
+        masquerade.check("rcnnet", "ctr2", "eth0", [ipaddress.ip_interface("10.88.0.9/16")], "iptables", hostns)
+        with pytest.raises(RuleDrift):
+            masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)
+    with pytest.raises(RuleDrift):
+        masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)

@@ -4,21 +4,25 @@ A `Session` reads one table of one family once, applies every change of an
 operation in memory (autocommit off) and commits them in one go. Rules are
 written as iptables argument lists (``["-s", "10.0.0.2/32", "-j", "ACCEPT"]``)
 and turned into python-iptables objects here, so callers never touch `iptc`.
-python-iptables keeps one handle per table name process-wide, so sessions are
-serialised by a lock; `transact` runs a session inside a netns (see nsexec).
+Sessions are serialised by a lock (libxtables state is process-wide); `transact`
+runs one inside a netns (see nsexec), and inside `shared_reads()` read-only
+operations reuse one read of each table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import shlex
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from reconciler.kernel.firewall import xtregistry
 from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError
-from reconciler.kernel.firewall.nsexec import run_in_netns
+from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
 T = TypeVar("T")
 Args = Sequence[str]
@@ -55,10 +59,15 @@ class Session:
         self._iptc = iptc
         cls = iptc.Table if family == 4 else iptc.Table6
         try:
-            self._table = cls(table, autocommit=False)
-            self._table.refresh()
+            # a private Table (python-iptables' own cache holds one per name, process-wide)
+            self._table = object.__new__(cls)
+            self._table._init(table, False)
         except iptc.IPTCError as exc:
             raise BackendUnavailable(f"iptables-legacy table {table} (IPv{family}): {exc}") from exc
+        # python-iptables tells a jump to a user chain from an extension target by asking every
+        # table of its process-wide cache (stale, maybe another netns); ours answer from this one
+        base = iptc.Rule if family == 4 else iptc.Rule6
+        self._rule_cls = type("SessionRule", (base,), {"tables": property(lambda _r, t=self._table: [t])})
         self._ents: dict[str, list[tuple[Any, str]]] = {}
         self._rules: dict[tuple[str, int], Any] = {}
         self.dirty = False
@@ -86,7 +95,7 @@ class Session:
     def _rule_at(self, chain: str, pos: int) -> Any:
         key = (chain, pos)
         if key not in self._rules:
-            self._rules[key] = self._table.create_rule(self._entries(chain)[pos][0], self._chain(chain))
+            self._rules[key] = self._rule_cls(self._entries(chain)[pos][0], self._chain(chain))
         return self._rules[key]
 
     def rules(self, chain: str) -> list[Any]:
@@ -113,7 +122,7 @@ class Session:
     def build(self, args: Args) -> Any:
         """Argument list -> python-iptables Rule (ValueError naming the bad token)."""
         iptc = self._iptc
-        rule = iptc.Rule() if self.family == 4 else iptc.Rule6()
+        rule = self._rule_cls()
         current: Any = None
         invert = False
         i = 0
@@ -259,6 +268,10 @@ class Session:
     def close(self) -> None:
         self._table.close()
 
+    def reuse(self) -> None:
+        """Forget decoded rule objects before another operation uses this (unchanged) session."""
+        self._rules.clear()
+
 
 def _target_params(rule: Any) -> dict[str, Any]:
     target = rule.target
@@ -281,20 +294,95 @@ def _comment_from_buf(match: Any) -> str | None:
         return None
 
 
+_SHARED: contextvars.ContextVar[dict[tuple[str, int, str], Session] | None] = contextvars.ContextVar(
+    "reconciler_iptables_sessions", default=None)
+
+
+@contextlib.contextmanager
+def shared_reads() -> Iterator[None]:
+    """Within the block each (netns, family, table) is read once and reused by read-only operations.
+
+    For a pass of CHECKs (the reconciler's observe): N attachments cost one table read, not N.
+    An operation that changes a table commits it and drops the shared copy, so later readers
+    see the change. The kernel layer's `snapshot.shared()` block turns this on too.
+    """
+    if _shared() is not None:
+        yield
+        return
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared() -> dict[tuple[str, int, str], Session] | None:
+    cache = _SHARED.get()
+    if cache is not None:
+        return cache
+    snap = sys.modules.get("reconciler.kernel.snapshot")  # the pass-wide block of the netlink snapshot
+    active = getattr(snap, "_SHARED", None) if snap is not None else None
+    if active is not None and active.get() is not None:
+        holder = active.get()
+        return holder.setdefault(("iptables-sessions",), {})  # type: ignore[no-any-return]
+    return None
+
+
 def transact(netns: str | None, family: int, table: str, fn: Callable[[Session], T]) -> T:
     """Run `fn(session)` on one table in `netns`; commit its changes if it returns normally."""
+    cache = _shared()  # read in the caller's thread: context variables do not follow into threads
+    key = (netns_path(netns) if netns else "", family, table)
+
+    def attempt(session: Session) -> tuple[T, bool]:
+        result = fn(session)
+        if session.dirty:
+            session.commit()
+            return result, False
+        return result, cache is not None
 
     def body() -> T:
-        with _LOCK:
-            session = Session(family, table)
-            try:
-                result = fn(session)
-                session.commit()
-                return result
-            finally:
-                session.close()
+        with _LOCK, _xtables_lock():
+            session = cache.pop(key, None) if cache is not None else None
+            if session is not None:
+                session.reuse()
+            for tries in range(4):
+                session = session or Session(family, table)
+                keep = False
+                try:
+                    result, keep = attempt(session)
+                    return result
+                except FirewallError as exc:
+                    # the table changed since it was read (a shared copy, or another writer
+                    # without the lock): read it again and redo the in-memory changes
+                    if "temporarily unavailable" not in str(exc) or tries == 3:
+                        raise
+                finally:
+                    if keep and cache is not None:
+                        cache[key] = session
+                    else:
+                        session.close()
+                session = None
+            raise AssertionError("unreachable")
 
     return run_in_netns(netns, body)
+
+
+@contextlib.contextmanager
+def _xtables_lock() -> Iterator[None]:
+    """The lock iptables(-legacy) itself takes (`-w`), so we never interleave with it."""
+    import fcntl
+    import os
+
+    try:
+        fd = os.open("/run/xtables.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def usable(family: int = 4, netns: str | None = None) -> bool:

@@ -202,8 +202,10 @@ def add(args: CmdArgs) -> Result:
             if v4 is not None and (conf.snat is None or conf.snat):
                 _route_localnet(v4, netns)
             undo.pop_all()
-    except ValueError as exc:  # a rule iptables refuses to parse (e.g. bad conditions)
-        raise config_error("conditions", str(exc)) from exc
+    except ValueError as exc:  # a rule iptables refuses to parse: only conditions come from the user
+        if conf.conditions_v4 or conf.conditions_v6:
+            raise config_error("conditionsV4/conditionsV6", str(exc)) from exc
+        raise _kernel_error("failed to set up port forwarding", exc) from exc
     except CNIError:
         raise
     except Exception as exc:
