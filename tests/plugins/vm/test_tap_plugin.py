@@ -105,3 +105,20 @@ def test_del_after_netns_gone_releases_the_address(env: Env) -> None:
     subprocess.run(["ip", "netns", "delete", name], check=True)
     ok(env.run("DEL", conf, path, prev=result))
     assert env.allocated() == []
+
+
+def test_status_and_gc_forward_to_ipam(env: Env) -> None:
+    name, path = env.container()
+    conf = env.conf("tap", version="1.1.0", ipam=env.host_local("10.80.0.0/24"))
+    result = ok(env.run("ADD", conf, path, container_id="keep"))
+    ok(env.run("STATUS", conf, ""))
+    gc_conf = {**conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    ok(env.run("GC", gc_conf, ""))
+    assert env.allocated() == ["10.80.0.2"]  # a valid attachment keeps its address
+    ok(env.run("DEL", conf, path, container_id="keep", prev=result))
+
+
+def test_old_spec_versions_get_their_result_shape(env: Env) -> None:
+    _, path = env.container()
+    result = ok(env.run("ADD", env.conf("tap", version="0.2.0", ipam=env.host_local("10.80.0.0/24")), path))
+    assert result["ip4"]["ip"] == "10.80.0.2/24" and "interfaces" not in result
