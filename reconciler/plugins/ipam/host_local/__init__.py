@@ -54,7 +54,21 @@ def add(args: CmdArgs) -> Result:
     owner = Owner(args.container_id.strip(), args.ifname)
     store = DiskStore.open(conf.data_dir, conf.network)
     assert store is not None
-    with store, store.locked() as scan:
+    with store:
+        store.prepare(owner, len(conf.range_sets))  # the slow part (write + fsync) outside the lock
+        result_sets = _allocate(store, conf, owner, wanted)
+    ips = [
+        IPConfig(address=a.cidr, gateway=str(a.range.gateway) if a.range.gateway else None)
+        for a in result_sets
+    ]
+    return Result(cni_version=conf.cni_version, ips=ips, routes=routes, dns=dns)
+
+
+def _allocate(
+    store: DiskStore, conf: cfgmod.HostLocalConfig, owner: Owner, wanted: list[cfgmod.IPAddr | None]
+) -> list[Allocation]:
+    """One address per range set under the lock; all or nothing."""
+    with store.locked() as scan:
         allocator = Allocator(store, scan)
         done: list[Allocation] = []
         try:
@@ -68,8 +82,7 @@ def add(args: CmdArgs) -> Result:
         except BaseException:
             allocator.release(done)
             raise
-    ips = [IPConfig(address=a.cidr, gateway=str(a.range.gateway) if a.range.gateway else None) for a in done]
-    return Result(cni_version=conf.cni_version, ips=ips, routes=routes, dns=dns)
+    return done
 
 
 def _store_location(args: CmdArgs) -> tuple[str, str]:

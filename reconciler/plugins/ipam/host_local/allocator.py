@@ -77,11 +77,7 @@ def in_set(rs: RangeSet, scan: Scan, names: Sequence[str]) -> list[IPAddr]:
 
 
 def free_count(rs: RangeSet, scan: Scan) -> int:
-    taken = 0
-    for ip in scan.ips.values():
-        r = rs.range_for(ip)
-        if r is not None and r.usable(ip):
-            taken += 1
+    taken = sum(1 for ip in scan.ips.values() if any(r.usable(ip) for r in rs.ranges))
     return rs.size() - taken
 
 

@@ -73,11 +73,16 @@ class Range:
         return self.subnet.version
 
     @cached_property
-    def _bounds(self) -> tuple[int, int, int]:
-        return self.subnet.version, int(self.start), int(self.end)
+    def _bounds(self) -> tuple[int, int, int, frozenset[int]]:
+        return (
+            self.subnet.version,
+            int(self.start),
+            int(self.end),
+            frozenset(int(a) for a in self._specials()),
+        )
 
     def contains(self, ip: IPAddr) -> bool:
-        version, lo, hi = self._bounds
+        version, lo, hi, _ = self._bounds
         return ip.version == version and lo <= int(ip) <= hi
 
     def overlaps(self, other: Range) -> bool:
@@ -87,9 +92,9 @@ class Range:
 
     def usable(self, ip: IPAddr) -> bool:
         """In range and not the gateway, network or IPv4 broadcast address."""
-        if not self.contains(ip) or ip == self.gateway or ip == self.subnet.network_address:
-            return False
-        return not (self.version == 4 and ip == self.subnet.broadcast_address)
+        version, lo, hi, specials = self._bounds
+        value = int(ip)
+        return ip.version == version and lo <= value <= hi and value not in specials
 
     def size(self) -> int:
         """Number of usable candidates."""

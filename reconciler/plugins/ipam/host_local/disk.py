@@ -117,6 +117,7 @@ class DiskStore:
         self.path = path
         self._lock_fd: int | None = None
         self._dirty = False
+        self._prepared: dict[Owner, list[int]] = {}  # O_TMPFILE fds holding an owner's content, synced
 
     @classmethod
     def open(cls, data_dir: str, network: str, *, create: bool = True) -> DiskStore | None:
@@ -140,6 +141,10 @@ class DiskStore:
         return cls(fd, path)
 
     def close(self) -> None:
+        for fds in self._prepared.values():
+            for fd in fds:
+                os.close(fd)
+        self._prepared.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -168,10 +173,14 @@ class DiskStore:
         self._dirty = False
         try:
             yield self.scan()
-            if self._dirty:
-                os.fsync(self.fd)  # durable before the caller reports success
-        finally:
+        except BaseException:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            raise
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        if self._dirty:
+            # Durable before the caller reports success. Outside the lock: a later writer's
+            # directory fsync would persist our entries too, so nobody can build on a lost one.
+            os.fsync(self.fd)
 
     # Reading
 
@@ -231,8 +240,41 @@ class DiskStore:
 
     # Writing (caller holds the lock)
 
+    def prepare(self, owner: Owner, count: int = 1) -> None:
+        """Write and fsync `owner`'s content into `count` unnamed O_TMPFILEs, before taking the lock.
+
+        Reserving then costs one link(2) under the lock; a crash leaves nothing behind (the
+        files have no name until linked). Filesystems without O_TMPFILE use `reserve`'s fallback.
+        """
+        fds = self._prepared.setdefault(owner, [])
+        data = owner.encode()
+        while len(fds) < count:
+            try:
+                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, FILE_MODE, dir_fd=self.fd)
+            except OSError:
+                return
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            except OSError:
+                os.close(fd)
+                return
+            fds.append(fd)
+
     def reserve(self, name: str, owner: Owner) -> bool:
         """Create reservation `name` for `owner`; False if it already exists. Never overwrites."""
+        fds = self._prepared.get(owner)
+        if fds:
+            try:
+                os.link(f"/proc/self/fd/{fds[-1]}", name, dst_dir_fd=self.fd, follow_symlinks=True)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                log.debug("linking a prepared reservation failed (%s); using a named temporary", exc)
+            else:
+                self._dirty = True
+                os.close(fds.pop())  # one name per prepared file
+                return True
         tmp = self._write_tmp(owner.encode())
         try:
             os.link(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
@@ -245,13 +287,24 @@ class DiskStore:
         return True
 
     def set_last_reserved(self, index: int, ip: str) -> None:
-        """Replace `last_reserved_ip.<index>` atomically (tmp + rename; a round-robin hint, not fsync'd)."""
-        tmp = self._write_tmp(ip.encode(), sync=False)
+        """Record the round-robin hint `last_reserved_ip.<index>`, overwriting in place.
+
+        Not fsync'd, not renamed (both cost a journal flush under the lock): a torn write only
+        moves where the next search starts, and unreadable content is ignored.
+        """
+        name = f"{LAST_PREFIX}{index}"
+        data = ip.encode()
         try:
-            os.rename(tmp, f"{LAST_PREFIX}{index}", src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=self.fd
+            )
         except OSError as exc:
-            self._unlink(tmp)
-            raise CNIError(IO_FAILURE, f"cannot write {LAST_PREFIX}{index}", exc.strerror or "") from exc
+            raise CNIError(IO_FAILURE, f"cannot write {name} in {self.path}", exc.strerror or "") from exc
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def release(self, name: str) -> None:
         self._unlink(name)
@@ -260,7 +313,7 @@ class DiskStore:
         """Raise OSError unless a file can be created, synced and removed here."""
         self._unlink(self._write_tmp(b"probe"))
 
-    def _write_tmp(self, data: bytes, sync: bool = True) -> str:
+    def _write_tmp(self, data: bytes) -> str:
         name = f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -271,8 +324,7 @@ class DiskStore:
             ) from exc
         try:
             os.write(fd, data)
-            if sync:
-                os.fsync(fd)
+            os.fsync(fd)
         except OSError as exc:
             os.close(fd)
             self._unlink(name)
