@@ -144,8 +144,8 @@ def names_under(device_dir: str) -> list[str]:
 
 
 def find_by_sysfs(device_dir: str, netns: str | None = None) -> Link | None:
-    """The link (in `netns`) named by one of the device directory's interface names."""
-    by_name = {lk.name: lk for lk in links.list_links(netns)}
+    """The link (in `netns`) named by one of the device directory's interface names (never `lo`)."""
+    by_name = {lk.name: lk for lk in links.list_links(netns) if lk.name != "lo"}
     return next((by_name[n] for n in names_under(device_dir) if n in by_name), None)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from linktest import Env, container_state, failed, ip, link_json, link_names, normalise, ok
+from linktest import Env, container_state, failed, in_process, ip, link_json, link_names, normalise, ok
 
 DEV_MAC = "02:00:00:aa:00:01"
 
@@ -123,3 +123,16 @@ def test_missing_device(env: Env, fields: dict) -> None:
     err = failed(env.run("ADD", env.conf("host-device", **fields), path))
     assert err["code"] == 999 and "failed to find host device" in err["msg"], err
     assert link_names(name) == ["lo"]
+
+
+def test_kernelpath_selects_a_device_listed_under_it(env: Env, device: str) -> None:
+    """/sys/devices/virtual/net lists the host namespace's virtual devices (sysfs as `ip netns exec`
+    mounts it): the first one that is a link, loopback excepted, is taken."""
+    if in_process():
+        pytest.skip("needs the plugin exec'd under `ip netns exec` for the host namespace's sysfs view")
+    name, path = env.container()
+    conf = env.conf("host-device", kernelpath="/sys/devices/virtual")
+    result = ok(env.run("ADD", conf, path))
+    assert result["interfaces"][0]["mac"] == DEV_MAC
+    ok(env.run("DEL", conf, path, prev=result))
+    assert link_json(env.host, device) is not None
