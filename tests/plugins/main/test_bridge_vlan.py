@@ -47,7 +47,8 @@ def port_vlans(host: str) -> list[tuple]:
     for entry in data:
         name = "vethX" if entry["ifname"].startswith("veth") else entry["ifname"]
         for v in entry.get("vlans", []):
-            out.append((name, v["vlan"], tuple(sorted(v.get("flags", [])))))
+            for vid in range(v["vlan"], v.get("vlanEnd", v["vlan"]) + 1):
+                out.append((name, vid, tuple(sorted(v.get("flags", [])))))
     return sorted(out)
 
 
@@ -57,7 +58,8 @@ def test_vlan_access_port_and_gateway_match_reference(world, make_netns, referen
     results, states = [], []
     for w, binary in ((world, Path(world.cni_path.split(":")[0]) / "bridge"), (ref, REFERENCE / "bridge")):
         cname, ns = w.container()
-        c = conf(w, vlan=100, isGateway=True)
+        # v1.1.1 keeps VLAN 1 on the port (HEAD's preserveDefaultVlan=true; v1.8 made false the default)
+        c = conf(w, vlan=100, isGateway=True, preserveDefaultVlan=True)
         r = w.run(binary, "ADD", c, ns)
         assert r.code == 0, f"{binary}: {r.stdout}{r.stderr}"
         results.append(normalise_result(r.json, {ns: "SANDBOX"}))
@@ -85,5 +87,13 @@ def test_trunk_ports(world):
     r = world.run(ours, "ADD", conf(world, vlanTrunk=[{"id": 101}, {"minID": 200, "maxID": 202}]), ns)
     assert r.code == 0, r.stdout + r.stderr
     vids = {(vid, flags) for port, vid, flags in port_vlans(world.host) if port == "vethX"}
-    assert (1, ("PVID", "Egress Untagged")) in vids
+    assert (1, ("Egress Untagged", "PVID")) in vids
     assert {101, 200, 201, 202} <= {vid for vid, _ in vids}
+
+
+def test_default_vlan_dropped_unless_preserved(world):
+    _, ns = world.container()
+    ours = Path(world.cni_path.split(":")[0]) / "bridge"
+    assert world.run(ours, "ADD", conf(world, vlan=30), ns).code == 0
+    assert [(vid, flags) for port, vid, flags in port_vlans(world.host) if port == "vethX"] == [
+        (30, ("Egress Untagged", "PVID"))]
