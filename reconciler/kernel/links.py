@@ -249,9 +249,8 @@ def create_dummy(name: str, *, netns: str | None = None, mtu: int | None = None,
 def create_tap(name: str, *, netns: str | None = None, multi_queue: bool = False,
                uid: int | None = None, gid: int | None = None) -> Link:
     """A persistent tap device (tun driver, IFF_TAP|IFF_VNET_HDR)."""
-    spec: dict[str, Any] = {"ifname": name, "kind": "tuntap", "mode": "tap", "vnet_hdr": True}
-    if multi_queue:
-        spec["multi_queue"] = True
+    ifr = {"no_pi": True, "one_queue": False, "vnet_hdr": True, "multi_queue": multi_queue}
+    spec: dict[str, Any] = {"ifname": name, "kind": "tuntap", "mode": "tap", "ifr": ifr}
     if uid is not None:
         spec["uid"] = uid
     if gid is not None:

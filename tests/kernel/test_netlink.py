@@ -172,3 +172,12 @@ def test_shared_snapshot_is_read_once_per_namespace(two):
         snapshot.invalidate(cp)
         assert snapshot.snapshot(cp).link("rcnsh0") is not None
     assert snapshot.snapshot(cp) is not first
+
+
+def test_tap_with_vnet_header_and_queues(make_netns):
+    _, ns = make_netns()
+    tap = links.create_tap("rcntap0", netns=ns, multi_queue=True, uid=0, gid=0)
+    assert tap.kind == "tun" and tap.info["IFLA_TUN_TYPE"] == 2
+    assert tap.info["IFLA_TUN_VNET_HDR"] == 1 and tap.info["IFLA_TUN_MULTI_QUEUE"] == 1
+    assert links.find("rcntap0") is None  # made in the target namespace, not ours
+    assert links.delete("rcntap0", ns)
