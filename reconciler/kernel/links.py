@@ -323,7 +323,8 @@ def rename(name: str, new_name: str, netns: str | None = None) -> None:
     set_link(name, netns, ifname=new_name)
 
 
-def wait_oper_up(name: str, netns: str | None = None, delays_ms: tuple[int, ...] = (0, 50, 500, 1000, 1000)) -> bool:
+def wait_oper_up(name: str, netns: str | None = None,
+                 delays_ms: tuple[int, ...] = (0, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 1000)) -> bool:
     """Poll until the link's operstate is UP; False if it never got there."""
     for delay in delays_ms:
         time.sleep(delay / 1000)
