@@ -355,3 +355,22 @@ def test_gc_without_attachment_list_frees_nothing(tmp_path: Path) -> None:
         hl, "GC", conf | {"cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]}, cid="", ifname=""
     )
     assert "10.9.0.2" in files_of(tmp_path / "rcnnet")
+
+
+def test_store_reserve_paths_never_overwrite(tmp_path: Path) -> None:
+    """Both ways of reserving (prepared O_TMPFILE, named temporary fallback) refuse to overwrite."""
+    from reconciler.plugins.ipam.host_local.disk import DiskStore, Owner
+
+    store = DiskStore.open(str(tmp_path), "rcnnet")
+    assert store is not None
+    a, b = Owner("a", "eth0"), Owner("b", "eth0")
+    with store:
+        store.prepare(a, 2)
+        with store.locked():
+            assert store.reserve("10.9.0.2", a)  # prepared
+            assert not store.reserve("10.9.0.2", b)  # fallback, existing name
+            assert store.reserve("10.9.0.3", b)  # fallback
+            assert not store.reserve("10.9.0.3", a)  # prepared, existing name
+    net = tmp_path / "rcnnet"
+    assert files_of(net) == {"10.9.0.2": b"a\r\neth0", "10.9.0.3": b"b\r\neth0"}
+    assert sorted(p.name for p in net.iterdir()) == ["10.9.0.2", "10.9.0.3", "lock"]
