@@ -101,7 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from reconciler.engine.apply import state_lock
+    from reconciler.engine.lock import state_lock
     from reconciler.errors import ReconcilerError
 
     try:
@@ -129,7 +129,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from reconciler.engine.apply import state_lock
+    from reconciler.engine.lock import state_lock
     from reconciler.errors import ReconcilerError
 
     try:
@@ -159,8 +159,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from reconciler.engine.apply import state_lock
     from reconciler.engine.gc import run_gc
+    from reconciler.engine.lock import state_lock
     from reconciler.errors import ReconcilerError
 
     try:

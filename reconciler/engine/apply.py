@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,37 +16,18 @@ from reconciler.cni.chain import Runner, RuntimeConf
 from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
 from reconciler.engine.inventory import Inventory, Record
 from reconciler.engine.journal import Intent, Journal
+from reconciler.engine.netconf import with_data_dir, with_requested_ips
 from reconciler.engine.observe import Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
 from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
-from reconciler.errors import CNIError, LockBusy, SpecError, StateError
+from reconciler.errors import CNIError, SpecError
 from reconciler.kernel import namespaces
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 BACKOFF_AFTER = 3  # consecutive repairs without an in-sync pass before backing off
-
-
-@contextlib.contextmanager
-def state_lock(state_dir: str | Path, wait: bool = True, shared: bool = False) -> Iterator[None]:
-    """flock on `<state>/reconciler/lock`: exclusive for apply/gc/watch passes, shared for check."""
-    path = Path(state_dir) / "reconciler" / "lock"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as err:
-        raise StateError(f"{path}: cannot open the state lock: {err.strerror}") from err
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    try:
-        try:
-            fcntl.flock(fd, mode | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError as err:
-            raise LockBusy(f"another reconciler is applying in {state_dir} (lock {path} is held)") from err
-        yield
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -104,32 +82,6 @@ class PassReport:
             "recovered": self.recovered,
             "converged": self.exit_code == 0,
         }
-
-
-def with_data_dir(netlist: NetworkConfigList, data_dir: str) -> NetworkConfigList:
-    """host-local sections without `dataDir` use the state's `networks/` store, exec'd or not."""
-    obj = json.loads(netlist.raw)
-    changed = False
-    for plugin in obj.get("plugins") or []:
-        ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
-        if isinstance(ipam, dict) and ipam.get("type") == "host-local" and not ipam.get("dataDir"):
-            ipam["dataDir"] = data_dir
-            changed = True
-    if not changed:
-        return netlist
-    return conflist_from_bytes(json.dumps(obj).encode(), netlist.source)
-
-
-def with_requested_ips(netlist: NetworkConfigList, ips: list[str]) -> NetworkConfigList:
-    """Ask host-local/static for these addresses again (`args.cni.ips`), so a repair keeps them."""
-    obj = json.loads(netlist.raw)
-    bare = [ip.split("/")[0] for ip in ips]
-    for plugin in obj.get("plugins") or []:
-        ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
-        if isinstance(ipam, dict) and ipam.get("type") in ("host-local",) and bare:
-            args = plugin.setdefault("args", {})
-            args.setdefault("cni", {})["ips"] = bare
-    return conflist_from_bytes(json.dumps(obj).encode(), netlist.source)
 
 
 class Engine:

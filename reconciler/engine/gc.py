@@ -23,8 +23,9 @@ from pathlib import Path
 
 from reconciler.cni import cache
 from reconciler.cni.chain import RuntimeConf
-from reconciler.engine.apply import Engine, with_data_dir
+from reconciler.engine.apply import Engine
 from reconciler.engine.inventory import read_json, write_json
+from reconciler.engine.netconf import with_data_dir
 from reconciler.engine.specs import Specs
 from reconciler.errors import CNIError
 

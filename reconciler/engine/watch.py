@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reconciler.engine.apply import Engine, PassReport, state_lock
+from reconciler.engine.apply import Engine, PassReport
+from reconciler.engine.lock import state_lock
 
 log = logging.getLogger(__name__)
 
