@@ -65,8 +65,8 @@ class Link:
 
 def _nested(msg: Any, key: str) -> dict[str, Any]:
     value = msg.get_attr(key) if msg is not None else None
-    if value is None:
-        return {}
+    if value is None or not hasattr(value, "get"):
+        return {}  # pyroute2 has no decoder for some kinds' data (e.g. a VRF slave's): raw string
     return {name: val for name, val in value.get("attrs", [])}
 
 
