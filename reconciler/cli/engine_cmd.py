@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_apply)
     p = sub.add_parser("check", help="CNI CHECK every owned attachment (exit 2 on drift)")
     _common(p)
-    p.add_argument("--quiet", "-q", action="store_true", help="print nothing, just set the exit code")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing when in sync (drift and spec errors are still printed)")
     p.add_argument("--no-wait", action="store_true", help="exit 1 at once if a pass is running")
     p.add_argument("--metrics-textfile", default=None, help="write this run's metrics for node-exporter")
     p.set_defaults(handler=cmd_check)
@@ -147,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         drift[key] = ["not applied (desired in " + specs.attachments[key].file + ")"]
     in_sync = len(records) - len([k for k in drift if k in records])
     _telemetry("after_check", drift, in_sync, len(specs.errors), engine, args.metrics_textfile)
-    if not args.quiet:
+    if not args.quiet or drift or specs.errors:  # --quiet speaks only when something is wrong (cron mails it)
         lines = [f"spec error: {e}" for e in specs.errors]
         for key in sorted(drift):
             lines.append(f"DRIFT {key}:")
