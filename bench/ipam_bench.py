@@ -129,12 +129,17 @@ def measure(base: str, single: int, total: int) -> dict[str, dict[str, float]]:
         bindir = os.path.join(tmp, "bin")
         os.mkdir(bindir)
         install(bindir)
+        ours = os.path.join(bindir, "host-local")
         binaries = {
-            "ours exec'd": os.path.join(bindir, "host-local"),
+            "ours exec'd": ours,
+            "ours exec'd warm": ours,
             "reference exec'd": str(REFERENCE / "host-local"),
         }
         for impl in IMPLS:
             if impl == "reference exec'd" and not Path(binaries[impl]).exists():
+                continue
+            if impl == "ours exec'd warm" and sock is None:
+                print("  (warm-path daemon did not start; skipping the warm exec'd figures)")
                 continue
             for writers in (1, WRITERS):
                 conf = net_conf(os.path.join(tmp, "data"), f"n{IMPLS.index(impl)}w{writers}")
