@@ -64,9 +64,9 @@ def bridge_vlan(name: str, vid: int, *, add: bool = True, pvid: bool = False, un
 
     flags = (2 if pvid else 0) | (4 if untagged else 0)
     index = _index(name, netns)
-    entries: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]]
     if vid_end is not None and vid_end != vid:
-        entries = [{"vid": vid, "flags": flags | 8}, {"vid": vid_end, "flags": flags | 16}]
+        entries = [{"vid": f"{vid}-{vid_end}"}]  # one message carrying RANGE_BEGIN + RANGE_END (tagged)
     else:
         entries = [{"vid": vid, "flags": flags}]
     with nsmod.ipr(netns) as ipr:
