@@ -124,3 +124,17 @@ def test_shared_reads_reuse_one_table_read(hostns: str) -> None:
             masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)
     with pytest.raises(RuleDrift):
         masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)
+
+
+def test_nft_shared_reads_reuse_one_listing(hostns: str) -> None:
+    from reconciler.kernel.firewall import nftables
+
+    masquerade.setup("rcnnet", "ctr1", "eth0", [V4], "nftables", netns=hostns)
+    with nftables.shared_reads():
+        masquerade.check("rcnnet", "ctr1", "eth0", [V4], "nftables", hostns)
+        sh(hostns, "nft", "flush", "chain", "inet", "cni_plugins_masquerade", "masq_checks")
+        masquerade.check("rcnnet", "ctr1", "eth0", [V4], "nftables", hostns)  # the pass's listing
+        masquerade.setup("rcnnet", "ctr2", "eth0", [ipaddress.ip_interface("10.88.0.9/16")], "nftables", hostns)
+        masquerade.check("rcnnet", "ctr2", "eth0", [ipaddress.ip_interface("10.88.0.9/16")], "nftables", hostns)
+        with pytest.raises(RuleDrift):
+            masquerade.check("rcnnet", "ctr1", "eth0", [V4], "nftables", hostns)

@@ -242,7 +242,7 @@ class NftablesMasq(FeatureBackend):
         cmt = nft_comment(network, container_id, ifname)
 
         def apply(nft: nftables.Nft) -> None:
-            stale = self._matching(nft.table("inet", NFT_TABLE), instance_hash(network, container_id, ifname))
+            stale = self._matching(nft.table("inet", NFT_TABLE, fresh=True), instance_hash(network, container_id, ifname))
             cmds = self._base() + [nftables.rule_delete(r) for r in stale]
             for addr in addresses:
                 cmds.append({"add": {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHAIN,
@@ -254,7 +254,7 @@ class NftablesMasq(FeatureBackend):
     def teardown(self, network: str, container_id: str, ifname: str, addresses: Sequence[Address],
                  netns: str | None) -> None:
         def remove(nft: nftables.Nft) -> None:
-            rules = self._matching(nft.table("inet", NFT_TABLE), instance_hash(network, container_id, ifname))
+            rules = self._matching(nft.table("inet", NFT_TABLE, fresh=True), instance_hash(network, container_id, ifname))
             nft.run([nftables.rule_delete(r) for r in rules])
 
         nftables.transact(netns, remove)
@@ -279,7 +279,7 @@ class NftablesMasq(FeatureBackend):
         keep = {nft_comment(network, cid, ifname) for cid, ifname in valid}
 
         def sweep(nft: nftables.Nft) -> None:
-            rules = self._matching(nft.table("inet", NFT_TABLE), hash_name("", network, 16) + "-")
+            rules = self._matching(nft.table("inet", NFT_TABLE, fresh=True), hash_name("", network, 16) + "-")
             nft.run([nftables.rule_delete(r) for r in rules if r.get("comment") not in keep])
 
         nftables.transact(netns, sweep)

@@ -12,15 +12,18 @@ ctypes are both the smaller dependency and the better-kept path.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import json
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError
-from reconciler.kernel.firewall.nsexec import run_in_netns
+from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
 T = TypeVar("T")
 OUTPUT_HANDLE = 1 << 3
@@ -69,17 +72,32 @@ class TableView:
         return self.rules.get(chain, [])
 
 
-class Nft:
-    """A libnftables context (create it in the netns it should act on)."""
+ViewCache = dict[tuple[str, str, str], "TableView | None"]
 
-    def __init__(self) -> None:
+
+class Nft:
+    """A libnftables context, made on first use (in the netns it should act on).
+
+    With `cache` (a pass's shared reads) `table()` answers from one listing per
+    (netns, family, table); any change made through this object drops that netns's copies.
+    """
+
+    def __init__(self, cache: ViewCache | None = None, ns_key: str = "") -> None:
         self._lib = _library()
-        self._ctx = self._lib.nft_ctx_new(0)
+        self._ctx: int | None = None
+        self._cache = cache
+        self._ns = ns_key
+
+    def _context(self) -> int:
         if not self._ctx:
-            raise BackendUnavailable("nft_ctx_new failed")
-        self._lib.nft_ctx_output_set_flags(self._ctx, OUTPUT_JSON | OUTPUT_HANDLE)
-        self._lib.nft_ctx_buffer_output(self._ctx)
-        self._lib.nft_ctx_buffer_error(self._ctx)
+            ctx = self._lib.nft_ctx_new(0)
+            if not ctx:
+                raise BackendUnavailable("nft_ctx_new failed")
+            self._lib.nft_ctx_output_set_flags(ctx, OUTPUT_JSON | OUTPUT_HANDLE)
+            self._lib.nft_ctx_buffer_output(ctx)
+            self._lib.nft_ctx_buffer_error(ctx)
+            self._ctx = ctx
+        return self._ctx
 
     def close(self) -> None:
         if self._ctx:
@@ -87,46 +105,93 @@ class Nft:
             self._ctx = None
 
     def _run(self, text: str) -> str:
-        rc = self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
-        out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
-        err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
+        ctx = self._context()
+        rc = self._lib.nft_run_cmd_from_buffer(ctx, text.encode())
+        out = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+        err = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
         if rc != 0:
             if "No such file or directory" in err:
                 raise NftNotFound(err.strip())
             raise FirewallError(f"nftables: {err.strip() or 'command failed'}")
         return out
 
+    def _changed(self) -> None:
+        if self._cache is not None:
+            for key in [k for k in self._cache if k[0] == self._ns]:
+                del self._cache[key]
+
     def run(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply a list of JSON commands as one atomic transaction."""
         if not commands:
             return []
+        if any(set(c) != {"list"} for c in commands):
+            self._changed()
         out = self._run(json.dumps({"nftables": commands}))
         return json.loads(out).get("nftables", []) if out.strip() else []
 
     def run_text(self, script: str) -> None:
         """Apply an nft script (the `nft -f` language) as one atomic transaction."""
+        self._changed()
         self._run(script)
 
-    def table(self, family: str, name: str) -> TableView | None:
-        """The table with its chains and rules, or None if it does not exist."""
+    def table(self, family: str, name: str, fresh: bool = False) -> TableView | None:
+        """The table with its chains and rules, or None if it does not exist.
+
+        `fresh`: list it again even inside shared reads (before changing it by handle)."""
+        key = (self._ns, family, name)
+        if self._cache is not None and key in self._cache and not fresh:
+            return self._cache[key]
         try:
             items = self.run([{"list": {"table": {"family": family, "name": name}}}])
         except NftNotFound:
-            return None
-        view = TableView(family, name)
-        for item in items:
-            if "chain" in item:
-                view.chains[item["chain"]["name"]] = item["chain"]
-            elif "rule" in item:
-                view.rules.setdefault(item["rule"]["chain"], []).append(item["rule"])
+            items = None
+        view = None
+        if items is not None:
+            view = TableView(family, name)
+            for item in items:
+                if "chain" in item:
+                    view.chains[item["chain"]["name"]] = item["chain"]
+                elif "rule" in item:
+                    view.rules.setdefault(item["rule"]["chain"], []).append(item["rule"])
+        if self._cache is not None:
+            self._cache[key] = view
         return view
 
 
+_SHARED: contextvars.ContextVar[ViewCache | None] = contextvars.ContextVar("reconciler_nft_views", default=None)
+
+
+@contextlib.contextmanager
+def shared_reads() -> Iterator[None]:
+    """Within the block each nftables table is listed once per netns for read-only use."""
+    if _shared() is not None:
+        yield
+        return
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared() -> ViewCache | None:
+    cache = _SHARED.get()
+    if cache is not None:
+        return cache
+    snap = sys.modules.get("reconciler.kernel.snapshot")  # the pass-wide block of the netlink snapshot
+    active = getattr(snap, "_SHARED", None) if snap is not None else None
+    if active is not None and active.get() is not None:
+        return active.get().setdefault(("nft-views",), {})  # type: ignore[no-any-return]
+    return None
+
+
 def transact(netns: str | None, fn: Callable[[Nft], T]) -> T:
-    """Run `fn(nft)` with a fresh context inside `netns`."""
+    """Run `fn(nft)` inside `netns` (reads shared within `shared_reads()`)."""
+    cache = _shared()  # read in the caller's thread: context variables do not follow into threads
+    ns_key = netns_path(netns) if netns else ""
 
     def body() -> T:
-        nft = Nft()
+        nft = Nft(cache, ns_key)
         try:
             return fn(nft)
         finally:

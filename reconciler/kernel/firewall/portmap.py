@@ -318,7 +318,7 @@ class NftablesPortmap(FeatureBackend):
         conds = " ".join(fwd.conditions)
 
         def apply(nft: nftables.Nft) -> None:
-            stale = _nft_ours(nft.table(fam, NFT_TABLE), fwd.container_id)
+            stale = _nft_ours(nft.table(fam, NFT_TABLE, fresh=True), fwd.container_id)
             lines = [f'add table {t} {{ comment "CNI portmap plugin" ; }}',
                      f"add chain {t} hostports", f"add chain {t} hostip_hostports",
                      f"add chain {t} hostports_all", f"flush chain {t} hostports_all",
@@ -339,7 +339,7 @@ class NftablesPortmap(FeatureBackend):
     def teardown(self, network: str, container_id: str, netns: str | None) -> None:
         def remove(nft: nftables.Nft) -> None:
             for fam in ("ip", "ip6"):
-                nft.run([nftables.rule_delete(r) for r in _nft_ours(nft.table(fam, NFT_TABLE), container_id)])
+                nft.run([nftables.rule_delete(r) for r in _nft_ours(nft.table(fam, NFT_TABLE, fresh=True), container_id)])
 
         nftables.transact(netns, remove)
 
