@@ -34,12 +34,18 @@ def list_names() -> list[str]:
 
 
 def create(name: str) -> bool:
-    """Create /run/netns/NAME with loopback up; False when it already existed."""
-    from reconciler.kernel import netns as nsmod
+    """Create /run/netns/NAME with loopback up; False when it already existed.
 
+    `ip netns add` rather than pyroute2's netns.create: the latter forks a helper
+    that can time out on a loaded host ("no response from the child").
+    """
     if exists(name):
         return False
-    nsmod.create(name)
+    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if exists(name):
+            return False
+        raise OSError(f"ip netns add {name}: {proc.stderr.strip()}")
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], capture_output=True)
     return True
 
