@@ -101,6 +101,8 @@ def test_same_results_and_files(
     resolv.write_text("nameserver 10.0.0.53\nsearch rcn.test\noptions ndots:1\n")
     dirs = {"ours": tmp_path / "ours", "ref": tmp_path / "ref"}
     bins = {"ours": ours_bin, "ref": ref_bin}
+    if version != "1.0.0":
+        steps = steps[:7] + steps[-3:]  # older versions: exhaustion, a DEL and CHECKs suffice
     for i, (verb, cid, cni_args, extra) in enumerate(steps):
         if verb == "CHECK" and version in ("0.2.0", "0.3.1"):
             continue
