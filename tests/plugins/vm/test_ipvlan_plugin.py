@@ -39,16 +39,23 @@ def test_same_as_reference(env: Env, parent: str, reference_plugins, mode: str) 
     assert link_json(env.host, parent) is not None
 
 
-def test_chained_without_ipam_takes_ips_and_master_from_prev_result(env: Env, parent: str,
-                                                                    reference_plugins) -> None:
+def test_chained_without_ipam_takes_ips_from_prev_result(env: Env, parent: str, reference_plugins) -> None:
     prev = {"cniVersion": "1.0.0", "interfaces": [{"name": parent}],
             "ips": [{"address": "10.92.0.5/24", "gateway": "10.92.0.1", "interface": 0}]}
-    conf = env.conf("ipvlan")
+    conf = env.conf("ipvlan", master=parent)
     ref = _cycle(env, conf, reference=True, prev_in=prev)
     ours = _cycle(env, conf, reference=False, prev_in=prev)
     assert ours == ref
     assert ours[0]["interfaces"] == [{"name": "eth0", "mac": "MAC", "sandbox": "SANDBOX"}]
     assert ("eth0", "10.92.0.5/24") in ours[1]["addrs"]
+
+
+def test_chained_master_from_prev_result(env: Env, parent: str) -> None:
+    """HEAD behaviour (v1.1.1 requires `master`): the prevResult's single interface is the master."""
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": parent}],
+            "ips": [{"address": "10.92.0.6/24", "interface": 0}]}
+    result, state = _cycle(env, env.conf("ipvlan"), reference=False, prev_in=prev)
+    assert ("eth0", "10.92.0.6/24") in state["addrs"] and state["links"][0]["kind"] == "ipvlan"
 
 
 def test_chained_master_needs_a_single_interface(env: Env, parent: str) -> None:

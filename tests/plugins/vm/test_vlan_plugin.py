@@ -49,6 +49,7 @@ def test_tagged_traffic_reaches_a_vlan_on_the_host_side(env: Env, parent: str) -
 def test_link_in_container_and_check_drift(env: Env) -> None:
     name, path = env.container()
     ip("-n", name, "link", "add", "rcnm0", "type", "veth", "peer", "name", "rcnm1")
+    ip("-n", name, "link", "set", "rcnm0", "up")
     conf = env.conf("vlan", master="rcnm0", vlanId=7, linkInContainer=True, ipam=env.host_local("10.63.0.0/24"))
     result = ok(env.run("ADD", conf, path))
     assert link_json(name, "eth0")["linkinfo"]["info_data"]["id"] == 7
