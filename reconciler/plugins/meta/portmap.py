@@ -155,6 +155,16 @@ def _forwards(conf: PortmapConf, args: CmdArgs, addrs: list[Address], entries: l
     return out
 
 
+def _forced_backend(conf: PortmapConf) -> str | None:
+    """`backend`, else the one the conditions are written for (iptables args start with - or !)."""
+    if conf.backend:
+        return conf.backend
+    conds = conf.conditions_v4 or conf.conditions_v6
+    if conds:
+        return "iptables" if conds[0].startswith(("-", "!")) else "nftables"
+    return None
+
+
 def _kernel_error(what: str, exc: Exception) -> CNIError:
     return CNIError(INTERNAL, f"portmap: {what}", str(exc))
 
@@ -193,7 +203,7 @@ def add(args: CmdArgs) -> Result:
     netns = args.host_netns
     net, cid = args.network_name, args.container_id
     try:
-        backend = select.choose(conf.backend, netns, lambda b: IMPLS[b].has_attachment(net, cid, netns),
+        backend = select.choose(_forced_backend(conf), netns, lambda b: IMPLS[b].has_attachment(net, cid, netns),
                                 what=f"portmap {net}/{cid}")
         with contextlib.ExitStack() as undo:
             undo.callback(IMPLS[backend].teardown, net, cid, netns)

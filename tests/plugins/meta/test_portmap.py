@@ -188,3 +188,16 @@ def test_udp_conntrack_flushed_on_add(world: World, plugin_dir) -> None:
     assert world.connect(client, host_ip, 5300, proto="udp") == "udp-srv"
     assert run_plugin(plugin_dir / "portmap", "DEL", conf, world, "srv1", srv_path).code == 0
     assert "dport=5300" not in sh(world.host, "conntrack", "-L", "-p", "udp", check=False)
+
+
+def test_conditions_pick_their_backend(world: World, plugin_dir) -> None:
+    srv, srv_path, prev = world.container("srv1")
+    world.serve(srv, 80, "cond-ok")
+    client, host_ip = world.outside_client()
+    conf = portmap_conf(world.name, prev, [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                        conditionsV4=["ip", "saddr", "!=", "10.99.0.0/16"])  # nft syntax, no backend given
+    assert run_plugin(plugin_dir / "portmap", "ADD", conf, world, "srv1", srv_path).code == 0
+    assert "ip saddr != 10.99.0.0/16 fib daddr type local" in sh(world.host, "nft", "list", "table", "ip",
+                                                                  "cni_hostport")
+    assert world.connect(client, host_ip, 8080) == "cond-ok"
+    assert run_plugin(plugin_dir / "portmap", "DEL", conf, world, "srv1", srv_path).code == 0
