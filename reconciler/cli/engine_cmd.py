@@ -186,7 +186,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         data = status_data(Inventory(args.state))
     except ReconcilerError as err:
         return _fail(str(err))
-    _emit(args, data, render_status(data))
+    from reconciler.engine.pools import render_usage, with_pools
+
+    pools = with_pools(data, args.specs, args.state)  # a one-line health summary first, pool usage last
+    _emit(args, data, "\n".join((data["health"], render_status(data), render_usage(pools))))
     return 0
 
 
