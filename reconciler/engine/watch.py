@@ -29,7 +29,7 @@ class Watcher:
         engine: Engine,
         interval: float = 30.0,
         debounce: float = 0.5,
-        on_pass: Callable[[PassReport], None] | None = None,
+        on_pass: Callable[[PassReport | None], None] | None = None,
     ) -> None:
         self.engine = engine
         self.interval = interval
@@ -88,12 +88,14 @@ class Watcher:
                 report = self.engine.apply()
         except Exception as err:  # a broken pass is logged; the loop keeps serving
             log.error("pass failed: %s", err)
+            if self.on_pass:
+                self.on_pass(None)  # counted as an error pass
             return None
         self.passes += 1
         for err in report.plan.errors:
             log.error("spec error: %s", err)
-        for out in report.outcomes:
-            log.info("%s %s: %s %s", out.action, out.key, out.result, out.error)
+        for out in report.outcomes:  # the CLI's on_pass logs them with structured fields at INFO
+            log.debug("%s %s: %s %s", out.action, out.key, out.result, out.error)
         if self.on_pass:
             self.on_pass(report)
         return report
