@@ -127,17 +127,14 @@ def _bridge_of(config: dict[str, Any]) -> str | None:
 
 
 def _snap(path: str | None) -> Snapshot | None:
-    """Links and addresses of one namespace; this thread enters it (much cheaper than a netns fork)."""
-    import contextlib
-
+    """Links and addresses of one namespace (read once per drawing: see `Drawing.draw`)."""
     from reconciler.kernel import namespaces
     from reconciler.kernel.snapshot import snapshot
 
     try:
         if path is not None and not namespaces.exists(path):
             return None
-        with namespaces.entered(path) if path else contextlib.nullcontext():
-            return snapshot(None)
+        return snapshot(path)
     except OSError as err:
         log.debug("cannot read %s: %s", path or "host", err)
         return None
@@ -159,6 +156,13 @@ class Drawing:
         return self.snaps[ns]
 
     def draw(self) -> Picture:
+        from reconciler.kernel import namespaces
+
+        # one netlink handle and one read per namespace, shared with observe's CHECKs
+        with namespaces.session(), namespaces.shared():
+            return self._draw()
+
+    def _draw(self) -> Picture:
         from reconciler.kernel import namespaces
 
         engine = self.engine
