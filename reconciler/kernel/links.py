@@ -9,6 +9,7 @@ Deletion of something already gone is success.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,9 +47,18 @@ class Link:
     link: int | None = None  # IFLA_LINK: veth peer / macvlan parent ifindex
     link_netnsid: int | None = None  # set when `link` lives in another namespace
     slave_kind: str = ""
-    info: dict[str, Any] = field(default_factory=dict, compare=False)  # IFLA_INFO_DATA
-    slave_info: dict[str, Any] = field(default_factory=dict, compare=False)  # IFLA_INFO_SLAVE_DATA
     alias: str = ""
+    linkinfo: Any = field(default=None, compare=False, repr=False)  # raw IFLA_LINKINFO, decoded on demand
+
+    @functools.cached_property
+    def info(self) -> dict[str, Any]:
+        """IFLA_INFO_DATA (kind-specific attributes), decoded on first use: it is the costly part of a dump."""
+        return _nested(self.linkinfo, "IFLA_INFO_DATA")
+
+    @functools.cached_property
+    def slave_info(self) -> dict[str, Any]:
+        """IFLA_INFO_SLAVE_DATA (bridge-port flags, ...)."""
+        return _nested(self.linkinfo, "IFLA_INFO_SLAVE_DATA")
 
     @property
     def macvlan_mode(self) -> str:
@@ -74,13 +84,9 @@ def from_msg(msg: Any) -> Link:
     """Convert a pyroute2 RTM_NEWLINK message."""
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     kind = slave_kind = ""
-    info: dict[str, Any] = {}
-    slave_info: dict[str, Any] = {}
     if linkinfo is not None:
         kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
         slave_kind = linkinfo.get_attr("IFLA_INFO_SLAVE_KIND") or ""
-        info = _nested(linkinfo, "IFLA_INFO_DATA")
-        slave_info = _nested(linkinfo, "IFLA_INFO_SLAVE_DATA")
     flags = int(msg["flags"])
     return Link(
         index=int(msg["index"]),
@@ -95,9 +101,8 @@ def from_msg(msg: Any) -> Link:
         link=msg.get_attr("IFLA_LINK"),
         link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
         slave_kind=slave_kind,
-        info=info,
-        slave_info=slave_info,
         alias=msg.get_attr("IFLA_IFALIAS") or "",
+        linkinfo=linkinfo,
     )
 
 

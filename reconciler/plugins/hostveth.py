@@ -22,10 +22,11 @@ def random_name() -> str:
 
 
 def setup_veth(ifname: str, *, netns: str, host_netns: str | None, mtu: int | None = None,
-               mac: str | None = None) -> tuple[Link, Link]:
+               mac: str | None = None, host_sysctls: dict[str, str | int] | None = None) -> tuple[Link, Link]:
     """Create the pair; return (host end, container end). The container end stays down, the host end is up.
 
     Errors when `ifname` already exists in the container; retries another host name on collisions.
+    `host_sysctls`: collect the host end's sysctls there (the caller writes a batch) instead of now.
     """
     if links.find(ifname, netns) is not None:
         raise CNIError(INTERNAL, f"container veth name provided ({ifname}) already exists")
@@ -40,10 +41,13 @@ def setup_veth(ifname: str, *, netns: str, host_netns: str | None, mtu: int | No
             continue  # host-side name collision: try another
         except KernelError as exc:
             raise CNIError(INTERNAL, f"failed to make veth pair: {exc}") from exc
-        try:
-            sysctl.write(f"net/ipv6/conf/{host_name}/accept_ra", 0, host_netns)
-        except (OSError, ValueError) as exc:  # IPv6 may be disabled on the host
-            log.debug("accept_ra on %s: %s", host_name, exc)
+        if host_sysctls is not None:
+            host_sysctls[f"net/ipv6/conf/{host_name}/accept_ra"] = 0
+        else:
+            try:
+                sysctl.write_many({f"net/ipv6/conf/{host_name}/accept_ra": 0}, host_netns, missing_ok=True)
+            except (OSError, ValueError) as exc:
+                log.debug("accept_ra on %s: %s", host_name, exc)
         try:
             links.set_up(host_name, host_netns)
         except KernelError as exc:

@@ -48,10 +48,12 @@ def add(args: CmdArgs) -> Result:
     mac = mac_from_args(args)
     host = args.host_netns
     layer3 = is_layer3(args)
+    host_sysctls: dict[str, str | int] = {}
     with nsmod.session(), contextlib.ExitStack() as undo, kernel_errors("bridge"):
-        ensure_bridge(conf, host, undo)
+        ensure_bridge(conf, host, undo, host_sysctls)
         host_veth, cont = hostveth.setup_veth(args.ifname, netns=args.netns, host_netns=host,
-                                              mtu=conf.mtu or None, mac=mac)
+                                              mtu=conf.mtu or None, mac=mac,
+                                              host_sysctls=host_sysctls)
         undo.callback(undo_quietly(links.delete, host_veth.name, host))
         setup_port(conf, host_veth.name, host)
         if conf.macspoofchk:
@@ -90,7 +92,12 @@ def add(args: CmdArgs) -> Result:
                     ensure_gateway_addr(conf, vlan_gw.name if vlan_gw else conf.bridge, gw, host)
             br = links.get(conf.bridge, host)
             links.set_mac(conf.bridge, br.mac, host)  # pin the MAC: stop it following port churn
-            sysctl.enable_forwarding(4 in gw_addrs, 6 in gw_addrs, host)
+            if 4 in gw_addrs:
+                host_sysctls["net/ipv4/ip_forward"] = 1
+            if 6 in gw_addrs:
+                host_sysctls["net/ipv6/conf/all/forwarding"] = 1
+        with contextlib.suppress(OSError, ValueError):  # one visit of the host namespace for all of them
+            sysctl.write_many(host_sysctls, host, missing_ok=True)
 
         if conf.ip_masq and result.ips:
             addresses = [ipc.iface for ipc in result.ips]

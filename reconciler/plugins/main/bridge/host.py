@@ -9,7 +9,7 @@ from typing import Any
 from reconciler.cni.args import CmdArgs
 from reconciler.cni.types import Result, Route
 from reconciler.errors import INTERNAL, CNIError
-from reconciler.kernel import addrs, bridge, links, macspoof, sysctl
+from reconciler.kernel import addrs, bridge, links, macspoof
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.netns import KernelError
 from reconciler.plugins import hostveth, ipmasq
@@ -30,7 +30,8 @@ def firewall(what: str, fn: Any, *args: Any) -> Any:
 # --- ADD ---------------------------------------------------------------------------------------
 
 
-def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack) -> links.Link:
+def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack,
+                  host_sysctls: dict[str, str | int]) -> links.Link:
     vlan_filtering = bool(conf.vlan or conf.vlan_trunk)
     try:
         br, created = bridge.ensure_bridge(conf.bridge, netns=host, mtu=conf.mtu or None,
@@ -41,11 +42,11 @@ def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack
         undo.callback(undo_quietly(delete_if_unused, conf.bridge, host))
     if conf.promisc_mode and not br.promisc:
         links.set_promisc(conf.bridge, True, host)
-    with contextlib.suppress(OSError, ValueError):
-        sysctl.write(f"net/ipv6/conf/{conf.bridge}/accept_ra", 0, host)
+    host_sysctls[f"net/ipv6/conf/{conf.bridge}/accept_ra"] = 0
     if not br.up:
         links.set_up(conf.bridge, host)
-    return links.get(conf.bridge, host)
+        br = links.get(conf.bridge, host)
+    return br
 
 
 def delete_if_unused(name: str, host: str | None) -> None:
