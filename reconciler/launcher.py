@@ -20,6 +20,7 @@ SCRIPT = """#!{python} -S
 # CNI plugin {ptype!r} (cni-reconciler), written by `reconciler plugins install`.
 import sys
 sys.path[:0] = {paths!r}
+SITE_PACKAGES = {site_packages!r}
 from reconciler.launcher import launch
 sys.exit(launch({ptype!r}))
 """
@@ -51,11 +52,21 @@ def try_warm(plugin_type: str, stdin: bytes) -> tuple[int, bytes] | None:
 
 
 def enable_site() -> None:
-    """Cold path: the interpreter was started with -S; add the venv's site-packages now."""
-    if "site" not in sys.modules:
-        import site
+    """Cold path: the interpreter was started with -S; add the venv's site-packages now.
 
-        site.main()
+    The installer recorded them, so they are appended directly: running `site`
+    would also execute every .pth file (the editable-install finder alone costs
+    tens of milliseconds). Without a record, fall back to `site.main()`.
+    """
+    if "site" in sys.modules:
+        return
+    recorded = getattr(sys.modules.get("__main__"), "SITE_PACKAGES", None)
+    if recorded:
+        sys.path.extend(p for p in recorded if p not in sys.path)
+        return
+    import site
+
+    site.main()
 
 
 def _setup_logging() -> None:
@@ -104,11 +115,15 @@ def install(directory: str | os.PathLike[str], types: list[str] | None = None) -
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     package_root = str(Path(__file__).resolve().parent.parent)
+    import site
+
+    site_packages = [p for p in site.getsitepackages() if Path(p).is_dir()]
     written = []
     for ptype in types or implemented():
         path = target / ptype
         tmp = target / f".{ptype}.tmp"
-        tmp.write_text(SCRIPT.format(python=sys.executable, ptype=ptype, paths=[package_root]))
+        tmp.write_text(SCRIPT.format(python=sys.executable, ptype=ptype, paths=[package_root],
+                                     site_packages=site_packages))
         tmp.chmod(0o755)
         tmp.replace(path)
         written.append(str(path))
