@@ -8,11 +8,15 @@ Named namespaces live at /run/netns/NAME (the `ip netns` convention), so
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
 
 
 def path_for(name: str) -> str:
@@ -75,18 +79,65 @@ class LinkState:
 def snapshot(path: str | None = None) -> dict[str, LinkState]:
     """Links and addresses of one namespace (None = the current one).
 
-    Read through kernel.snapshot, so inside `shared()` the plugins' CHECKs of the
-    same pass reuse this very read instead of dumping the namespace again.
+    The current namespace is read through kernel.snapshot, so inside `shared()` the
+    plugins' CHECKs reuse that one host read. Another namespace is read by entering
+    it from this thread for the duration of one socket creation: a few ms, where
+    opening a pyroute2 handle "in" a namespace forks a helper (tens of ms).
     """
-    from reconciler.kernel import snapshot as snapmod
+    if path is None:
+        from reconciler.kernel import snapshot as snapmod
 
-    snap = snapmod.snapshot(path)
-    out: dict[str, LinkState] = {}
-    for link in snap.links:
-        state = LinkState(name=link.name, up=link.up, kind=link.kind)
-        state.addresses = [str(a.address) for a in snap.addrs_of(link.name)]
-        out[link.name] = state
-    return out
+        snap = snapmod.snapshot(None)
+        out: dict[str, LinkState] = {}
+        for link in snap.links:
+            out[link.name] = LinkState(link.name, link.up, link.kind, [str(a.address) for a in snap.addrs_of(link.name)])
+        return out
+    return _read_direct(path)
+
+
+def _read_direct(path: str) -> dict[str, LinkState]:
+    from pyroute2 import IPRoute
+
+    with entered(path):
+        ipr = IPRoute()
+    try:
+        links: dict[int, LinkState] = {}
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else ""
+            links[link["index"]] = LinkState(link.get_attr("IFLA_IFNAME"), bool(link["flags"] & 1), kind or "")
+        for addr in ipr.get_addr():
+            state = links.get(addr["index"])
+            if state is not None:
+                state.addresses.append(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+        return {state.name: state for state in links.values()}
+    finally:
+        ipr.close()
+
+
+@contextlib.contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Run the block with this thread inside the namespace at `path`, then come back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+    except OSError:
+        os.close(home)
+        raise
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if libc.setns(home, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back: {os.strerror(err)}")
+    finally:
+        os.close(target)
+        os.close(home)
 
 
 def shared() -> contextlib.AbstractContextManager[None]:
