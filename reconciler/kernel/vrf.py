@@ -88,8 +88,12 @@ def enslave(ifname: str, vrf: Vrf, netns: str | None = None) -> None:
     for addr in saved_v6:
         if addr.address in present:
             continue
-        addrs.add(ifname, addr.address, netns)
+        # it passed DAD on this very link a moment ago; without nodad it would stay tentative for a
+        # while and the routes below that name it as source would be refused (EINVAL)
+        addrs.add(ifname, addr.address, netns, nodad=True)
         _wait_for_table_route(link.index, vrf.table, netns)
+    if saved_v6:
+        addrs.settle(ifname, netns)
     for route in saved_routes:
         routes.add(route.dst, gateway=route.gateway, ifname=ifname, netns=netns, table=vrf.table,
                    scope=route.scope, metric=route.priority, src=route.prefsrc, proto=route.proto)
