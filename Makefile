@@ -3,9 +3,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# Debian packages needed at run time and by the tests (the reference plugins are the test oracle).
+# Debian packages needed at run time and by the tests (the reference plugins are the test oracle;
+# the full Debian kernel, qemu and busybox-static boot the virtme-ng VM for kernel-feature tests).
 APT_PACKAGES := iproute2 iptables nftables libnftables1 conntrack containernetworking-plugins \
-	dnsmasq-base graphviz procps kmod psmisc systemd
+	dnsmasq-base graphviz procps kmod psmisc systemd \
+	linux-image-amd64 qemu-system-x86 busybox-static
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: setup apt venv run test test-host test-vm lint bench clean-state
@@ -31,7 +33,9 @@ run: setup
 	$(VENV)/bin/reconciler apply --specs specs --state state; rc=$$?; \
 	$(VENV)/bin/reconciler status --specs specs --state state; exit $$rc
 
-test: setup lint test-host
+VM_PYTEST_ARGS ?=
+
+test: setup lint test-host test-vm
 
 lint:
 	$(VENV)/bin/ruff check reconciler tests bench
@@ -39,6 +43,10 @@ lint:
 
 test-host:
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ipvlan, vlan, dummy and vrf tests, for real, in Debian's full kernel under virtme-ng.
+test-vm: setup
+	tests/vm/run.sh $(VM_PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/run.py

@@ -13,9 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.cni.server import DEFAULT_SOCKET, Server
+    from reconciler.cni.server import Server
 
-    server = Server(args.socket or DEFAULT_SOCKET)
+    server = Server(args.socket or None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     try:

@@ -33,6 +33,11 @@ from reconciler.cni import wire
 log = logging.getLogger("reconciler.serve")
 
 DEFAULT_SOCKET = "/run/cni-reconciler/plugin.sock"
+
+
+def default_socket() -> str:
+    """Where launchers look for the daemon (RECONCILER_PLUGIN_SOCKET overrides, as in the launcher)."""
+    return os.environ.get("RECONCILER_PLUGIN_SOCKET") or DEFAULT_SOCKET
 ACCEPT_TIMEOUT = 0.5
 REQUEST_TIMEOUT = 10.0
 PRELOAD = ("pyroute2", "iptc")
@@ -141,8 +146,8 @@ def handle(conn: socket.socket, lock_dir: Path) -> None:
 class Server:
     """Accept loop; one forked child per request."""
 
-    def __init__(self, path: str = DEFAULT_SOCKET) -> None:
-        self.path = path
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or default_socket()
         self.lock_dir = Path(path).parent / "locks"
         self.stopping = threading.Event()
         self.sock: socket.socket | None = None

@@ -103,7 +103,7 @@ class Watcher:
     def _serve(self, socket_path: str) -> int | None:
         """Fork the warm-path plugin daemon (its own process: its reaping never races our children)."""
         try:
-            from reconciler.cni.server import DEFAULT_SOCKET, Server
+            from reconciler.cni.server import Server
         except ImportError:
             return None
         pid = os.fork()
@@ -111,7 +111,7 @@ class Watcher:
             return pid
         code = 0
         try:
-            server = Server(socket_path or DEFAULT_SOCKET)
+            server = Server(socket_path or None)
             signal.signal(signal.SIGTERM, lambda *_: server.stop())
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
