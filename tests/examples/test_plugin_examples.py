@@ -20,6 +20,7 @@ import pytest
 from reconciler.cni.conf import conflist_from_bytes
 from reconciler.cni.registry import PLUGINS, module_for
 from tests.conftest import run, unique
+from tests.plugins.dhcp.conftest import SERVER_IP, dhcp_daemon, dnsmasq, lan  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "plugins"
@@ -52,7 +53,7 @@ CASES: dict[str, Case] = {
     "dummy": Case(nets=("10.233.9.0/24",), kernel="dummy"),
     "host-local": Case(nets=("10.233.10.0/28", "fd00:233:10::100/120"), persistent=("rcnexhl0",)),
     "static": Case(nets=("10.233.11.10/32", "fd00:233:11::10/128"), persistent=("rcnexst0",)),
-    "dhcp": Case(skip="needs a DHCP server and `reconciler dhcp daemon` (covered by tests/plugins/dhcp)"),
+    "dhcp": Case(skip="needs a DHCP server and the lease daemon: see test_dhcp_example_add_check_del"),
     "portmap": Case(nets=("10.233.13.0/24",), persistent=("rcnexpm0",),
                     cap_args={"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}),
     "bandwidth": Case(nets=("10.233.14.0/24",)),
@@ -155,11 +156,9 @@ def _cni(verb: str, network: str, ctr_path: str, host: str, confdir: Path, cache
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("plugin", sorted(CASES))
+@pytest.mark.parametrize("plugin", sorted(p for p in CASES if not CASES[p].skip))
 def test_example_add_check_del(plugin, make_netns, kernel_kinds, tmp_path):
     case = CASES[plugin]
-    if case.skip:
-        pytest.skip(case.skip)
     if case.kernel and case.kernel not in kernel_kinds:
         pytest.skip(f"this kernel cannot create {case.kernel} links")
     host, _ = make_netns("rcn-h-")
@@ -169,9 +168,27 @@ def test_example_add_check_del(plugin, make_netns, kernel_kinds, tmp_path):
         run("ip", "-n", host, "link", "add", master, "type", "veth", "peer", "name", master[:-1] + "1")
         run("ip", "-n", host, "link", "set", master, "up")
         run("ip", "-n", host, "link", "set", master[:-1] + "1", "up")
+    conf = _rewrite(_load(EXAMPLES / f"{plugin}.conflist"), tmp_path)
+    _run_example(plugin, conf, case, host, ctr, ctr_path, tmp_path)
+
+
+@pytest.mark.timeout(90)
+def test_dhcp_example_add_check_del(lan, dnsmasq, dhcp_daemon, make_netns, tmp_path):  # noqa: F811
+    """The dhcp example against the DHCP test LAN (dnsmasq + our lease daemon) of tests/plugins/dhcp."""
+    dnsmasq()
+    daemon = dhcp_daemon(via="cli")
+    ctr, ctr_path = make_netns("rcn-t-")
+    conf = _load(EXAMPLES / "dhcp.conflist")
+    conf["plugins"][0]["master"] = lan.master
+    conf["plugins"][0]["ipam"]["daemonSocketPath"] = daemon.socket_path
+    case = Case(nets=(str(ipaddress.ip_network(f"{SERVER_IP}/24", strict=False)),))
+    _run_example("dhcp", conf, case, lan.host_ns, ctr, ctr_path, tmp_path)
+
+
+def _run_example(plugin: str, conf: dict, case: Case, host: str, ctr: str, ctr_path: str, tmp_path: Path) -> None:
+    """ADD, CHECK, DEL, DEL through the CLI in `host`; assert the result, the kernel state and the cleanup."""
     confdir = tmp_path / "conf"
     confdir.mkdir()
-    conf = _rewrite(_load(EXAMPLES / f"{plugin}.conflist"), tmp_path)
     (confdir / f"{plugin}.conflist").write_text(json.dumps(conf))
     network, cache = conf["name"], tmp_path / "cache"
     links_before = _host_links(host)
