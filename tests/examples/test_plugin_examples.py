@@ -152,11 +152,16 @@ def _cni(verb: str, network: str, ctr_path: str, host: str, confdir: Path, cache
            "RECONCILER_PLUGIN_SOCKET": "/run/rcn-tests-no-daemon/plugin.sock"}
     if caps:
         env["CAP_ARGS"] = json.dumps(caps)
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("plugin", sorted(p for p in CASES if not CASES[p].skip))
+def _params() -> list:
+    """The runnable cases; kernel-feature ones also carry `kernelvm` so the VM job runs them."""
+    return [pytest.param(p, marks=[pytest.mark.kernelvm] if CASES[p].kernel else [], id=p)
+            for p in sorted(CASES) if not CASES[p].skip]
+
+
+@pytest.mark.parametrize("plugin", _params())
 def test_example_add_check_del(plugin, make_netns, kernel_kinds, tmp_path):
     case = CASES[plugin]
     if case.kernel and case.kernel not in kernel_kinds:
@@ -172,7 +177,6 @@ def test_example_add_check_del(plugin, make_netns, kernel_kinds, tmp_path):
     _run_example(plugin, conf, case, host, ctr, ctr_path, tmp_path)
 
 
-@pytest.mark.timeout(90)
 def test_dhcp_example_add_check_del(lan, dnsmasq, dhcp_daemon, make_netns, tmp_path):  # noqa: F811
     """The dhcp example against the DHCP test LAN (dnsmasq + our lease daemon) of tests/plugins/dhcp."""
     dnsmasq()
