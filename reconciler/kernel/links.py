@@ -260,8 +260,14 @@ def create_tap(name: str, *, netns: str | None = None, multi_queue: bool = False
         spec["uid"] = uid
     if gid is not None:
         spec["gid"] = gid
-    _call(netns, "create tap", name, "add", **spec)
+    # tuntap is made by ioctls on /dev/net/tun, which pyroute2 issues from a worker thread: the whole
+    # process must be in the namespace, so do it in a forked child there.
+    nsmod.run_in(netns, _create_tap_here, name, spec)
     return get(name, netns)
+
+
+def _create_tap_here(name: str, spec: dict[str, Any]) -> None:
+    _call(None, "create tap", name, "add", **spec)
 
 
 def delete(name: str, netns: str | None = None) -> bool:

@@ -40,6 +40,9 @@ def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack
         raise CNIError(INTERNAL, f"failed to create bridge {conf.bridge!r}: {exc}") from exc
     if created:
         undo.callback(undo_quietly(delete_if_unused, conf.bridge, host))
+        # Pin the MAC now: an unpinned bridge takes its lowest port's MAC and changes it as containers
+        # come and go, which makes every other attachment's CHECK fail (the reference pins only with isGateway).
+        links.set_mac(conf.bridge, br.mac, host)
     if conf.promisc_mode and not br.promisc:
         links.set_promisc(conf.bridge, True, host)
     host_sysctls[f"net/ipv6/conf/{conf.bridge}/accept_ra"] = 0
