@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from reconciler.kernel.firewall import iptables
+from reconciler.kernel.firewall import iptables, xtnft
 from reconciler.kernel.firewall.base import BackendUnavailable, RuleDrift
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,9 +91,10 @@ def teardown(network: str, container_id: str, addresses: Sequence[IP], netns: st
                     s.delete(PRIV, args)
 
         try:
-            iptables.transact(netns, family, "filter", remove)
+            iptables.transact(netns, family, "filter", remove, existing_only=True)
         except BackendUnavailable:
             continue
+    xtnft.teardown_filter(addresses, netns)  # the reference's per-IP rules in iptables-nft tables
 
 
 def check(network: str, container_id: str, addresses: Sequence[IP], admin: str = ADMIN,
@@ -131,7 +132,7 @@ def gc(network: str, valid_ids: set[str], netns: str | None = None) -> int:
     total = 0
     for family in (4, 6):
         try:
-            total += iptables.transact(netns, family, "filter", sweep)
+            total += iptables.transact(netns, family, "filter", sweep, existing_only=True)
         except BackendUnavailable:
             continue
     return total

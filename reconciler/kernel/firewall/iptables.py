@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from reconciler.kernel.firewall import xtregistry
+from reconciler.kernel.firewall import xtnft, xtregistry
 from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError
 from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
@@ -328,8 +328,12 @@ def _shared() -> dict[tuple[str, int, str], Session] | None:
     return None
 
 
-def transact(netns: str | None, family: int, table: str, fn: Callable[[Session], T]) -> T:
-    """Run `fn(session)` on one table in `netns`; commit its changes if it returns normally."""
+def transact(netns: str | None, family: int, table: str, fn: Callable[[Session], T],
+             existing_only: bool = False) -> T:
+    """Run `fn(session)` on one table in `netns`; commit its changes if it returns normally.
+
+    `existing_only` (teardown, GC, lookups): raise BackendUnavailable instead of letting
+    python-iptables instantiate a legacy table that does not exist yet."""
     cache = _shared()  # read in the caller's thread: context variables do not follow into threads
     key = (netns_path(netns) if netns else "", family, table)
 
@@ -341,6 +345,8 @@ def transact(netns: str | None, family: int, table: str, fn: Callable[[Session],
         return result, cache is not None
 
     def body() -> T:
+        if existing_only and not xtnft.legacy_here(family, table):
+            raise BackendUnavailable(f"no legacy IPv{family} {table} table here")
         with _LOCK, _xtables_lock():
             session = cache.pop(key, None) if cache is not None else None
             if session is not None:

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
 
-from reconciler.kernel.firewall import iptables, nftables
+from reconciler.kernel.firewall import iptables, nftables, xtnft
 from reconciler.kernel.firewall.base import (
     BACKENDS,
     IPTABLES,
@@ -120,9 +120,10 @@ class IptablesMasq(FeatureBackend):
 
         for family in _families(addresses):
             try:
-                iptables.transact(netns, family, "nat", remove)
+                iptables.transact(netns, family, "nat", remove, existing_only=True)
             except BackendUnavailable:
                 continue
+        xtnft.teardown_masquerade(network, container_id, netns)  # the same layout in iptables-nft tables
 
     def check(self, network: str, container_id: str, ifname: str, addresses: Sequence[Address],
               netns: str | None) -> None:
@@ -166,15 +167,16 @@ class IptablesMasq(FeatureBackend):
                     s.flush_delete_chain(chain)
 
             try:
-                iptables.transact(netns, family, "nat", sweep)
+                iptables.transact(netns, family, "nat", sweep, existing_only=True)
             except BackendUnavailable:
                 continue
+        xtnft.gc_masquerade(network, keep, netns)
 
     def has_attachment(self, network: str, container_id: str, netns: str | None, ifname: str = "") -> bool:
         chain = chain_name(network, container_id)
         for family in (4, 6):
             try:
-                if iptables.transact(netns, family, "nat", lambda s: s.has_chain(chain)):
+                if iptables.transact(netns, family, "nat", lambda s: s.has_chain(chain), existing_only=True):
                     return True
             except BackendUnavailable:
                 continue

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from reconciler.kernel.firewall import iptables, nftables
+from reconciler.kernel.firewall import iptables, nftables, xtnft
 from reconciler.kernel.firewall.base import (
     IPTABLES,
     NFTABLES,
@@ -224,9 +224,10 @@ class IptablesPortmap(FeatureBackend):
 
         for family in (4, 6):
             try:
-                iptables.transact(netns, family, "nat", remove)
+                iptables.transact(netns, family, "nat", remove, existing_only=True)
             except BackendUnavailable:
                 continue
+        xtnft.teardown_portmap(network, container_id, netns)  # the same layout in iptables-nft tables
 
     def check(self, fwd: Forward, netns: str | None) -> None:
         chain = dn_chain(fwd.network, fwd.container_id)
@@ -263,15 +264,16 @@ class IptablesPortmap(FeatureBackend):
 
         for family in (4, 6):
             try:
-                iptables.transact(netns, family, "nat", sweep)
+                iptables.transact(netns, family, "nat", sweep, existing_only=True)
             except BackendUnavailable:
                 continue
+        xtnft.gc_portmap(network, valid_ids, netns)
 
     def has_attachment(self, network: str, container_id: str, netns: str | None) -> bool:
         chain = dn_chain(network, container_id)
         for family in (4, 6):
             try:
-                if iptables.transact(netns, family, "nat", lambda s: s.has_chain(chain)):
+                if iptables.transact(netns, family, "nat", lambda s: s.has_chain(chain), existing_only=True):
                     return True
             except BackendUnavailable:
                 continue

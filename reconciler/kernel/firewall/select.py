@@ -43,7 +43,8 @@ def existing(netns: str | None = None) -> str | None:
     """The backend that already holds CNI rules in this netns, if exactly one does."""
     legacy = False
     try:
-        legacy = iptables.transact(netns, 4, "nat", lambda s: any(c.startswith("CNI-") for c in s.chains()))
+        legacy = iptables.transact(netns, 4, "nat", lambda s: any(c.startswith("CNI-") for c in s.chains()),
+                                    existing_only=True)
     except (BackendUnavailable, OSError):
         legacy = False
     nft = False
