@@ -100,3 +100,26 @@ def test_our_gc_removes_reference_rules(attached, plugin_dir: Path) -> None:
     nft = save(s["host"], "iptables-nft-save")
     assert f"-j {FOREIGN}" in nft  # commented for this network but not reference-shaped: kept
     assert_clean(s)
+
+
+def test_our_firewall_del_removes_reference_forward_rules(attached, reference_plugins, plugin_dir: Path) -> None:
+    s = attached
+    host = s["host"]
+    conf = {"cniVersion": "1.0.0", "name": s["net"], "type": "firewall", "backend": "iptables",
+            "prevResult": s["portmap"]["prevResult"]}
+    add = exec_plugin(reference_plugins / "firewall", "ADD", conf, netns=s["ctr"], container_id=s["cid"],
+                      cni_path=reference_plugins, netns_exec=host)
+    assert add.code == 0, add.stderr + add.stdout
+    # a foreign ACCEPT for another address in CNI-FORWARD must survive
+    run("ip", "netns", "exec", host, "iptables-nft", "-A", "CNI-FORWARD", "-s", "10.78.9.9", "-j", "ACCEPT")
+    ip = s["portmap"]["prevResult"]["ips"][0]["address"].split("/")[0]
+    before = save(host, "iptables-nft-save")
+    assert f"-A CNI-FORWARD -s {ip}/32" in before and f"-A CNI-FORWARD -d {ip}/32" in before, before
+    for _ in range(2):
+        done = exec_plugin(plugin_dir / "firewall", "DEL", conf, netns=s["ctr"], container_id=s["cid"],
+                           netns_exec=host)
+        assert done.code == 0, done.stderr + done.stdout
+    after = save(host, "iptables-nft-save")
+    assert f"{ip}/32" not in after.split("*filter", 1)[1].split("COMMIT", 1)[0], after
+    assert "-A CNI-FORWARD -s 10.78.9.9/32 -j ACCEPT" in after, after
+    assert legacy_tables(host) == ""
