@@ -45,8 +45,8 @@ def attached(tmp_path, make_netns, reference_plugins):
     run("ip", "netns", "exec", host, "iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.78.9.9",
         "-m", "comment", "--comment", f'name: "{net}" id: "foreign"', "-j", FOREIGN)
     bridge = {"cniVersion": "1.0.0", "name": net, "type": "bridge", "bridge": "rcnxbr0", "isGateway": True,
-              "ipMasq": True, "ipam": {"type": "host-local", "subnet": "10.78.0.0/24",
-                                       "dataDir": str(tmp_path / "ipam")}}
+              "ipMasq": True, "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                                       "ranges": [[{"subnet": "10.78.0.0/24"}], [{"subnet": "fd00:78::/64"}]]}}
     add = exec_plugin(reference_plugins / "bridge", "ADD", bridge, netns=ctr, container_id=cid,
                       cni_path=reference_plugins, netns_exec=host)
     assert add.code == 0, add.stderr + add.stdout
@@ -60,6 +60,8 @@ def attached(tmp_path, make_netns, reference_plugins):
     rules = save(host, "iptables-nft-save")
     assert f":{masq}" in rules and f"-j {masq}" in rules, rules
     assert f":{dn}" in rules and f"-j {dn}" in rules and "18181" in rules, rules
+    rules6 = save(host, "ip6tables-nft-save")
+    assert f"-j {masq}" in rules6 and f"-j {dn}" in rules6, rules6
     assert legacy_tables(host) == ""
     return dict(host=host, ctr=ctr, net=net, cid=cid, bridge=bridge, portmap=portmap, chains=(masq, dn),
                 tmp=tmp_path)
@@ -69,12 +71,14 @@ def assert_clean(s: dict) -> None:
     host = s["host"]
     assert legacy_tables(host) == "", "teardown created legacy tables"
     nft = save(host, "iptables-nft-save")
-    for chain in s["chains"]:
-        assert chain not in nft, nft
-    assert "18181" not in nft and f'id: \\"{s["cid"]}\\"' not in nft, nft
+    for text in (nft, save(host, "ip6tables-nft-save")):
+        for chain in s["chains"]:
+            assert chain not in text, text
+        assert "18181" not in text and f'id: \\"{s["cid"]}\\"' not in text, text
     assert "-A POSTROUTING -s 10.78.9.9/32" in nft and f":{FOREIGN}" in nft, nft  # foreign rule survives
-    legacy = save(host, "iptables-legacy-save")
-    assert "CNI-" not in legacy, legacy
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+        legacy = save(host, tool)
+        assert "CNI-" not in legacy, legacy
 
 
 def test_our_del_removes_reference_rules(attached, plugin_dir: Path) -> None:
@@ -113,6 +117,8 @@ def test_our_firewall_del_removes_reference_forward_rules(attached, reference_pl
     # a foreign ACCEPT for another address in CNI-FORWARD must survive
     run("ip", "netns", "exec", host, "iptables-nft", "-A", "CNI-FORWARD", "-s", "10.78.9.9", "-j", "ACCEPT")
     ip = s["portmap"]["prevResult"]["ips"][0]["address"].split("/")[0]
+    ip6 = next(i["address"].split("/")[0] for i in s["portmap"]["prevResult"]["ips"] if ":" in i["address"])
+    assert f"-A CNI-FORWARD -s {ip6}/128" in save(host, "ip6tables-nft-save")
     before = save(host, "iptables-nft-save")
     assert f"-A CNI-FORWARD -s {ip}/32" in before and f"-A CNI-FORWARD -d {ip}/32" in before, before
     for _ in range(2):
@@ -122,4 +128,6 @@ def test_our_firewall_del_removes_reference_forward_rules(attached, reference_pl
     after = save(host, "iptables-nft-save")
     assert f"{ip}/32" not in after.split("*filter", 1)[1].split("COMMIT", 1)[0], after
     assert "-A CNI-FORWARD -s 10.78.9.9/32 -j ACCEPT" in after, after
+    after6 = save(host, "ip6tables-nft-save")
+    assert f"{ip6}/128" not in after6.split("*filter", 1)[1].split("COMMIT", 1)[0], after6
     assert legacy_tables(host) == ""
