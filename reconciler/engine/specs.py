@@ -363,6 +363,15 @@ def _cross_check(specs: Specs, candidates: list[Attachment]) -> None:
             ports[claim] = att
 
 
+def _spec_files(root: Path) -> list[Path]:
+    """Every file under `root`, skipping dot-files and dot-directories (a git checkout's .git/)."""
+    out = []
+    for current, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out.extend(Path(current) / n for n in names if not n.startswith("."))
+    return out
+
+
 def load_specs(directory: str | Path) -> Specs:
     """Load every spec file under `directory` (recursively, sorted)."""
     root = Path(directory)
@@ -371,7 +380,7 @@ def load_specs(directory: str | Path) -> Specs:
         specs.errors.append(SpecError(str(root), "", "specs directory does not exist"))
         specs.unreadable = True
         return specs
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(_spec_files(root))
     network_files: dict[str, str] = {}
     for path in files:
         if path.suffix in NETWORK_EXTENSIONS:
