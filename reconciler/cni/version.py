@@ -92,19 +92,10 @@ def result_for_version(result: Result, version: str) -> dict[str, Any]:
             route.pop("table", None)
             route.pop("scope", None)
     if version in V04:
-        for ip in out.get("ips", []):
-            ip["version"] = str(ipaddress.ip_interface(ip["address"]).version)
-            # 0.3.x/0.4.0 list "version" first; keep key order close to the reference.
-        out["ips"] = (
-            [
-                {"version": ip["version"], **{k: v for k, v in ip.items() if k != "version"}}
-                for ip in out.get("ips", [])
+        if out.get("ips"):  # 0.3.x/0.4.0 require "version", listed first as the reference prints it
+            out["ips"] = [
+                {"version": str(ipaddress.ip_interface(ip["address"]).version), **ip} for ip in out["ips"]
             ]
-            or out.pop("ips", None)
-            or []
-        )
-        if not out["ips"]:
-            out.pop("ips")
         if out.get("dns") is None:
             out["dns"] = {}  # 0.3.x/0.4.0 reference plugins always print "dns"
     return out
