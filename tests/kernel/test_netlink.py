@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 import threading
 
 import pytest
@@ -24,7 +25,11 @@ def test_netns_exists_and_run_in(make_netns):
     name, path = make_netns()
     assert nsmod.exists(path) and nsmod.exists(name)
     assert not nsmod.exists("/run/netns/rcn-none-such") and not nsmod.exists("/etc/hostname")
-    assert nsmod.run_in(path, sysctl._read_many, ["net/ipv4/ip_forward"]) == {"net/ipv4/ip_forward": "0"}
+    # New namespaces inherit IPv4 settings from the host's: set the opposite of the host's value inside.
+    host_value = sysctl.read("net.ipv4.ip_forward")
+    inside = "0" if host_value == "1" else "1"
+    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv4.ip_forward={inside}"], check=True)
+    assert nsmod.run_in(path, sysctl._read_many, ["net/ipv4/ip_forward"]) == {"net/ipv4/ip_forward": inside}
     with pytest.raises(NetnsNotFound):
         links.list_links("/run/netns/rcn-none-such")
     assert "rcn-none-such" not in nsmod.list_named()  # never created by a lookup
@@ -135,6 +140,8 @@ def test_routes_tables_rules_lookup(two):
 def test_sysctl_inside_the_right_namespace(two):
     hn, hp, cn, cp = two
     before = sysctl.read("net.ipv4.ip_forward")
+    # New namespaces inherit IPv4 settings from the host's (which `make run` may have turned on): start from 0.
+    subprocess.run(["ip", "netns", "exec", hn, "sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)
     sysctl.enable_forwarding(True, True, cp)
     assert sysctl.read_many(["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"], cp) == {
         "net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}
