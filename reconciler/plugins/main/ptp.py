@@ -19,6 +19,7 @@ from reconciler.kernel import addrs, links, routes, sysctl
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.snapshot import snapshot
 from reconciler.plugins import hostveth, ipmasq
+from reconciler.plugins.fields import MasqBackend, Mtu
 from reconciler.plugins.iface import (
     check_interface_ips,
     check_link,
@@ -37,24 +38,10 @@ SUPPORTED_VERSIONS = ALL_VERSIONS
 
 class PtpConf(CNIModel):
     ip_masq: bool = False
-    ip_masq_backend: str | None = None
-    mtu: int = 0
+    ip_masq_backend: MasqBackend = None
+    mtu: Mtu = 0
     ipam: dict[str, Any]
     dns: DNS | None = None
-
-    @field_validator("mtu")
-    @classmethod
-    def _mtu(cls, v: int) -> int:
-        if v and not 68 <= v <= 65535:
-            raise ValueError(f"invalid MTU {v} (must be 0 or between 68 and 65535)")
-        return v
-
-    @field_validator("ip_masq_backend")
-    @classmethod
-    def _backend(cls, v: str | None) -> str | None:
-        if v not in (None, "", "iptables", "nftables"):
-            raise ValueError(f"unknown ipMasqBackend {v!r} (iptables or nftables)")
-        return v or None
 
     @field_validator("ipam")
     @classmethod

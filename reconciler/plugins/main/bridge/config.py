@@ -10,6 +10,7 @@ from reconciler.cni.args import CmdArgs
 from reconciler.cni.model import CNIModel
 from reconciler.cni.types import DNS
 from reconciler.errors import INVALID_NETWORK_CONFIG, CNIError
+from reconciler.plugins.fields import MasqBackend, Mtu
 
 
 class VlanTrunk(CNIModel):
@@ -24,8 +25,8 @@ class BridgeConf(CNIModel):
     is_default_gateway: bool = False
     force_address: bool = False
     ip_masq: bool = False
-    ip_masq_backend: str | None = None
-    mtu: int = 0
+    ip_masq_backend: MasqBackend = None
+    mtu: Mtu = 0
     hairpin_mode: bool = False
     promisc_mode: bool = False
     vlan: int = 0
@@ -46,26 +47,12 @@ class BridgeConf(CNIModel):
             raise ValueError(f"invalid bridge name {v!r}")
         return v
 
-    @field_validator("mtu")
-    @classmethod
-    def _mtu(cls, v: int) -> int:
-        if v and not 68 <= v <= 65535:
-            raise ValueError(f"invalid MTU {v} (must be 0 or between 68 and 65535)")
-        return v
-
     @field_validator("vlan")
     @classmethod
     def _vlan(cls, v: int) -> int:
         if not 0 <= v <= 4094:
             raise ValueError(f"invalid VLAN ID {v} (must be between 0 and 4094)")
         return v
-
-    @field_validator("ip_masq_backend")
-    @classmethod
-    def _backend(cls, v: str | None) -> str | None:
-        if v not in (None, "", "iptables", "nftables"):
-            raise ValueError(f"unknown ipMasqBackend {v!r} (iptables or nftables)")
-        return v or None
 
     @model_validator(mode="after")
     def _combos(self) -> BridgeConf:
