@@ -125,7 +125,8 @@ class Engine:
         chosen = [r for k, r in records.items() if keys is None or k in keys]
         bar = Progress(len(chosen), "observe", enabled=self.show_progress)
         try:
-            with namespaces.session(), namespaces.shared():
+            paths = [None, *(r.netns_path for r in chosen)]
+            with namespaces.session(), namespaces.shared(paths):
                 return observe(chosen, self.runner, deep, progress=bar.step)
         finally:
             bar.close()
@@ -244,7 +245,7 @@ class Engine:
         remaining = {p.att.key: p for p in batch}
         drift: dict[str, list[str]] = {}
         for attempt in range(self.verify_retries):
-            with namespaces.shared():
+            with namespaces.shared([None, *(p.rt.netns for p in remaining.values())]):
                 obs = Observation()
                 for key, pending in list(remaining.items()):
                     assert pending.record is not None

@@ -12,8 +12,9 @@ import ctypes
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -77,42 +78,26 @@ class LinkState:
 
 
 def snapshot(path: str | None = None) -> dict[str, LinkState]:
-    """Links and addresses of one namespace (None = the current one).
+    """Links and addresses of one namespace (None = the current one); OSError when it is gone.
 
-    The current namespace is read through kernel.snapshot, so inside `shared()` the
-    plugins' CHECKs reuse that one host read. Another namespace is read by entering
-    it from this thread for the duration of one socket creation: a few ms, where
-    opening a pyroute2 handle "in" a namespace forks a helper (tens of ms).
+    Read over a raw netlink socket (kernel.nldump, well under 1 ms) into the shared snapshot
+    cache, so inside `shared()` the plugins' CHECKs reuse that one read of each namespace.
     """
-    if path is None:
-        from reconciler.kernel import snapshot as snapmod
+    from reconciler.kernel import nldump
+    from reconciler.kernel.netns import NetnsNotFound
 
-        snap = snapmod.snapshot(None)
-        out: dict[str, LinkState] = {}
-        for link in snap.links:
-            out[link.name] = LinkState(link.name, link.up, link.kind, [str(a.address) for a in snap.addrs_of(link.name)])
-        return out
-    return _read_direct(path)
-
-
-def _read_direct(path: str) -> dict[str, LinkState]:
-    from pyroute2 import IPRoute
-
-    with entered(path):
-        ipr = IPRoute()
-    try:
-        links: dict[int, LinkState] = {}
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-            links[link["index"]] = LinkState(link.get_attr("IFLA_IFNAME"), bool(link["flags"] & 1), kind or "")
-        for addr in ipr.get_addr():
-            state = links.get(addr["index"])
-            if state is not None:
-                state.addresses.append(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
-        return {state.name: state for state in links.values()}
-    finally:
-        ipr.close()
+    snap = nldump.prime([path])[path]
+    if snap is None:
+        raise NetnsNotFound(path_for(path) if path else "/proc/self/ns/net")
+    out: dict[str, LinkState] = {}
+    for link in snap.links:
+        out[link.name] = LinkState(link.name, link.up, link.kind, [])
+    by_index = {link.index: out[link.name] for link in snap.links}
+    for addr in snap.addresses:
+        state = by_index.get(addr.index)
+        if state is not None:
+            state.addresses.append(str(addr.address))
+    return out
 
 
 @contextlib.contextmanager
@@ -140,8 +125,11 @@ def entered(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def shared() -> contextlib.AbstractContextManager[None]:
-    """A read-only stretch (observe, verify): every namespace is dumped once and the read is shared."""
-    from reconciler.kernel import snapshot as snapmod
+def shared(paths: Iterable[str | None] = ()) -> contextlib.AbstractContextManager[Any]:
+    """A read-only stretch (observe, verify): every namespace is dumped once and the read is shared.
 
-    return snapmod.shared()
+    `paths` (None = the current namespace) are read up front, over raw netlink (kernel.nldump).
+    """
+    from reconciler.kernel import nldump
+
+    return nldump.shared(paths)
