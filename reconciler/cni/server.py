@@ -1,13 +1,19 @@
 """The warm path: a daemon that runs plugin verbs for the installed launchers.
 
-The launcher sends `(type, CNI environment, stdin)` over a unix socket. Each
-request is served in a child forked from this already-warm process (every
-plugin module, pyroute2 and the firewall libraries imported once): the child
-enters the *caller's* network namespace (found from the peer's pid, never
-from the request), applies the caller's CNI environment and runs exactly the
-code a cold launcher would (`skel.run`), so results and errors are identical
-and a crashing plugin can never take the daemon down. Work for one container
-is serialised with a lock file per container id.
+The launcher sends `(type, CNI environment, stdin)` over a unix socket. The
+daemon imports every plugin module, pyroute2 and the firewall libraries once,
+then forks a small pool of long-lived workers that accept on the shared
+socket. A worker whose network namespace is the caller's (found from the
+peer's pid, never from the request: the common case, a runtime in the host
+namespace) runs the request itself, with exactly the code a cold launcher
+would run (`skel.run`), so results and errors are identical. A request from
+any other namespace is run in a child forked for it that enters the caller's
+namespace first, so nothing a worker keeps (open handles, caches) ever serves
+the wrong namespace. Work for one container is serialised with a lock file per
+container id; independent requests run in parallel on different workers.
+
+A worker that dies (a crashing native library) is replaced; a worker retires
+after `MAX_REQUESTS` so nothing it accumulates lives forever.
 
 Trust boundary: the socket is owner-only, peers are checked with SO_PEERCRED
 (root or our own uid), requests are size-limited and malformed ones refused.
@@ -24,7 +30,7 @@ import select
 import signal
 import socket
 import struct
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,29 +39,33 @@ from reconciler.cni import wire
 log = logging.getLogger("reconciler.serve")
 
 DEFAULT_SOCKET = "/run/cni-reconciler/plugin.sock"
+ACCEPT_TIMEOUT = 0.5
+REQUEST_TIMEOUT = 10.0
+MAX_REQUESTS = 2000
+PRELOAD = ("pyroute2", "iptc")
 
 
 def default_socket() -> str:
     """Where launchers look for the daemon (RECONCILER_PLUGIN_SOCKET overrides, as in the launcher)."""
     return os.environ.get("RECONCILER_PLUGIN_SOCKET") or DEFAULT_SOCKET
-ACCEPT_TIMEOUT = 0.5
-REQUEST_TIMEOUT = 10.0
-PRELOAD = ("pyroute2", "iptc")
+
+
+def default_workers() -> int:
+    return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
 
 def preload() -> None:
-    """Import every plugin module and the heavy libraries so forked children start warm."""
+    """Import every plugin module and the heavy libraries so workers start warm."""
     import importlib
 
     from reconciler.cni.registry import implemented
+    from reconciler.cni.skel import load_module
 
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
     for ptype in implemented():
         try:
-            from reconciler.cni.skel import load_module
-
             load_module(ptype)
         except Exception as exc:  # a broken plugin module must not stop the others being served
             log.warning("could not preload plugin %s: %s", ptype, exc)
@@ -88,7 +98,7 @@ def bind(path: str) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(64)
+    sock.listen(128)
     return sock
 
 
@@ -111,121 +121,208 @@ def container_lock(lock_dir: Path, container_id: str) -> Iterator[None]:
         os.close(fd)
 
 
-def handle(conn: socket.socket, lock_dir: Path) -> None:
-    """Serve one request (runs in the forked child)."""
+def _reply_error(conn: socket.socket, code: int, msg: str, details: str) -> None:
+    from reconciler.errors import CNIError
+
+    wire.write_reply(conn, 1, CNIError(code, msg, details).to_json().encode() + b"\n")
+
+
+def _netns_id(pid: int | str) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/net")
+    return st.st_dev, st.st_ino
+
+
+def _run(request: wire.Request, lock_dir: Path) -> tuple[int, str]:
+    """Run one request with the caller's CNI environment in place of ours, then restore ours."""
     from reconciler.cni.skel import run
-    from reconciler.errors import DECODING_FAILURE, INVALID_NETNS, CNIError
+
+    saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith("CNI_")]:
+        del os.environ[key]
+    os.environ.update(request.env)
+    try:
+        if request.env.get("CNI_CONTAINERID"):
+            with container_lock(lock_dir, request.env["CNI_CONTAINERID"]):
+                return run(request.plugin_type, request.env, request.stdin)
+        return run(request.plugin_type, request.env, request.stdin)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, lock_dir: Path) -> None:
+    """A caller in another namespace: a child forked for this request enters it and runs the request."""
+    from reconciler.errors import INVALID_NETNS
     from reconciler.kernel.netns import _setns
+
+    child = os.fork()
+    if child == 0:
+        code = 0
+        try:
+            try:
+                fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+                _setns(fd)
+                os.close(fd)
+            except OSError as exc:
+                _reply_error(conn, INVALID_NETNS, "cannot enter the caller's network namespace", str(exc))
+            else:
+                status, out = _run(request, lock_dir)
+                wire.write_reply(conn, status, out.encode())
+        except BaseException:  # noqa: BLE001 - the child never returns into the worker loop
+            log.exception("plugin request failed")
+            code = 1
+        finally:
+            os._exit(code)
+    os.waitpid(child, 0)
+
+
+def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = None) -> None:
+    """Serve one accepted connection (in a worker, whose namespace is `home`)."""
+    from reconciler.errors import DECODING_FAILURE, INVALID_NETNS
 
     conn.settimeout(REQUEST_TIMEOUT)
     pid, _uid, _gid = peer_credentials(conn)
     try:
         request = wire.read_request(conn.makefile("rb"))
     except wire.WireError as exc:
-        wire.write_reply(conn, 1, CNIError(DECODING_FAILURE, "malformed request", str(exc)).to_json().encode() + b"\n")
+        _reply_error(conn, DECODING_FAILURE, "malformed request", str(exc))
         return
     try:
-        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-        _setns(fd)
-        os.close(fd)
+        caller = _netns_id(pid)
     except OSError as exc:
-        err = CNIError(INVALID_NETNS, "cannot enter the caller's network namespace", str(exc))
-        wire.write_reply(conn, 1, err.to_json().encode() + b"\n")
+        _reply_error(conn, INVALID_NETNS, "cannot find the caller's network namespace", str(exc))
         return
-    for key in [k for k in os.environ if k.startswith("CNI_")]:
-        del os.environ[key]
-    os.environ.update(request.env)
-    if request.env.get("CNI_CONTAINERID"):
-        with container_lock(lock_dir, request.env["CNI_CONTAINERID"]):
-            code, out = run(request.plugin_type, request.env, request.stdin)
-    else:
-        code, out = run(request.plugin_type, request.env, request.stdin)
+    if caller != (home or _netns_id("self")):
+        _run_in_caller_netns(conn, pid, request, lock_dir)
+        return
+    code, out = _run(request, lock_dir)
     wire.write_reply(conn, code, out.encode())
 
 
-class Server:
-    """Accept loop; one forked child per request."""
+class Worker:
+    """One long-lived process accepting on the shared socket."""
 
-    def __init__(self, path: str | None = None) -> None:
-        self.path = path or default_socket()
-        self.lock_dir = Path(path).parent / "locks"
-        self.stopping = threading.Event()
-        self.sock: socket.socket | None = None
+    def __init__(self, sock: socket.socket, lock_dir: Path, parent: int) -> None:
+        self.sock = sock
+        self.lock_dir = lock_dir
+        self.parent = parent
+        self.stopping = False
 
-    def start(self) -> None:
-        preload()
-        self.sock = bind(self.path)
-        log.info("serving plugins on %s", self.path)
+    def _stop(self, *_: object) -> None:
+        self.stopping = True
 
     def _authorised(self, conn: socket.socket) -> bool:
         _pid, uid, _gid = peer_credentials(conn)
         return uid in (0, os.getuid())
 
-    def _reap(self) -> None:
-        while True:
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        home = _netns_id("self")
+        served = 0
+        while not self.stopping and served < MAX_REQUESTS and os.getppid() == self.parent:
             try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+                ready, _, _ = select.select([self.sock], [], [], ACCEPT_TIMEOUT)
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            try:
+                conn, _ = self.sock.accept()  # non-blocking: another worker may have taken it
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED):
+                    continue
+                raise
+            served += 1
+            try:
+                conn.setblocking(True)
+                if self._authorised(conn):
+                    handle(conn, self.lock_dir, home)
+                else:
+                    log.warning("refused a plugin request from an unauthorised peer")
+            except Exception:  # one failed request (a peer gone mid-reply) must not end the worker
+                log.exception("plugin request failed")
+            finally:
+                conn.close()
+
+
+class Server:
+    """Preload, bind, and keep a pool of workers alive until stopped."""
+
+    def __init__(self, path: str | None = None, workers: int | None = None) -> None:
+        self.path = path or default_socket()
+        self.lock_dir = Path(self.path).parent / "locks"
+        self.workers = workers or default_workers()
+        self.stopping = False
+        self.sock: socket.socket | None = None
+        self.pids: set[int] = set()
+
+    def start(self) -> None:
+        preload()
+        self.sock = bind(self.path)
+        self.sock.setblocking(False)
+        for _ in range(self.workers):
+            self._spawn()
+        log.info("serving plugins on %s with %d workers", self.path, self.workers)
+
+    def _spawn(self) -> None:
+        assert self.sock is not None
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                Worker(self.sock, self.lock_dir, parent).run()
+            except BaseException:  # noqa: BLE001 - the worker never returns into the server loop
+                log.exception("plugin worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        self.pids.add(pid)
+
+    def _reap(self) -> int:
+        """Collect exited workers (only ours: never another child's status); returns how many."""
+        gone = 0
+        for pid in list(self.pids):
+            with contextlib.suppress(ChildProcessError):
+                done, _status = os.waitpid(pid, os.WNOHANG)
+                if done == 0:
+                    continue
+            self.pids.discard(pid)
+            gone += 1
+        return gone
 
     def serve_forever(self) -> None:
         if self.sock is None:
             self.start()
-        assert self.sock is not None
         try:
-            while not self.stopping.is_set():
-                self._reap()
-                ready, _, _ = select.select([self.sock], [], [], ACCEPT_TIMEOUT)
-                if not ready:
-                    continue
-                try:
-                    conn, _ = self.sock.accept()
-                except OSError as exc:
-                    if exc.errno in (errno.EINTR, errno.EAGAIN):
-                        continue
-                    raise
-                self._dispatch(conn)
+            while not self.stopping:
+                for _ in range(self._reap()):
+                    if not self.stopping:
+                        self._spawn()
+                time.sleep(0.2)
         finally:
             self.close()
 
-    def _dispatch(self, conn: socket.socket) -> None:
-        try:
-            if not self._authorised(conn):
-                log.warning("refused a plugin request from an unauthorised peer")
-                return
-            pid = os.fork()
-            if pid == 0:
-                code = 0
-                try:
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-                    if self.sock is not None:
-                        self.sock.close()
-                    handle(conn, self.lock_dir)
-                except BaseException:  # noqa: BLE001 - the child never returns into the server loop
-                    log.exception("plugin request failed")
-                    code = 1
-                finally:
-                    os._exit(code)
-        finally:
-            conn.close()
-
     def stop(self) -> None:
-        self.stopping.set()
+        self.stopping = True
 
     def close(self) -> None:
+        """Stop accepting, let workers finish the request in hand, remove the socket."""
         if self.sock is not None:
-            self.sock.close()
-            self.sock = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-        self._reap()
-
-    def start_thread(self) -> threading.Thread:
-        """Serve in a background thread (used by `reconciler watch`)."""
-        self.start()
-        thread = threading.Thread(target=self.serve_forever, name="plugin-server", daemon=True)
-        thread.start()
-        return thread
+            for pid in self.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + REQUEST_TIMEOUT + 1
+            while self.pids and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(0.05)
+            for pid in self.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self._reap()
+            self.sock.close()
+            self.sock = None

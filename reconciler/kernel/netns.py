@@ -3,9 +3,9 @@
 Every kernel function takes ``netns: str | None``: a path such as
 ``/run/netns/x`` (a bare name is looked up under /run/netns), or None for the
 namespace this process is in. Netlink sockets are opened inside the target
-namespace by pyroute2 (a short-lived child enters it and hands the socket
-back), so no thread of ours ever calls setns. Work that needs a namespace's
-procfs view (sysctls) runs in a forked child via `run_in`.
+namespace by the calling thread (`entered`: a per-thread setns, switched
+straight back), and so is procfs work such as sysctls. Work done through
+other threads (pyroute2's ioctl helpers) runs in a forked child (`run_in`).
 
 Inside ``with session():`` handles are cached per namespace and closed at the
 end, so one plugin verb pays for opening each namespace once.
@@ -129,32 +129,14 @@ def same(a: str | None, b: str | None) -> bool:
 def _open_ipr(path: str | None) -> Any:
     """An IPRoute whose netlink socket lives in `path`.
 
-    The socket is created by this thread after a per-thread setns into the
-    namespace, which is switched straight back: a socket stays bound to the
-    namespace it was created in. That costs ~1 ms, where pyroute2's
-    `IPRoute(netns=...)` forks a helper to do the same (~70 ms).
+    The socket is created by this thread inside the namespace (`entered`): a
+    socket stays bound to the namespace it was created in. That costs ~1 ms,
+    where pyroute2's `IPRoute(netns=...)` forks a helper to do the same (~70 ms).
     """
     from pyroute2 import IPRoute
 
-    if path is None:
+    with entered(path):
         return IPRoute()
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise NetnsNotFound(path, str(exc) if not isinstance(exc, FileNotFoundError) else "no such network namespace") from exc
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            _setns(target)
-        except OSError as exc:
-            raise NetnsNotFound(path, f"not a network namespace ({exc})") from exc
-        try:
-            return IPRoute()
-        finally:
-            _setns(own)  # if this failed the thread would stay in the wrong namespace: let it raise
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 _SESSION: contextvars.ContextVar[dict[str | None, Any] | None] = contextvars.ContextVar(
@@ -220,6 +202,40 @@ def _setns(fd: int) -> None:
     if _LIBC.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def entered(netns: str | None) -> Iterator[None]:
+    """Run the block with this thread inside `netns`, then switch it back.
+
+    `setns` is per-thread, so the rest of the process stays where it was. Good
+    for work done by this thread alone: procfs reads and writes (/proc/sys/net
+    shows the namespace of the thread that opens it) and creating sockets,
+    which stay bound to the namespace they were created in. Not for code that
+    hands work to other threads (use `run_in`).
+    """
+    path = resolve(netns)
+    if path is None:
+        yield
+        return
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NetnsNotFound(path, "no such network namespace" if isinstance(exc, FileNotFoundError) else str(exc)) \
+            from exc
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _setns(target)
+        except OSError as exc:
+            raise NetnsNotFound(path, f"not a network namespace ({exc})") from exc
+        try:
+            yield
+        finally:
+            _setns(own)  # if this failed the thread would stay in the wrong namespace: let it raise
+    finally:
+        os.close(own)
+        os.close(target)
 
 
 def run_in(netns: str | None, fn: Callable[..., T], *args: Any) -> T:

@@ -1,8 +1,8 @@
 """Sysctls under /proc/sys/net, read and written inside the right namespace.
 
-/proc/sys/net shows the namespace of the process that opens it, so for
-another namespace the work runs in a forked child (`netns.run_in`); a batch
-of keys costs one fork.
+/proc/sys/net shows the namespace of the thread that opens it, so for
+another namespace this thread enters it for the batch (`netns.entered`, a
+per-thread setns: ~0.1 ms, where a forked child cost ~3 ms).
 """
 
 from __future__ import annotations
@@ -63,11 +63,12 @@ def _write_many(values: list[tuple[str, str]], only_if_different: bool,
 
 def read(key: str, netns: str | None = None) -> str | None:
     """The value of one sysctl (None if the key does not exist)."""
-    return nsmod.run_in(netns, _read_many, [key])[key]
+    return read_many([key], netns)[key]
 
 
 def read_many(keys: list[str], netns: str | None = None) -> dict[str, str | None]:
-    return nsmod.run_in(netns, _read_many, list(keys))
+    with nsmod.entered(netns):
+        return _read_many(list(keys))
 
 
 def write(key: str, value: str | int, netns: str | None = None) -> str | None:
@@ -82,7 +83,8 @@ def write_many(values: dict[str, str | int], netns: str | None = None,
     `missing_ok`: skip keys that do not exist (IPv6 disabled, ...) instead of raising.
     """
     items = [(k, str(v)) for k, v in values.items()]
-    return nsmod.run_in(netns, _write_many, items, only_if_different, missing_ok)
+    with nsmod.entered(netns):
+        return _write_many(items, only_if_different, missing_ok)
 
 
 def enable_forwarding(ipv4: bool, ipv6: bool, netns: str | None = None) -> None:
