@@ -121,9 +121,12 @@ class Inventory:
             write_json(self.namespaces_file, sorted(names | {name}))
 
     def release_namespace(self, name: str) -> None:
+        self.release_namespaces({name})
+
+    def release_namespaces(self, gone: set[str]) -> None:
         names = self.namespaces()
-        if name in names:
-            write_json(self.namespaces_file, sorted(names - {name}))
+        if names & gone:
+            write_json(self.namespaces_file, sorted(names - gone))
 
     # status
     def status(self) -> dict[str, Any]:

@@ -67,15 +67,53 @@ class Journal:
     def clear(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def begin_batch(self, intents: list[Intent]) -> Path | None:
+        """Journal many intents with one write (one fsync): `batch-<pid>-<n>.json` holds them all.
+
+        Recovery treats each as if it had its own entry; `clear_batch` drops the file once every
+        step of the batch is done (their own entries, if any, are cleared as usual).
+        """
+        if not intents:
+            return None
+        path = self.dir / f"batch-{os.getpid()}-{time.monotonic_ns()}.json"
+        write_json(path, {"batch": [asdict(i) for i in intents]})
+        return path
+
+    def forget(self, key: str) -> None:
+        """Clear `key`'s own entry and take it out of any batch file (recovery)."""
+        self.clear(key)
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.startswith("batch-") and n.endswith(".json"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            data = read_json(self.dir / name, None)
+            items = data.get("batch") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                continue
+            rest = [i for i in items if not (isinstance(i, dict) and i.get("key") == key)]
+            if not rest:
+                (self.dir / name).unlink(missing_ok=True)
+            elif len(rest) != len(items):
+                write_json(self.dir / name, {"batch": rest})
+
+    def clear_batch(self, path: Path | None) -> None:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def pending(self) -> list[Intent]:
         try:
             names = sorted(os.listdir(self.dir))
         except FileNotFoundError:
             return []
-        out = []
+        out: dict[str, Intent] = {}
         for name in names:
             if name.endswith(".json") and not name.startswith("."):
                 data = read_json(self.dir / name, None)
                 if isinstance(data, dict) and "key" in data:
-                    out.append(Intent.from_json(data))
-        return out
+                    out[data["key"]] = Intent.from_json(data)
+                elif isinstance(data, dict) and isinstance(data.get("batch"), list):
+                    for item in data["batch"]:
+                        if isinstance(item, dict) and "key" in item:
+                            out.setdefault(item["key"], Intent.from_json(item))
+        return list(out.values())

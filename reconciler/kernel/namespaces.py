@@ -133,3 +133,35 @@ def shared(paths: Iterable[str | None] = ()) -> contextlib.AbstractContextManage
     from reconciler.kernel import nldump
 
     return nldump.shared(paths)
+
+
+def veths(names: Iterable[str], path: str | None = None) -> set[str]:
+    """Which of `names` are veth links in the namespace (None = the current one), read over raw netlink."""
+    from reconciler.kernel import nldump
+
+    wanted = set(names)
+    if not wanted:
+        return set()
+    return {lk.name for lk in nldump.read(path).links if lk.kind == "veth" and lk.name in wanted}
+
+
+def wait_links_gone(names: Iterable[str], path: str | None = None, timeout: float = 5.0) -> set[str]:
+    """Poll until none of `names` is a link of the namespace any more; return those still there at the timeout.
+
+    Deleting a namespace returns at once and the kernel destroys its devices (and their veth peers
+    elsewhere) shortly after, in a worker: this waits for that to be over.
+    """
+    import time
+
+    from reconciler.kernel import nldump
+
+    left = set(names)
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while left:
+        left &= {lk.name for lk in nldump.read(path).links}
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return left

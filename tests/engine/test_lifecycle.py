@@ -229,6 +229,29 @@ def test_interrupted_add_is_undone_then_redone(rig):
     assert_clean_converged(rig, 2)
 
 
+
+def test_interrupted_batch_of_deletions_is_finished(rig):
+    """A crash in the middle of a pass's deletions (journaled together in one batch entry, the emptied
+    namespace already deleted): the next apply finishes the DEL, forgets the batch, and converges."""
+    rig.network()
+    rig.attachments(atts(rig, 3))
+    assert rig.run("apply").returncode == 0
+    gone = rig.addrs(rig.ns("c2"))[0].split("/")[0]
+    rig.attachments(atts(rig, 2))
+    subprocess.run(["ip", "netns", "delete", rig.ns("c2")], check=True)  # what the pass does first
+    journal = rig.state / "reconciler" / "journal"
+    journal.mkdir(exist_ok=True)
+    (journal / "batch-1-1.json").write_text(json.dumps({"batch": [
+        {"key": "net1/c2/eth0", "action": "delete", "network": "net1", "container_id": "c2", "ifname": "eth0",
+         "netns": f"/run/netns/{rig.ns('c2')}", "pid": 1}]}))
+    plan = rig.run("plan", "--output", "json")
+    assert json.loads(plan.stdout)["interrupted"][0].startswith("net1/c2/eth0: delete")
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "recovered: net1/c2/eth0" in out.stdout
+    assert gone not in rig.allocations()
+    assert_clean_converged(rig, 2)
+
 def test_gc_spares_a_live_foreign_cache_entry_and_frees_a_dead_one(rig, make_netns):
     rig.network()
     rig.attachments(atts(rig, 1))

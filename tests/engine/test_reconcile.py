@@ -204,3 +204,40 @@ def test_bad_files_are_reported_and_nothing_is_removed(rig):
     assert out.returncode == 3
     assert "net1.conflist" in out.stdout
     assert rig.addrs(rig.ns("c0")) == ips and len(rig.allocations()) == 2
+
+
+def _host_firewall_text(rig) -> str:
+    """Every firewall rule of the stand-in host, whichever backend holds them."""
+    out = []
+    for cmd in (["iptables-legacy-save"], ["iptables-nft-save"], ["ip6tables-legacy-save"], ["ip6tables-nft-save"],
+                ["nft", "list", "ruleset"]):
+        proc = subprocess.run(["ip", "netns", "exec", rig.host, *cmd], capture_output=True, text=True)
+        out.append(proc.stdout)
+    return "\n".join(out)
+
+
+def test_teardown_deletes_namespaces_first_and_still_cleans_the_host(rig):
+    """Pruning every attachment of an owned namespace deletes the namespace, then DELs without it:
+    addresses released, masquerade rules gone, host veths gone by the time apply returns."""
+    rig.network(extra={"ipMasq": True})
+    atts = three(rig)
+    rig.attachments(atts)
+    assert rig.run("apply").returncode == 0
+    ips = [rig.addrs(rig.ns(f"c{i}"))[0].split("/")[0] for i in range(3)]
+    rules = _host_firewall_text(rig)
+    assert all(ip in rules for ip in ips), rules
+    rig.attachments([atts[0]])
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert rig.our_namespaces() == [rig.ns("c0")]
+    assert rig.allocations() == [ips[0]]
+    rules = _host_firewall_text(rig)
+    assert ips[0] in rules and ips[1] not in rules and ips[2] not in rules, rules
+    assert len(rig.host_links("veth")) == 1
+    assert not list((rig.state / "reconciler" / "journal").glob("*.json"))
+    assert rig.run("check").returncode == 0
+    rig.attachments([])
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert rig.our_namespaces() == [] and rig.allocations() == [] and rig.host_links("veth") == []
+    assert ips[0] not in _host_firewall_text(rig)
