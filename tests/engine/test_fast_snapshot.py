@@ -44,3 +44,24 @@ def test_prime_fills_the_shared_block_and_skips_gone_namespaces(make_netns):
         got = nldump.prime([path, "/run/netns/rcn-fs-does-not-exist"])
         assert got["/run/netns/rcn-fs-does-not-exist"] is None
         assert snapshot.snapshot(path) is got[path]  # the plugins' CHECKs reuse the primed read
+
+
+def test_namespace_created_in_process_like_ip_netns_add():
+    import os
+    import uuid
+
+    from reconciler.kernel import namespaces
+
+    name = f"rcn-fs-{uuid.uuid4().hex[:6]}"
+    before = os.readlink("/proc/thread-self/ns/net")
+    try:
+        assert namespaces.create(name)
+        assert os.readlink("/proc/thread-self/ns/net") == before  # the thread came back
+        assert not namespaces.create(name)
+        assert name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        lo = nldump.read(f"/run/netns/{name}").link("lo")
+        assert lo is not None and lo.up
+        assert os.stat(f"/run/netns/{name}").st_ino != os.stat("/proc/self/ns/net").st_ino
+    finally:
+        namespaces.delete(name)
+    assert not namespaces.exists(name)
