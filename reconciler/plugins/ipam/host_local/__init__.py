@@ -68,7 +68,7 @@ def _allocate(
     store: DiskStore, conf: cfgmod.HostLocalConfig, owner: Owner, wanted: list[cfgmod.IPAddr | None]
 ) -> list[Allocation]:
     """One address per range set under the lock; all or nothing."""
-    with store.locked() as scan:
+    with store.locked(owner) as scan:
         allocator = Allocator(store, scan)
         done: list[Allocation] = []
         try:

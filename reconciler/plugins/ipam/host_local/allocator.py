@@ -97,7 +97,8 @@ class Allocator:
             r = rs.range_for(held[0])
             assert r is not None
             return Allocation(held[0], r, created=False)
-        if free_count(rs, self.scan) <= 0:
+        # Counting the set's free addresses is O(reservations); needed only when they could all be taken.
+        if len(self.scan.ips) >= rs.size() and free_count(rs, self.scan) <= 0:
             raise self._exhausted(rs)
         for r, ip in candidates(rs, self.store.last_reserved(index)):
             name = str(ip)

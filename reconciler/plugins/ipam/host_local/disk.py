@@ -13,6 +13,12 @@ most a temporary file that the next locked scan removes. An empty or garbled
 reservation (the reference writes after ``O_CREAT|O_EXCL``, so a crash there
 leaves an empty file) is never trusted: the locked scan reclaims it.
 
+Reading: the reference reads every reservation under the lock on every ADD
+(to find the caller's existing one). A process that allocates repeatedly keeps
+its last scan of the directory (`_MEMO`) and, on its next ADD, lists the
+directory (one getdents) and reads only the entries whose name or inode number
+is new; see `DiskStore.locked`. DEL, CHECK, GC and STATUS always read everything.
+
 Path safety: the network name is validated, the network directory is opened
 with ``O_NOFOLLOW`` and every file is opened relative to it, again without
 following symlinks. Everything we create is owner-only.
@@ -29,7 +35,7 @@ import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -93,6 +99,7 @@ class Scan:
     owners: dict[str, Owner]  # ip string -> holder
     foreign: set[str]  # reservation names we cannot read (symlinks, directories): taken, untouched
     ips: dict[str, IPAddr]  # every reservation name (owned or foreign) -> its address
+    inodes: dict[str, int] = field(default_factory=dict)  # name -> inode number when read
 
     def taken(self, name: str) -> bool:
         return name in self.owners or name in self.foreign
@@ -102,6 +109,10 @@ class Scan:
         if exact:
             return exact
         return [n for n, o in self.owners.items() if o.container_id == container_id and o.ifname is None]
+
+
+# Per process: network directory path -> the scan left by this process's last ADD there.
+_MEMO: dict[str, Scan] = {}
 
 
 def validate_network(name: str) -> None:
@@ -157,8 +168,20 @@ class DiskStore:
         self.close()
 
     @contextmanager
-    def locked(self) -> Iterator[Scan]:
-        """Hold the network's lock (the reference's discipline) and yield a fresh scan."""
+    def locked(self, owner: Owner | None = None) -> Iterator[Scan]:
+        """Hold the network's lock (the reference's discipline) and yield a scan of the directory.
+
+        With `owner` (ADD), this process's scan from its previous ADD here is brought up to date
+        instead of reading every file: entries whose name and inode number are unchanged keep
+        their recorded holder, the rest are read. Reservation files are never rewritten in
+        place (both implementations create them once, under the lock), so an unchanged inode
+        means unchanged content unless the name was deleted and re-created with a recycled
+        inode number between two of our ADDs. That can only hide a reservation's holder,
+        never its existence: every listed name counts as taken, and `link(2)` refuses existing
+        names anyway. The holder matters for `owner`'s own reservations, which are re-read; a
+        mismatch falls back to reading everything. The scan is kept only when the
+        transaction completed.
+        """
         if self._lock_fd is None:
             try:
                 self._lock_fd = os.open(
@@ -172,7 +195,13 @@ class DiskStore:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._dirty = False
         try:
-            yield self.scan()
+            memo = _MEMO.pop(self.path, None) if owner is not None else None
+            scan = self._refresh(memo, owner) if memo is not None and owner is not None else self.scan()
+            yield scan
+            if owner is not None:
+                _MEMO[self.path] = scan
+            elif self._dirty:
+                _MEMO.pop(self.path, None)  # our own DEL/GC: its scan does not track releases
         except BaseException:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             raise
@@ -184,34 +213,64 @@ class DiskStore:
 
     # Reading
 
-    def scan(self) -> Scan:
-        """Read every reservation; drop temporaries and untrustworthy files (caller holds the lock)."""
+    def scan(self, memo: Scan | None = None) -> Scan:
+        """Read every reservation; drop temporaries and untrustworthy files (caller holds the lock).
+
+        With `memo`, entries it recorded under the same name and inode number are not read again.
+        """
         owners: dict[str, Owner] = {}
         foreign: set[str] = set()
         ips: dict[str, IPAddr] = {}
-        for name in os.listdir(self.fd):
-            if name.startswith(TMP_PREFIX):
-                self._unlink(name)
-                log.warning("removed temporary file %s left by a killed process", name)
-                continue
-            ip = ip_name(name)
-            if ip is None:
-                continue
-            data = self._read(name)
-            if data is None:
-                foreign.add(name)
+        inodes: dict[str, int] = {}
+        known = memo.inodes if memo is not None else {}
+        with os.scandir(self.fd) as entries:
+            for entry in entries:
+                name = entry.name
+                ino = entry.inode()
+                if known.get(name) == ino:
+                    assert memo is not None
+                    ips[name] = memo.ips[name]
+                    inodes[name] = ino
+                    if name in memo.foreign:
+                        foreign.add(name)
+                    else:
+                        owners[name] = memo.owners[name]
+                    continue
+                if name.startswith(TMP_PREFIX):
+                    self._unlink(name)
+                    log.warning("removed temporary file %s left by a killed process", name)
+                    continue
+                ip = ip_name(name)
+                if ip is None:
+                    continue
+                data = self._read(name)
+                if data is None:
+                    foreign.add(name)
+                    ips[name] = ip
+                    inodes[name] = ino
+                    continue
+                holder = parse_owner(data)
+                if holder is None:
+                    log.warning(
+                        "reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64]
+                    )
+                    self._unlink(name)
+                    continue
+                owners[name] = holder
                 ips[name] = ip
-                continue
-            owner = parse_owner(data)
-            if owner is None:
-                log.warning(
-                    "reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64]
-                )
-                self._unlink(name)
-                continue
-            owners[name] = owner
-            ips[name] = ip
-        return Scan(owners, foreign, ips)
+                inodes[name] = ino
+        return Scan(owners, foreign, ips, inodes)
+
+    def _refresh(self, memo: Scan, owner: Owner) -> Scan:
+        """`memo` brought up to date; everything re-read if `owner`'s recorded holdings are stale."""
+        scan = self.scan(memo)
+        assert owner.ifname is not None
+        for name in scan.held_by(owner.container_id, owner.ifname):
+            data = self._read(name)
+            if data is None or parse_owner(data) != scan.owners[name]:
+                log.debug("%s/%s changed hands behind a recycled inode; reading everything", self.path, name)
+                return self.scan()
+        return scan
 
     def _read(self, name: str) -> bytes | None:
         try:

@@ -1,0 +1,139 @@
+"""A long-lived process's ADDs reuse its last scan of the store: it must follow every other writer.
+
+The memo (disk._MEMO) is refreshed from a directory listing under the lock; these tests change the
+store behind its back (the reference binary, other processes, in-place rewrites) and check that
+the next in-process ADD still sees the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from reconciler.plugins.ipam import host_local as hl
+from reconciler.plugins.ipam.host_local import disk
+from tests.plugins.ipam.ipamtest import call, files_of, hl_conf
+from tests.plugins.ipam.test_host_local_stress import env_for, reservations
+
+V4 = [{"subnet": "10.9.0.0/28"}]  # usable .2-.14 (gateway .1)
+
+
+def addr(result: Any) -> str:
+    return result.ips[0].address.split("/")[0]
+
+
+def test_memo_is_kept_and_follows_the_reference(tmp_path: Path, ref_bin: Path, fake_netns: str) -> None:
+    conf = hl_conf(tmp_path, V4)
+    stdin = json.dumps(conf).encode()
+
+    def ref(verb: str, cid: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [str(ref_bin)], input=stdin, env=env_for(verb, cid, fake_netns), capture_output=True
+        )
+        assert proc.returncode == 0, proc.stdout
+        return json.loads(proc.stdout or b"null")
+
+    assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.2"
+    net = str(tmp_path / "rcnnet")
+    assert set(disk._MEMO[net].owners) == {"10.9.0.2"}  # kept for the next ADD
+    ref("ADD", "r1")  # .3, behind our back
+    ref("DEL", "c1")  # ours released by the reference
+    assert addr(call(hl, "ADD", conf, "c2")) == "10.9.0.4"
+    # c1 was released: a new address, not the memo's stale .2
+    assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.5"
+    # r1's reservation, made by the reference, is found and returned (ADD is idempotent)
+    assert addr(call(hl, "ADD", conf, "r1")) == "10.9.0.3"
+    assert ref("ADD", "r9")["ips"][0]["address"] == "10.9.0.6/28"  # the reference follows our round-robin
+    assert reservations(Path(net)) == {
+        "10.9.0.3": ("r1", "eth0"),
+        "10.9.0.4": ("c2", "eth0"),
+        "10.9.0.5": ("c1", "eth0"),
+        "10.9.0.6": ("r9", "eth0"),
+    }
+
+
+def test_memo_rereads_the_callers_own_reservations(tmp_path: Path) -> None:
+    """A name deleted and re-created with a recycled inode number looks unchanged in a listing."""
+    conf = hl_conf(tmp_path, V4)
+    assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.2"
+    assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.2"  # this one read it back: inode recorded
+    held = tmp_path / "rcnnet" / "10.9.0.2"
+    ino = held.stat().st_ino
+    assert disk._MEMO[str(tmp_path / "rcnnet")].inodes == {"10.9.0.2": ino}
+    with open(held, "r+b") as f:  # same inode, another holder: what recycling would look like
+        f.write(b"other\r\neth0")
+    assert held.stat().st_ino == ino
+    assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.3"  # not .2, which is other's
+    assert files_of(tmp_path / "rcnnet")["10.9.0.2"] == b"other\r\neth0"
+    assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.3"
+
+
+def test_memo_dropped_after_own_del_and_half_written_files_reclaimed(tmp_path: Path) -> None:
+    conf = hl_conf(tmp_path, V4)
+    net = tmp_path / "rcnnet"
+    assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.2"
+    call(hl, "DEL", conf, "c1")
+    assert str(net) not in disk._MEMO
+    (net / "10.9.0.3").write_bytes(b"")  # a reference killed between create and write
+    (net / "last_reserved_ip.0").write_bytes(b"10.9.0.2")
+    assert addr(call(hl, "ADD", conf, "c2")) == "10.9.0.3"  # the empty file was not trusted
+    assert files_of(net)["10.9.0.3"] == b"c2\r\neth0"
+
+
+def _writer(conf: dict[str, Any], prefix: str, rounds: int, start: Any, out: Any) -> None:
+    """ADD each id twice (the second must return the first's address), DEL every third."""
+    from reconciler.plugins.ipam import host_local
+    from tests.plugins.ipam.ipamtest import call
+
+    start.wait()
+    got: dict[str, str] = {}
+    for i in range(rounds):
+        cid = f"{prefix}-{i}"
+        first = [ip.address for ip in call(host_local, "ADD", conf, cid).ips]
+        assert [ip.address for ip in call(host_local, "ADD", conf, cid).ips] == first
+        got[cid] = first[0]
+        if i % 3 == 2:
+            call(host_local, "DEL", conf, f"{prefix}-{i - 1}")
+            del got[f"{prefix}-{i - 1}"]
+    out.put(got)
+
+
+def test_in_process_writers_and_the_reference_never_collide(
+    tmp_path: Path, ref_bin: Path, fake_netns: str
+) -> None:
+    conf = hl_conf(tmp_path, [{"subnet": "10.9.32.0/24"}], [{"subnet": "fd00:32::/64"}])
+    stdin = json.dumps(conf).encode()
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(conf, f"p{k}", 30, start, out)) for k in range(3)]
+    for p in procs:
+        p.start()
+    start.wait()
+    ref_live = []
+    for j in range(20):  # the reference interleaves ADDs and DELs with the writers
+        proc = subprocess.run(
+            [str(ref_bin)], input=stdin, env=env_for("ADD", f"ref{j}", fake_netns), capture_output=True
+        )
+        assert proc.returncode == 0, proc.stdout
+        ref_live.append(f"ref{j}")
+        if j % 4 == 3:
+            victim = ref_live.pop(0)
+            env = env_for("DEL", victim, fake_netns)
+            assert subprocess.run([str(ref_bin)], input=stdin, env=env, capture_output=True).returncode == 0
+    live: dict[str, str] = {}
+    for _ in procs:
+        live.update(out.get(timeout=120))
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    held = reservations(tmp_path / "rcnnet")
+    owners = Counter(cid for cid, _ in held.values())
+    assert owners == dict.fromkeys([*live, *ref_live], 2)  # one v4 + one v6 each, nothing leaked
+    for cid, address in live.items():
+        assert held[address.split("/")[0]] == (cid, "eth0")
+    assert not [n for n in os.listdir(tmp_path / "rcnnet") if n.startswith(disk.TMP_PREFIX)]
