@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.kernel import netns as nsmod
+from reconciler.kernel import rtnl
 from reconciler.kernel.links import get as get_link
 from reconciler.kernel.netns import KernelError, LinkNotFound
 
@@ -64,13 +65,10 @@ def from_msg(msg: Any) -> Address:
 
 def list_addrs(netns: str | None = None, ifname: str | None = None, family: int | None = None) -> list[Address]:
     """Addresses of the namespace, or of one link; family 4 or 6 filters."""
-    with nsmod.ipr(netns) as ipr:
-        spec: dict[str, Any] = {}
-        if ifname is not None:
-            spec["index"] = get_link(ifname, netns).index
-        out = [from_msg(m) for m in ipr.addr("dump", **spec)]
-    if ifname is not None:
-        out = [a for a in out if a.index == spec["index"]]
+    index = get_link(ifname, netns).index if ifname is not None else None
+    out = rtnl.dump_addrs(netns)
+    if index is not None:
+        out = [a for a in out if a.index == index]
     if family is not None:
         out = [a for a in out if a.address.version == family]
     return out
@@ -79,26 +77,19 @@ def list_addrs(netns: str | None = None, ifname: str | None = None, family: int 
 def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, nodad: bool = False,
         scope: int | None = None) -> bool:
     """Add `address` to `ifname`; False (no error) if it is already there with that prefix."""
-    from pyroute2 import NetlinkError
-
     iface = ipaddress.ip_interface(address)
     index = get_link(ifname, netns).index
-    spec: dict[str, Any] = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
-    if nodad and iface.version == 6:
-        spec["flags"] = IFA_F_NODAD
-    if iface.version == 4 and iface.network.prefixlen < 31:
-        spec["broadcast"] = str(iface.network.broadcast_address)  # as `ip addr add ... brd +`
-    if scope is not None:
-        spec["scope"] = scope
-    with nsmod.ipr(netns) as ipr:
-        try:
-            ipr.addr("add", **spec)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return False
-            if exc.code == errno.ENODEV:
-                raise LinkNotFound(ifname, netns) from exc
-            raise KernelError(exc.code, f"add {iface} to {ifname!r}: {os.strerror(exc.code)}") from exc
+    flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
+    # a broadcast address as `ip addr add ... brd +` sets one
+    broadcast = str(iface.network.broadcast_address) if iface.version == 4 and iface.network.prefixlen < 31 else None
+    try:
+        rtnl.add_addr(netns, index, iface, flags=flags, broadcast=broadcast, scope=scope or 0)
+    except rtnl.NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        if exc.code == errno.ENODEV:
+            raise LinkNotFound(ifname, netns) from exc
+        raise KernelError(exc.code, f"add {iface} to {ifname!r}: {os.strerror(exc.code)}") from exc
     return True
 
 

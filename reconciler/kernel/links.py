@@ -8,14 +8,17 @@ Deletion of something already gone is success.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.kernel import netns as nsmod
+from reconciler.kernel import rtnl
 from reconciler.kernel.netns import KernelError, LinkNotFound
 
 IFF_UP = 0x1
@@ -108,22 +111,12 @@ def from_msg(msg: Any) -> Link:
 
 def list_links(netns: str | None = None) -> list[Link]:
     """All links of a namespace, sorted by index."""
-    with nsmod.ipr(netns) as ipr:
-        return sorted((from_msg(m) for m in ipr.link("dump")), key=lambda link: link.index)
+    return sorted(rtnl.dump_links(netns), key=lambda link: link.index)
 
 
 def find(name: str, netns: str | None = None) -> Link | None:
     """The link called `name`, or None."""
-    from pyroute2 import NetlinkError
-
-    with nsmod.ipr(netns) as ipr:
-        try:
-            msgs = ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise KernelError(exc.code, f"get link {name!r}: {exc}") from exc
-    return from_msg(msgs[0]) if msgs else None
+    return _lookup(netns, f"get link {name!r}", name=name)
 
 
 def get(name: str, netns: str | None = None) -> Link:
@@ -135,16 +128,29 @@ def get(name: str, netns: str | None = None) -> Link:
 
 
 def by_index(index: int, netns: str | None = None) -> Link | None:
-    from pyroute2 import NetlinkError
+    return _lookup(netns, f"get link #{index}", index=index)
 
-    with nsmod.ipr(netns) as ipr:
-        try:
-            msgs = ipr.link("get", index=index)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise KernelError(exc.code, f"get link #{index}: {exc}") from exc
-    return from_msg(msgs[0]) if msgs else None
+
+def _lookup(netns: str | None, what: str, name: str | None = None, index: int = 0) -> Link | None:
+    try:
+        return rtnl.get_link(netns, name=name, index=index)  # type: ignore[no-any-return]
+    except rtnl.NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise KernelError(exc.code, f"{what}: {os.strerror(exc.code)}") from exc
+
+
+@contextlib.contextmanager
+def _errors(netns: str | None, what: str, name: str, creating: bool = False) -> Iterator[None]:
+    """Map a refused rtnl request to our exceptions, as `_call` does for pyroute2's."""
+    try:
+        yield
+    except rtnl.NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise LinkExists(name, netns) from exc
+        if exc.code == errno.ENODEV and not creating:
+            raise LinkNotFound(name, netns) from exc
+        raise KernelError(exc.code, f"{what} {name!r}: {os.strerror(exc.code)}") from exc
 
 
 def _call(netns: str | None, what: str, name: str, command: str, **spec: Any) -> None:
@@ -186,11 +192,24 @@ def create_veth(
     peer_mac: str | None = None,
 ) -> tuple[Link, Link]:
     """A veth pair: `name` in `netns`, `peer` in `peer_netns`. Returns (link, peer)."""
-    peer_spec: dict[str, Any] = {"ifname": peer, **_common(mtu, peer_mac)}
+    fd = None
     if not nsmod.same(netns, peer_netns):
-        peer_spec["net_ns_fd"] = nsmod.resolve(peer_netns) or "/proc/self/ns/net"
-    _call(netns, "create veth", name, "add", ifname=name, kind="veth", peer=peer_spec, **_common(mtu, mac))
+        fd = _open_netns(peer_netns)
+    try:
+        with _errors(netns, "create veth", name, creating=True):
+            rtnl.create_veth(netns, name, peer, peer_netns_fd=fd, mtu=mtu, mac=mac, peer_mac=peer_mac)
+    finally:
+        if fd is not None:
+            os.close(fd)
     return get(name, netns), get(peer, peer_netns)
+
+
+def _open_netns(netns: str | None) -> int:
+    path = nsmod.resolve(netns) or "/proc/self/ns/net"
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise nsmod.NetnsNotFound(path) from exc
 
 
 def _create_on_parent(
@@ -273,7 +292,8 @@ def _create_tap_here(name: str, spec: dict[str, Any]) -> None:
 def delete(name: str, netns: str | None = None) -> bool:
     """Delete `name`; True if it existed. A missing link or namespace is success."""
     try:
-        _call(netns, "delete", name, "del", ifname=name)
+        with _errors(netns, "delete", name):
+            rtnl.delete_link(netns, name=name)
     except LinkNotFound:
         return False
     except nsmod.NetnsNotFound:
@@ -283,7 +303,21 @@ def delete(name: str, netns: str | None = None) -> bool:
 
 def set_link(name: str, netns: str | None = None, **attrs: Any) -> None:
     """Low-level RTM_SETLINK by name (pyroute2 attribute names: mtu, address, master, state, ...)."""
-    _call(netns, "set", name, "set", index=_index(name, netns), **attrs)
+    index = _index(name, netns)
+    target = attrs.pop("net_ns_fd", None)
+    encoded = rtnl.link_attrs(attrs)
+    if encoded is None:  # an attribute only pyroute2 knows how to encode
+        if target is not None:
+            attrs["net_ns_fd"] = target
+        _call(netns, "set", name, "set", index=index, **attrs)
+        return
+    fd = _open_netns(target) if target is not None else None
+    try:
+        with _errors(netns, "set", name):
+            rtnl.set_link(netns, index, *encoded, net_ns_fd=fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def set_up(name: str, netns: str | None = None) -> None:
@@ -310,7 +344,8 @@ def set_master(name: str, master: str | None, netns: str | None = None) -> None:
 def set_promisc(name: str, on: bool, netns: str | None = None) -> None:
     link = get(name, netns)
     flags = IFF_PROMISC if on else 0
-    _call(netns, "set promisc", name, "set", index=link.index, flags=flags, change=IFF_PROMISC)
+    with _errors(netns, "set promisc", name):
+        rtnl.set_link(netns, link.index, flags, IFF_PROMISC, b"")
 
 
 def set_alias(name: str, alias: str, netns: str | None = None) -> None:
