@@ -117,8 +117,9 @@ class Engine:
         self.show_progress = show_progress
         self.backoff_base = float(os.environ.get("RECONCILER_REPAIR_BACKOFF", "10"))
         self.batch: list[Pending] = []
-        self.journaled: set[str] = set()  # deletions of this pass journaled in one batch entry
-        self.vanishing: set[str] = set()  # host veths the kernel removes with namespaces deleted this pass
+        self.journaled: set[str] = set()  # keys whose steps this pass journaled in one batch entry
+        self.vanishing: set[str] = set()
+        self.claimed: set[str] = set()  # namespaces this pass claimed before creating them  # host veths the kernel removes with namespaces deleted this pass
 
     # ---- reading
     def load(self) -> Specs:
@@ -195,11 +196,23 @@ class Engine:
         """Create the attachment's named netns if missing; True when this call created it."""
         if not att.owns_netns or namespaces.exists(att.netns):
             return False
-        intent.netns_name = att.netns
-        self.journal.begin(intent)
-        self.inventory.claim_namespace(att.netns)  # claim first: a crash leaves a claim, never an orphan
+        if att.key not in self.journaled:
+            intent.netns_name = att.netns
+            self.journal.begin(intent)
+        if att.netns not in self.claimed:  # the pass claims those it knows of up front, in one write
+            self.inventory.claim_namespace(att.netns)  # claim first: a crash leaves a claim, never an orphan
         namespaces.create(att.netns)
         return True
+
+    def _add_intent(self, att: Attachment, specs: Specs, action: str, requested: list[str] | None = None) -> Intent:
+        netlist = with_data_dir(specs.networks[att.network], self.data_dir)
+        if requested:
+            netlist = with_requested_ips(netlist, requested)
+        return Intent(
+            att.key, action, network=att.network, container_id=att.id, ifname=att.ifname, netns=att.netns_path,
+            cni_args=[list(p) for p in att.args], capability_args=att.capabilities,
+            config_b64=base64.b64encode(netlist.raw).decode(),
+        )
 
     def _runtime(self, att: Attachment) -> RuntimeConf:
         return RuntimeConf(att.id, att.netns_path, att.ifname, att.args, att.capabilities)
@@ -216,7 +229,8 @@ class Engine:
             cni_args=[list(p) for p in att.args], capability_args=att.capabilities,
             config_b64=base64.b64encode(netlist.raw).decode(),
         )
-        self.journal.begin(intent)
+        if att.key not in self.journaled:
+            self.journal.begin(intent)
         pending = Pending(att, netlist, rt)
         try:
             pending.created_netns = self._ensure_namespace(att, intent)
@@ -260,7 +274,7 @@ class Engine:
                     if found:
                         drift[key] = found
                         continue
-                    self.inventory.put(pending.record)
+                    self.inventory.put(pending.record, durable=key not in self.journaled)
                     self.journal.clear(key)
                     del remaining[key]
             if not remaining:
@@ -313,7 +327,7 @@ class Engine:
             assert att is not None
             if step.kind == "add":
                 return self._pending(self._add(att, specs), Outcome(step.key, "add", "ok"))
-            self._delete(step.key, rec, specs)
+            self._delete(step.key, rec, specs, journaled=step.key in self.journaled)
             if step.kind == "replace":
                 return self._pending(self._add(att, specs, action="replace"), Outcome(step.key, "replace", "ok"))
             requested = rec.ips if rec else []
@@ -336,12 +350,14 @@ class Engine:
 
     def apply(self) -> PassReport:
         """One full pass. The caller holds the state lock."""
-        with namespaces.session():
-            return self._apply()
-
-    def _apply(self) -> PassReport:
         self.inventory.ensure()
+        # recovery outside the pass's netlink session: it may delete a namespace the pass then
+        # creates again under the same name, and a handle cached for the old one must not survive
         recovered = self.recover()
+        with namespaces.session():
+            return self._apply(recovered)
+
+    def _apply(self, recovered: list[str]) -> PassReport:
         specs = self.load()
         plan, _obs = self.plan(specs)
         report = PassReport(plan, recovered=recovered)
@@ -351,7 +367,7 @@ class Engine:
         todo = plan.actions
         bar = Progress(len(todo), "apply", enabled=self.show_progress)
         self.batch = []
-        batch_file, doomed = self._begin_deletions(todo, records, specs)
+        batch_file, doomed = self._begin_pass(todo, records, specs)
         for step in todo:
             per_key.setdefault(step.key, {})
             outcome = self._execute(step, specs, records, per_key)
@@ -362,8 +378,10 @@ class Engine:
             self._verify(self.batch)
         self.batch = []
         self.inventory.release_namespaces(doomed)
+        if batch_file is not None:
+            self.inventory.sync()  # the records written without fsync are on disk before their intents go
         self.journal.clear_batch(batch_file)
-        self.journaled = set()
+        self.journaled, self.claimed = set(), set()
         if self.vanishing:  # the kernel finishes the deleted namespaces' teardown in the background
             left = namespaces.wait_links_gone(self.vanishing)
             if left:
@@ -395,10 +413,14 @@ class Engine:
         self.inventory.save_status(status)
         return report
 
-    def _begin_deletions(
+    def _begin_pass(
         self, todo: list[Step], records: dict[str, Record], specs: Specs
     ) -> tuple[Path | None, set[str]]:
-        """Journal every deletion of the pass in one entry, then delete the namespaces they empty.
+        """Journal every step of the pass in one entry (one fsync), then delete the namespaces the deletions empty.
+
+        Namespaces the ADDs will create are claimed up front, in one write. Recovery treats each
+        batched intent as its own entry: a crash undoes every ADD of the pass (verified or not), and
+        the next pass adds them again.
 
         A namespace we created whose every attachment goes in this pass is deleted *before* the
         DELs: the kernel then removes the veth pairs inside it as part of the namespace's teardown
@@ -407,8 +429,25 @@ class Engine:
         released and host-side state (masquerade rules, ...) removed from the cached result.
         """
         deleting = {s.key for s in todo if s.kind == "delete"}
+        intents = [self._delete_intent(k, records.get(k)) for k in sorted(deleting)]
+        creating: set[str] = set()
+        for step in todo:
+            att = specs.attachments.get(step.key)
+            if step.kind == "delete" or att is None:
+                continue
+            rec = records.get(step.key)
+            intent = self._add_intent(att, specs, step.kind, rec.ips if rec and step.kind == "repair" else None)
+            if att.owns_netns and att.netns not in creating and not namespaces.exists(att.netns):
+                intent.netns_name = att.netns
+                creating.add(att.netns)
+            intents.append(intent)
+        if creating:  # claim first: a crash leaves a claim, never an orphan
+            self.inventory.claim_namespaces(creating)
+        self.claimed = creating
+        batch = self.journal.begin_batch(intents)
+        self.journaled = {i.key for i in intents}
         if not deleting:
-            return None, set()
+            return batch, set()
         owned = self.inventory.namespaces()
         still = {a.netns for a in specs.attachments.values()}
         still |= {r.netns for k, r in records.items() if k not in deleting}
@@ -432,8 +471,6 @@ class Engine:
             self.vanishing = namespaces.veths(host_ends)
         except OSError:
             self.vanishing = set()
-        batch = self.journal.begin_batch([self._delete_intent(k, records.get(k)) for k in sorted(deleting)])
-        self.journaled = set(deleting)
         gone = set()
         for name in sorted(doomed):
             try:

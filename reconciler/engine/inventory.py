@@ -19,15 +19,16 @@ from typing import Any
 from reconciler.errors import StateError
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomically replace `path` with `data` as JSON."""
+def write_json(path: Path, data: Any, durable: bool = True) -> None:
+    """Atomically replace `path` with `data` as JSON (fsync'd unless `durable` is False: see Inventory.sync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -104,8 +105,19 @@ class Inventory:
                 out[rec.key] = rec
         return out
 
-    def put(self, record: Record) -> None:
-        write_json(self._path(record.key), asdict(record))
+    def put(self, record: Record, durable: bool = True) -> None:
+        write_json(self._path(record.key), asdict(record), durable)
+
+    def sync(self) -> None:
+        """Flush every write to the state directory's filesystem at once (syncfs), after non-durable puts."""
+        import ctypes
+
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def drop(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -116,9 +128,12 @@ class Inventory:
         return {str(n) for n in data} if isinstance(data, list) else set()
 
     def claim_namespace(self, name: str) -> None:
+        self.claim_namespaces({name})
+
+    def claim_namespaces(self, new: set[str]) -> None:
         names = self.namespaces()
-        if name not in names:
-            write_json(self.namespaces_file, sorted(names | {name}))
+        if not new <= names:
+            write_json(self.namespaces_file, sorted(names | new))
 
     def release_namespace(self, name: str) -> None:
         self.release_namespaces({name})

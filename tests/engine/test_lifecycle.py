@@ -252,6 +252,25 @@ def test_interrupted_batch_of_deletions_is_finished(rig):
     assert gone not in rig.allocations()
     assert_clean_converged(rig, 2)
 
+
+def test_interrupted_batch_of_adds_is_undone_then_redone(rig):
+    """A crash after a pass's ADDs (journaled together, records already written): the next apply
+    undoes each one, namespaces included, and adds them again."""
+    rig.network()
+    rig.attachments(atts(rig, 2))
+    assert rig.run("apply").returncode == 0
+    config = json.loads((rig.state / "results" / "net1-c0-eth0").read_text())["config"]
+    journal = rig.state / "reconciler" / "journal"
+    journal.mkdir(exist_ok=True)
+    (journal / "batch-1-2.json").write_text(json.dumps({"batch": [
+        {"key": f"net1/c{i}/eth0", "action": "add", "network": "net1", "container_id": f"c{i}", "ifname": "eth0",
+         "netns": f"/run/netns/{rig.ns(f'c{i}')}", "netns_name": rig.ns(f"c{i}"), "config_b64": config, "pid": 1}
+        for i in range(2)]}))
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "undid interrupted add" in out.stdout and "add net1/c1/eth0: ok" in out.stdout
+    assert_clean_converged(rig, 2)
+
 def test_gc_spares_a_live_foreign_cache_entry_and_frees_a_dead_one(rig, make_netns):
     rig.network()
     rig.attachments(atts(rig, 1))
