@@ -1,4 +1,4 @@
-"""Engine benchmark: converge 100 and 500 attachments, a no-op pass over 500, repair one drifted among 500.
+"""Engine benchmark: converge 100 and 500 attachments, a no-op pass over each, repair one drifted among 500, teardown.
 
 Side by side, in the same run, with the same work done by the reference Go
 plugins (/usr/lib/cni) driven through our chain runner in exec mode, one
@@ -77,13 +77,12 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False)
     for n in sizes:
         res[f"converge_{n}"] = converge(n)
         print(f"  {label}: converge {n}: {res[f'converge_{n}']:.2f}s", flush=True)
+        res[f"noop_{n}"], report = timed(engine().apply)
+        assert not report.outcomes, "the no-op pass did something"
+        print(f"  {label}: no-op pass over {n}: {res[f'noop_{n}']:.2f}s", flush=True)
         if n != big:
             res[f"teardown_{n}"] = teardown()
-    if big not in sizes:
-        converge(big)
-    res[f"noop_{big}"], report = timed(engine().apply)
-    assert not report.outcomes, "the no-op pass did something"
-    print(f"  {label}: no-op pass over {big}: {res[f'noop_{big}']:.2f}s", flush=True)
+            print(f"  {label}: teardown {n}: {res[f'teardown_{n}']:.2f}s", flush=True)
     victim = f"{prefix}{big // 2}"
     def global_addrs() -> list[str]:
         return [a for a in namespaces.snapshot(f"/run/netns/{victim}")["eth0"].addresses if not a.startswith("fe80")]
@@ -95,6 +94,7 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False)
     assert global_addrs() == before, (global_addrs(), before)
     print(f"  {label}: repair one of {big}: {res[f'repair_one_of_{big}']:.2f}s", flush=True)
     res[f"teardown_{big}"] = teardown()
+    print(f"  {label}: teardown {big}: {res[f'teardown_{big}']:.2f}s", flush=True)
     return res
 
 
@@ -134,13 +134,12 @@ def reference_side(work: Path, sizes: list[int], big: int) -> dict:
     for n in sizes:
         res[f"converge_{n}"], _ = timed(lambda n=n: converge(n))
         print(f"  reference: converge {n}: {res[f'converge_{n}']:.2f}s", flush=True)
+        res[f"noop_{n}"], bad = timed(lambda n=n: check_all(n))
+        assert bad == [], bad
+        print(f"  reference: CHECK all {n}: {res[f'noop_{n}']:.2f}s", flush=True)
         if n != big:
             res[f"teardown_{n}"], _ = timed(lambda n=n: teardown(n))
-    if big not in sizes:
-        converge(big)
-    res[f"noop_{big}"], bad = timed(lambda: check_all(big))
-    assert bad == [], bad
-    print(f"  reference: CHECK all {big}: {res[f'noop_{big}']:.2f}s", flush=True)
+            print(f"  reference: teardown {n}: {res[f'teardown_{n}']:.2f}s", flush=True)
     victim = big // 2
     subprocess.run(["ip", "-n", f"{prefix}{victim}", "link", "del", "eth0"], check=True)
 
@@ -152,11 +151,12 @@ def reference_side(work: Path, sizes: list[int], big: int) -> dict:
     res[f"repair_one_of_{big}"], _ = timed(repair)
     print(f"  reference: repair one of {big}: {res[f'repair_one_of_{big}']:.2f}s", flush=True)
     res[f"teardown_{big}"], _ = timed(lambda: teardown(big))
+    print(f"  reference: teardown {big}: {res[f'teardown_{big}']:.2f}s", flush=True)
     return res
 
 
 def inner(args: argparse.Namespace) -> int:
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = sorted({int(s) for s in args.sizes.split(",")})
     big = max(sizes)
     work = Path(tempfile.mkdtemp(prefix="rcn-engine-bench-"))
     try:
@@ -181,8 +181,17 @@ def inner(args: argparse.Namespace) -> int:
                   f"{ratios[key]:>8.2f}{ratios_ref.get(key, 0):>15.2f}")
     print("ratio = engine / reference (below 1: the engine is faster); eng+ref = the engine driving the same "
           "reference binaries")
+    growth = {}
+    if len(sizes) > 1:
+        lo, hi = sizes[0], sizes[-1]
+        for scenario in ("converge", "noop"):
+            a, b = ours.get(f"{scenario}_{lo}"), ours.get(f"{scenario}_{hi}")
+            if a and b:
+                growth[f"{scenario}_{hi}/{scenario}_{lo}"] = round(b / a, 2)
+        print(f"engine growth {lo} -> {hi} attachments (linear = {hi / lo:.1f}): " +
+              ", ".join(f"{k} {v}" for k, v in growth.items()))
     path = write_results("engine", {"sizes": sizes, "engine_s": ours, "engine_reference_plugins_s": ours_ref,
-                                    "reference_s": ref, "ratio": ratios, "ratio_engine_reference_plugins": ratios_ref,
+                                    "reference_s": ref, "ratio": ratios, "engine_growth": growth, "ratio_engine_reference_plugins": ratios_ref,
                                     "notes": "engine pass = recover + observe + plan + apply + verify (CHECK) "
                                              "+ status; reference = runner in exec mode, no verification"})
     print(f"wrote {path}")
