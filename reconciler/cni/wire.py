@@ -4,11 +4,8 @@ Request:  b"RCN1" + u32 count + count x (u32 length + bytes), the fields being
           plugin type, stdin, then alternating environment keys and values.
 Reply:    u32 exit status + u32 length + the plugin's stdout, byte for byte.
 All integers big-endian. Requests over MAX_REQUEST bytes are refused.
+No `struct` (int.to_bytes does it): this module is on the launcher's start-up path.
 """
-
-from __future__ import annotations
-
-import struct
 
 MAGIC = b"RCN1"
 MAX_REQUEST = 4 * 1024 * 1024
@@ -30,12 +27,18 @@ class Request:
         self.env = env
 
 
-def encode_request(plugin_type: str, stdin: bytes, env: dict[str, str]) -> bytes:
+def _u32(value: int) -> bytes:
+    return value.to_bytes(4, "big")
+
+
+def encode_request(plugin_type: str, stdin: bytes, env: dict[str, str] | dict[bytes, bytes]) -> bytes:
+    """`env` as str or as bytes (the launcher passes `posix.environ`'s bytes through untouched)."""
     fields = [plugin_type.encode(), stdin]
     for key, value in env.items():
-        fields += [key.encode(), value.encode()]
-    body = b"".join(struct.pack("!I", len(f)) + f for f in fields)
-    return MAGIC + struct.pack("!I", len(fields)) + body
+        fields += [key if isinstance(key, bytes) else key.encode(),
+                   value if isinstance(value, bytes) else value.encode()]
+    body = b"".join(_u32(len(f)) + f for f in fields)
+    return MAGIC + _u32(len(fields)) + body
 
 
 def _read(stream,  # noqa: ANN001 - a binary file object
@@ -53,12 +56,12 @@ def read_request(stream) -> Request:  # noqa: ANN001
     budget = [MAX_REQUEST]
     if _read(stream, 4, budget) != MAGIC:
         raise WireError("bad magic")
-    (count,) = struct.unpack("!I", _read(stream, 4, budget))
+    count = int.from_bytes(_read(stream, 4, budget), "big")
     if count < 2 or count > MAX_FIELDS or count % 2:
         raise WireError(f"bad field count {count}")
     fields = []
     for _ in range(count):
-        (size,) = struct.unpack("!I", _read(stream, 4, budget))
+        size = int.from_bytes(_read(stream, 4, budget), "big")
         fields.append(_read(stream, size, budget))
     try:
         ptype = fields[0].decode()
@@ -72,13 +75,13 @@ def read_request(stream) -> Request:  # noqa: ANN001
 
 
 def write_reply(sock, code: int, out: bytes) -> None:  # noqa: ANN001 - a socket.socket
-    sock.sendall(struct.pack("!II", code, len(out)) + out)
+    sock.sendall(_u32(code) + _u32(len(out)) + out)
 
 
 def read_reply(sock) -> tuple[int, bytes]:  # noqa: ANN001 - a _socket.socket
     """(exit status, stdout) from the daemon; ConnectionError if it hung up."""
     head = _recv_exact(sock, 8)
-    code, size = struct.unpack("!II", head)
+    code, size = int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
     return code, _recv_exact(sock, size)
 
 
