@@ -84,7 +84,10 @@ def _socket_is_live(path: str) -> bool:
 
 
 def bind(path: str) -> socket.socket:
-    """Bind the owner-only socket; replace a stale file, refuse to steal a live one."""
+    """Bind the owner-only socket under a temporary name (`publish` puts it in place).
+
+    A stale socket file is replaced; a live one is never stolen.
+    """
     directory = Path(path).parent
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if os.path.exists(path):
@@ -92,14 +95,26 @@ def bind(path: str) -> socket.socket:
             raise RuntimeError(f"another daemon is already serving {path}")
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    pending = _pending(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pending)
     old = os.umask(0o177)
     try:
-        sock.bind(path)
+        sock.bind(pending)
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(pending, 0o600)
     sock.listen(128)
     return sock
+
+
+def _pending(path: str) -> str:
+    return f"{path}.{os.getpid()}.new"
+
+
+def publish(path: str) -> None:
+    """Move the bound socket to its real name: launchers only see it once workers are accepting."""
+    os.rename(_pending(path), path)
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -264,6 +279,7 @@ class Server:
         self.sock.setblocking(False)
         for _ in range(self.workers):
             self._spawn()
+        publish(self.path)
         log.info("serving plugins on %s with %d workers", self.path, self.workers)
 
     def _spawn(self) -> None:

@@ -109,8 +109,86 @@ def test_stale_socket_replaced_live_one_refused(tmp_path, daemon) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(stale))
     s.close()  # a socket file nobody listens on, as a killed daemon leaves
-    from reconciler.cni.server import bind
+    from reconciler.cni.server import bind, publish
 
     fresh = bind(str(stale))
+    assert not stale.exists()  # the stale file is gone; the new socket waits under a temporary name
+    publish(str(stale))
     assert os.stat(stale).st_mode & 0o777 == 0o600
     fresh.close()
+
+
+def _bridge_conf(data_dir: Path) -> dict:
+    return {"cniVersion": "1.0.0", "name": "rcn-warmbr", "type": "bridge", "bridge": "rcnwbr0", "isGateway": True,
+            "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": str(data_dir)}}
+
+
+def _worker_pids(proc: subprocess.Popen) -> list[int]:
+    kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return [int(pid) for pid in kids]
+
+
+def test_parallel_requests_run_on_several_workers(daemon, plugin_dir, make_netns, tmp_path) -> None:
+    """Eight containers ADDed at once through the daemon onto one bridge: all succeed with distinct
+    addresses, each in its own namespace; DELs at once release every address."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sock, proc = daemon
+    assert len(_worker_pids(proc)) >= 2
+    host, _ = make_netns("rcn-h-")
+    containers = [make_netns("rcn-c-") for _ in range(8)]
+    conf = _bridge_conf(tmp_path / "ipam")
+    env = {"RECONCILER_PLUGIN_SOCKET": str(sock)}
+
+    def call(command: str, i: int):
+        return exec_plugin(plugin_dir / "bridge", command, conf, netns=containers[i][1], container_id=f"warm{i}",
+                           netns_exec=host, extra_env=env)
+
+    with ThreadPoolExecutor(8) as pool:
+        adds = list(pool.map(lambda i: call("ADD", i), range(8)))
+    assert all(r.code == 0 for r in adds), [r.stdout for r in adds if r.code]
+    addresses = [r.json["ips"][0]["address"] for r in adds]
+    assert len(set(addresses)) == 8
+    for (name, _), address in zip(containers, addresses, strict=True):
+        shown = subprocess.run(["ip", "-n", name, "-o", "addr", "show", "eth0"], capture_output=True, text=True).stdout
+        assert address in shown
+    ports = subprocess.run(["ip", "-n", host, "-o", "link", "show", "master", "rcnwbr0"],
+                           capture_output=True, text=True).stdout
+    assert len(ports.splitlines()) == 8  # every host-side veth landed in the caller's namespace
+    with ThreadPoolExecutor(8) as pool:
+        dels = list(pool.map(lambda i: call("DEL", i), range(8)))
+    assert all(r.code == 0 and r.stdout == "" for r in dels)
+    leftovers = [p.name for p in (tmp_path / "ipam" / "rcn-warmbr").iterdir() if p.name[0].isdigit()]
+    assert leftovers == []
+
+
+def test_callers_in_different_namespaces_each_get_their_own(daemon, plugin_dir, make_netns, tmp_path) -> None:
+    """A worker never serves one namespace with what it keeps for another: the same bridge ADD from two
+    'hosts' builds a bridge in each, and nothing in the daemon's own namespace."""
+    sock, _ = daemon
+    conf = _bridge_conf(tmp_path / "ipam")
+    for i in range(2):
+        host, _ = make_netns("rcn-h-")
+        _, container = make_netns("rcn-c-")
+        res = exec_plugin(plugin_dir / "bridge", "ADD", conf, netns=container, container_id=f"ns{i}",
+                          netns_exec=host, extra_env={"RECONCILER_PLUGIN_SOCKET": str(sock)})
+        assert res.code == 0, res.stdout + res.stderr
+        shown = subprocess.run(["ip", "-n", host, "-o", "link", "show", "rcnwbr0"], capture_output=True, text=True)
+        assert shown.returncode == 0, f"bridge missing in caller namespace {host}"
+    mine = subprocess.run(["ip", "-o", "link", "show", "rcnwbr0"], capture_output=True, text=True)
+    assert mine.returncode != 0
+
+
+def test_a_dead_worker_is_replaced(daemon, plugin_dir, netns) -> None:
+    sock, proc = daemon
+    before = _worker_pids(proc)
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = _worker_pids(proc)
+        if before[0] not in now and len(now) == len(before):
+            break
+        time.sleep(0.1)
+    assert before[0] not in now and len(now) == len(before)
+    warm, cold = run_both(plugin_dir, sock, "ADD", CONF, netns=netns, ifname="lo")
+    assert warm.code == 0 and warm.stdout == cold.stdout
