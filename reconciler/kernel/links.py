@@ -303,18 +303,19 @@ def delete(name: str, netns: str | None = None) -> bool:
 
 def set_link(name: str, netns: str | None = None, **attrs: Any) -> None:
     """Low-level RTM_SETLINK by name (pyroute2 attribute names: mtu, address, master, state, ...)."""
-    index = _index(name, netns)
     target = attrs.pop("net_ns_fd", None)
     encoded = rtnl.link_attrs(attrs)
     if encoded is None:  # an attribute only pyroute2 knows how to encode
         if target is not None:
             attrs["net_ns_fd"] = target
-        _call(netns, "set", name, "set", index=index, **attrs)
+        _call(netns, "set", name, "set", index=_index(name, netns), **attrs)
         return
+    # addressed by name (the kernel looks it up: one request, not two) unless the name itself changes
+    index, by_name = (_index(name, netns), None) if "ifname" in attrs else (0, name)
     fd = _open_netns(target) if target is not None else None
     try:
         with _errors(netns, "set", name):
-            rtnl.set_link(netns, index, *encoded, net_ns_fd=fd)
+            rtnl.set_link(netns, index, *encoded, net_ns_fd=fd, name=by_name)
     finally:
         if fd is not None:
             os.close(fd)

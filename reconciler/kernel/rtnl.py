@@ -283,8 +283,11 @@ def link_attrs(spec: dict[str, Any]) -> tuple[int, int, bytes] | None:
 
 
 def set_link(netns: str | None, index: int, flags: int, change: int, encoded: bytes,
-             net_ns_fd: int | None = None) -> None:
-    """RTM_SETLINK on `index` with already-encoded attributes (and a move to `net_ns_fd`)."""
+             net_ns_fd: int | None = None, name: str | None = None) -> None:
+    """RTM_SETLINK on `index` (or, with index 0, on `name`) with already-encoded attributes
+    (and a move to `net_ns_fd`)."""
+    if name:
+        encoded = attr_str(IFLA_IFNAME, name) + encoded
     if net_ns_fd is not None:
         encoded += attr_u32(IFLA_NET_NS_FD, net_ns_fd)
     with connect(netns) as sock:

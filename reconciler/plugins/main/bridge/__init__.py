@@ -108,10 +108,10 @@ def add(args: CmdArgs) -> Result:
         if not conf.disable_container_interface and not links.wait_oper_up(host_veth.name, host):
             raise CNIError(INTERNAL, f"bridge port in error state: {host_veth.name}")
 
-        result.interfaces = [
+        result.interfaces = [  # veth MACs were fixed at creation; the bridge's is read last, as the reference does
             Interface(name=conf.bridge, mac=links.get(conf.bridge, host).mac),
-            Interface(name=host_veth.name, mac=links.get(host_veth.name, host).mac),
-            Interface(name=args.ifname, mac=links.get(args.ifname, args.netns).mac, sandbox=args.netns),
+            Interface(name=host_veth.name, mac=host_veth.mac),
+            Interface(name=args.ifname, mac=cont.mac, sandbox=args.netns),
         ]
         if vlan_gw is not None:
             result.interfaces.append(Interface(name=vlan_gw.name, mac=vlan_gw.mac))
