@@ -69,6 +69,23 @@ def preload() -> None:
             load_module(ptype)
         except Exception as exc:  # a broken plugin module must not stop the others being served
             log.warning("could not preload plugin %s: %s", ptype, exc)
+    build_models()
+
+
+def build_models() -> None:
+    """Build every model's validator now: models defer that to first use (a cold start builds only
+    what its verb needs), and workers should not each pay for it on their first request."""
+    from pydantic import BaseModel
+
+    pending = list(BaseModel.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.startswith("reconciler."):
+            try:
+                cls.model_rebuild()
+            except Exception as exc:  # a generic or forward-referencing model: it builds on first use
+                log.debug("model %s not prebuilt: %s", cls.__qualname__, exc)
 
 
 def _socket_is_live(path: str) -> bool:

@@ -129,16 +129,22 @@ def _worker_pids(proc: subprocess.Popen) -> list[int]:
 
 
 def test_parallel_requests_run_on_several_workers(daemon, plugin_dir, make_netns, tmp_path) -> None:
-    """Eight containers ADDed at once through the daemon onto one bridge: all succeed with distinct
-    addresses, each in its own namespace; DELs at once release every address."""
+    """Eight containers ADDed at once through the daemon onto one bridge, with ipMasq rules in one shared
+    table: all succeed with distinct addresses, each in its own namespace, each with its rules; DELs at
+    once release every address and rule."""
     from concurrent.futures import ThreadPoolExecutor
 
     sock, proc = daemon
     assert len(_worker_pids(proc)) >= 2
     host, _ = make_netns("rcn-h-")
     containers = [make_netns("rcn-c-") for _ in range(8)]
-    conf = _bridge_conf(tmp_path / "ipam")
+    conf = dict(_bridge_conf(tmp_path / "ipam"), ipMasq=True)
     env = {"RECONCILER_PLUGIN_SOCKET": str(sock)}
+
+    def rules() -> str:
+        dumps = [subprocess.run(["ip", "netns", "exec", host, *cmd], capture_output=True, text=True).stdout
+                 for cmd in (["iptables-legacy-save"], ["iptables-nft-save"], ["nft", "list", "ruleset"])]
+        return "\n".join(dumps)
 
     def call(command: str, i: int):
         return exec_plugin(plugin_dir / "bridge", command, conf, netns=containers[i][1], container_id=f"warm{i}",
@@ -155,9 +161,12 @@ def test_parallel_requests_run_on_several_workers(daemon, plugin_dir, make_netns
     ports = subprocess.run(["ip", "-n", host, "-o", "link", "show", "master", "rcnwbr0"],
                            capture_output=True, text=True).stdout
     assert len(ports.splitlines()) == 8  # every host-side veth landed in the caller's namespace
+    masq = rules()
+    assert all(f"warm{i}" in masq for i in range(8)), masq
     with ThreadPoolExecutor(8) as pool:
         dels = list(pool.map(lambda i: call("DEL", i), range(8)))
     assert all(r.code == 0 and r.stdout == "" for r in dels)
+    assert not any(f"warm{i}" in rules() for i in range(8))
     leftovers = [p.name for p in (tmp_path / "ipam" / "rcn-warmbr").iterdir() if p.name[0].isdigit()]
     assert leftovers == []
 
