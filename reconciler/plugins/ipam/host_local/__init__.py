@@ -22,7 +22,7 @@ from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, NOT_AVAILABLE, C
 
 from . import config as cfgmod
 from .allocator import Allocation, Allocator, free_count
-from .disk import DiskStore, Owner
+from .disk import DiskStore, Owner, Scan
 from .resolv import parse_resolv_conf
 
 SUPPORTED_VERSIONS = ALL_VERSIONS
@@ -67,21 +67,44 @@ def add(args: CmdArgs) -> Result:
 def _allocate(
     store: DiskStore, conf: cfgmod.HostLocalConfig, owner: Owner, wanted: list[cfgmod.IPAddr | None]
 ) -> list[Allocation]:
-    """One address per range set under the lock; all or nothing."""
-    with store.locked(owner) as scan:
-        allocator = Allocator(store, scan)
-        done: list[Allocation] = []
+    """One address per range set under the lock; all or nothing.
+
+    The directory is read before the lock is taken (`DiskStore.snapshot`); under the lock only
+    the caller's own reservations are re-read. Any failure on that view is retried on a full
+    scan before it is reported.
+    """
+    hint = store.snapshot()
+    with store.locked(hint, remember=True) as scan:
+        if hint is not None and not store.confirm(scan, owner):
+            scan = store.rescan()
         try:
-            for index, rs in conf.iter_sets():
-                try:
-                    done.append(allocator.get(index, rs, owner, wanted[index]))
-                except CNIError as exc:
-                    raise CNIError(
-                        exc.code, f"failed to allocate for range {index}: {exc.msg}", exc.details
-                    ) from exc
-        except BaseException:
-            allocator.release(done)
-            raise
+            return _allocate_sets(store, scan, conf, owner, wanted)
+        except CNIError:
+            if hint is None or store.current is not hint:
+                raise
+        return _allocate_sets(store, store.rescan(), conf, owner, wanted)
+
+
+def _allocate_sets(
+    store: DiskStore,
+    scan: Scan,
+    conf: cfgmod.HostLocalConfig,
+    owner: Owner,
+    wanted: list[cfgmod.IPAddr | None],
+) -> list[Allocation]:
+    allocator = Allocator(store, scan)
+    done: list[Allocation] = []
+    try:
+        for index, rs in conf.iter_sets():
+            try:
+                done.append(allocator.get(index, rs, owner, wanted[index]))
+            except CNIError as exc:
+                raise CNIError(
+                    exc.code, f"failed to allocate for range {index}: {exc.msg}", exc.details
+                ) from exc
+    except BaseException:
+        allocator.release(done)
+        raise
     return done
 
 

@@ -14,10 +14,11 @@ reservation (the reference writes after ``O_CREAT|O_EXCL``, so a crash there
 leaves an empty file) is never trusted: the locked scan reclaims it.
 
 Reading: the reference reads every reservation under the lock on every ADD
-(to find the caller's existing one). A process that allocates repeatedly keeps
-its last scan of the directory (`_MEMO`) and, on its next ADD, lists the
-directory (one getdents) and reads only the entries whose name or inode number
-is new; see `DiskStore.locked`. DEL, CHECK, GC and STATUS always read everything.
+(to find the caller's existing one). Our ADD looks before it takes the lock
+(`DiskStore.snapshot`): a process that allocates repeatedly keeps its last
+scan (`_MEMO`) and reads only entries whose name or inode number is new. Under
+the lock it re-reads only the caller's own reservations, links, and writes the
+round-robin hint. DEL, CHECK, GC and STATUS read everything under the lock.
 
 Path safety: the network name is validated, the network directory is opened
 with ``O_NOFOLLOW`` and every file is opened relative to it, again without
@@ -111,7 +112,7 @@ class Scan:
         return [n for n, o in self.owners.items() if o.container_id == container_id and o.ifname is None]
 
 
-# Per process: network directory path -> the scan left by this process's last ADD there.
+# Per process: network directory path -> this process's scan at the end of its last ADD there.
 _MEMO: dict[str, Scan] = {}
 
 
@@ -129,6 +130,7 @@ class DiskStore:
         self._lock_fd: int | None = None
         self._dirty = False
         self._prepared: dict[Owner, list[int]] = {}  # O_TMPFILE fds holding an owner's content, synced
+        self.current: Scan | None = None  # the locked transaction's scan
 
     @classmethod
     def open(cls, data_dir: str, network: str, *, create: bool = True) -> DiskStore | None:
@@ -168,19 +170,13 @@ class DiskStore:
         self.close()
 
     @contextmanager
-    def locked(self, owner: Owner | None = None) -> Iterator[Scan]:
+    def locked(self, hint: Scan | None = None, *, remember: bool = False) -> Iterator[Scan]:
         """Hold the network's lock (the reference's discipline) and yield a scan of the directory.
 
-        With `owner` (ADD), this process's scan from its previous ADD here is brought up to date
-        instead of reading every file: entries whose name and inode number are unchanged keep
-        their recorded holder, the rest are read. Reservation files are never rewritten in
-        place (both implementations create them once, under the lock), so an unchanged inode
-        means unchanged content unless the name was deleted and re-created with a recycled
-        inode number between two of our ADDs. That can only hide a reservation's holder,
-        never its existence: every listed name counts as taken, and `link(2)` refuses existing
-        names anyway. The holder matters for `owner`'s own reservations, which are re-read; a
-        mismatch falls back to reading everything. The scan is kept only when the
-        transaction completed.
+        The scan is read in full under the lock, unless `hint` (ADD's `snapshot()`, taken just
+        before) is given: see `snapshot` for what it may get wrong and why that is harmless.
+        `rescan()` replaces it with a full one. With `remember`, the final scan is kept for this
+        process's next `snapshot()` if the transaction completed.
         """
         if self._lock_fd is None:
             try:
@@ -195,13 +191,11 @@ class DiskStore:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._dirty = False
         try:
-            memo = _MEMO.pop(self.path, None) if owner is not None else None
-            scan = self._refresh(memo, owner) if memo is not None and owner is not None else self.scan()
-            yield scan
-            if owner is not None:
-                _MEMO[self.path] = scan
-            elif self._dirty:
-                _MEMO.pop(self.path, None)  # our own DEL/GC: its scan does not track releases
+            _MEMO.pop(self.path, None)
+            self.current = hint if hint is not None else self.scan()
+            yield self.current
+            if remember:
+                _MEMO[self.path] = self.current
         except BaseException:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             raise
@@ -211,13 +205,48 @@ class DiskStore:
             # directory fsync would persist our entries too, so nobody can build on a lost one.
             os.fsync(self.fd)
 
+    def rescan(self) -> Scan:
+        """A full scan replacing the current one (caller holds the lock)."""
+        self.current = self.scan()
+        return self.current
+
     # Reading
 
-    def scan(self, memo: Scan | None = None) -> Scan:
-        """Read every reservation; drop temporaries and untrustworthy files (caller holds the lock).
+    def scan(self) -> Scan:
+        """Read every reservation; drop temporaries and untrustworthy files (caller holds the lock)."""
+        scan = self._list(None, locked=True)
+        assert scan is not None
+        return scan
 
-        With `memo`, entries it recorded under the same name and inode number are not read again.
+    def snapshot(self) -> Scan | None:
+        """ADD's view of the directory, taken without the lock; None if only a locked scan will do.
+
+        It starts from this process's scan after its previous ADD here (`_MEMO`): one listing,
+        and entries whose name and inode number are unchanged keep their recorded holder; the
+        rest are read. Reservation files are never rewritten in place (both implementations
+        create them once, under the lock), so an unchanged inode means unchanged content unless
+        the name was deleted and re-created with a recycled inode number. Being unlocked, the
+        view may also miss changes made while it is taken. None of this can hand an address out
+        twice (`link(2)` under the lock refuses existing names; a stale "taken" only skips an
+        address, and the allocation is retried on a full scan before any error is returned)
+        or lose one (nothing is removed on its evidence). What it must get right is the
+        caller's own reservations (ADD returns them): a completed ADD's file is in every later
+        listing, the runtime never runs two operations for one attachment in parallel, and
+        `confirm` re-reads them under the lock. Temporaries and empty or garbled reservations
+        (crash leftovers, or the reference writing right now) give None: the locked scan judges.
         """
+        return self._list(_MEMO.get(self.path), locked=False)
+
+    def confirm(self, scan: Scan, owner: Owner) -> bool:
+        """Under the lock: do `owner`'s reservations in `scan` still hold exactly that?"""
+        assert owner.ifname is not None
+        for name in scan.held_by(owner.container_id, owner.ifname):
+            data = self._read(name)
+            if data is None or parse_owner(data) != scan.owners[name]:
+                return False
+        return True
+
+    def _list(self, memo: Scan | None, *, locked: bool) -> Scan | None:
         owners: dict[str, Owner] = {}
         foreign: set[str] = set()
         ips: dict[str, IPAddr] = {}
@@ -237,20 +266,26 @@ class DiskStore:
                         owners[name] = memo.owners[name]
                     continue
                 if name.startswith(TMP_PREFIX):
+                    if not locked:
+                        return None
                     self._unlink(name)
                     log.warning("removed temporary file %s left by a killed process", name)
                     continue
                 ip = ip_name(name)
                 if ip is None:
                     continue
-                data = self._read(name)
+                data = self._read(name, missing=b"" if locked else None)
                 if data is None:
+                    if not locked and not self._exists(name):
+                        continue  # released since the listing
                     foreign.add(name)
                     ips[name] = ip
                     inodes[name] = ino
                     continue
                 holder = parse_owner(data)
                 if holder is None:
+                    if not locked:
+                        return None
                     log.warning(
                         "reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64]
                     )
@@ -261,22 +296,19 @@ class DiskStore:
                 inodes[name] = ino
         return Scan(owners, foreign, ips, inodes)
 
-    def _refresh(self, memo: Scan, owner: Owner) -> Scan:
-        """`memo` brought up to date; everything re-read if `owner`'s recorded holdings are stale."""
-        scan = self.scan(memo)
-        assert owner.ifname is not None
-        for name in scan.held_by(owner.container_id, owner.ifname):
-            data = self._read(name)
-            if data is None or parse_owner(data) != scan.owners[name]:
-                log.debug("%s/%s changed hands behind a recycled inode; reading everything", self.path, name)
-                return self.scan()
-        return scan
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 
-    def _read(self, name: str) -> bytes | None:
+    def _read(self, name: str, missing: bytes | None = b"") -> bytes | None:
+        """Content of regular file `name`; None if it is something else; `missing` if absent."""
         try:
             fd = os.open(name, _RDONLY | os.O_NONBLOCK, dir_fd=self.fd)
         except FileNotFoundError:
-            return b""
+            return missing
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 return None
