@@ -129,8 +129,7 @@ class Allocator:
     def _take(self, index: int, name: str, owner: Owner) -> bool:
         if not self.store.reserve(name, owner):
             return False
-        self.scan.owners[name] = owner
-        self.scan.ips[name] = ipaddress.ip_address(name)
+        self.scan.add(name, owner, ipaddress.ip_address(name))
         self.store.set_last_reserved(index, name)
         return True
 
@@ -139,8 +138,7 @@ class Allocator:
         for alloc in reversed(allocations):
             if alloc.created:
                 self.store.release(str(alloc.ip))
-                self.scan.owners.pop(str(alloc.ip), None)
-                self.scan.ips.pop(str(alloc.ip), None)
+                self.scan.forget(str(alloc.ip))
 
     @staticmethod
     def _exhausted(rs: RangeSet) -> CNIError:

@@ -11,6 +11,7 @@ never handed out even when ``rangeStart``/``rangeEnd`` include them.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -194,8 +195,30 @@ def parse_range_set(raw: Any, field: str) -> RangeSet:
     return RangeSet(ranges)
 
 
+_PARSED: dict[str, tuple[RangeSet, ...]] = {}  # canonical JSON of the inputs -> parsed range sets
+_PARSED_MAX = 64
+
+
 def parse_range_sets(ipam: dict[str, Any], runtime_ranges: Any, cni_version: str) -> tuple[RangeSet, ...]:
-    """The effective list: runtimeConfig.ipRanges, then the legacy single range, then `ranges`."""
+    """The effective list: runtimeConfig.ipRanges, then the legacy single range, then `ranges`.
+
+    A long-lived process sees the same few configurations again and again: successful parses
+    are kept (the result is immutable), keyed by the inputs' canonical JSON.
+    """
+    try:
+        key = json.dumps([ipam, runtime_ranges, cni_version], sort_keys=True)
+    except (TypeError, ValueError):  # not from JSON: nothing to key on
+        return _parse_range_sets(ipam, runtime_ranges, cni_version)
+    sets = _PARSED.get(key)
+    if sets is None:
+        sets = _parse_range_sets(ipam, runtime_ranges, cni_version)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = sets
+    return sets
+
+
+def _parse_range_sets(ipam: dict[str, Any], runtime_ranges: Any, cni_version: str) -> tuple[RangeSet, ...]:
     sets: list[RangeSet] = []
     if runtime_ranges:
         if not isinstance(runtime_ranges, list):

@@ -95,21 +95,39 @@ def ip_name(name: str) -> IPAddr | None:
 
 @dataclass
 class Scan:
-    """A consistent view of the network directory, taken under the lock."""
+    """A view of the network directory: under the lock, or ADD's `snapshot` (see there)."""
 
     owners: dict[str, Owner]  # ip string -> holder
     foreign: set[str]  # reservation names we cannot read (symlinks, directories): taken, untouched
     ips: dict[str, IPAddr]  # every reservation name (owned or foreign) -> its address
-    inodes: dict[str, int] = field(default_factory=dict)  # name -> inode number when read
+    inodes: dict[str, int] = field(default_factory=dict)  # name -> inode number, when known
+    _index: dict[tuple[str, str | None], list[str]] | None = field(default=None, repr=False)
 
     def taken(self, name: str) -> bool:
         return name in self.owners or name in self.foreign
 
     def held_by(self, container_id: str, ifname: str) -> list[str]:
-        exact = [n for n, o in self.owners.items() if o.container_id == container_id and o.ifname == ifname]
-        if exact:
-            return exact
-        return [n for n, o in self.owners.items() if o.container_id == container_id and o.ifname is None]
+        if self._index is None:
+            self._index = {}
+            for n, o in self.owners.items():
+                self._index.setdefault((o.container_id, o.ifname), []).append(n)
+        exact = self._index.get((container_id, ifname))
+        return list(exact or self._index.get((container_id, None)) or [])
+
+    def add(self, name: str, owner: Owner, ip: IPAddr) -> None:
+        self.forget(name)
+        self.owners[name] = owner
+        self.ips[name] = ip
+        if self._index is not None:
+            self._index.setdefault((owner.container_id, owner.ifname), []).append(name)
+
+    def forget(self, name: str) -> None:
+        owner = self.owners.pop(name, None)
+        self.foreign.discard(name)
+        self.ips.pop(name, None)
+        self.inodes.pop(name, None)
+        if owner is not None and self._index is not None:
+            self._index[(owner.container_id, owner.ifname)].remove(name)
 
 
 # Per process: network directory path -> this process's scan at the end of its last ADD there.
@@ -137,12 +155,17 @@ class DiskStore:
         """Open (creating if asked) `<data_dir>/<network>`; None if absent and not creating."""
         validate_network(network)
         path = os.path.join(data_dir, network)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            if create:
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                if not create:
+                    raise
                 os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
                 with suppress(FileExistsError):
                     os.mkdir(path, DIR_MODE)
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(path, flags)
         except FileNotFoundError:
             if create:
                 raise CNIError(IO_FAILURE, f"cannot create allocation store {path}") from None
@@ -235,7 +258,7 @@ class DiskStore:
         `confirm` re-reads them under the lock. Temporaries and empty or garbled reservations
         (crash leftovers, or the reference writing right now) give None: the locked scan judges.
         """
-        return self._list(_MEMO.get(self.path), locked=False)
+        return self._list(_MEMO.pop(self.path, None), locked=False)
 
     def confirm(self, scan: Scan, owner: Owner) -> bool:
         """Under the lock: do `owner`'s reservations in `scan` still hold exactly that?"""
@@ -247,54 +270,48 @@ class DiskStore:
         return True
 
     def _list(self, memo: Scan | None, *, locked: bool) -> Scan | None:
-        owners: dict[str, Owner] = {}
-        foreign: set[str] = set()
-        ips: dict[str, IPAddr] = {}
-        inodes: dict[str, int] = {}
-        known = memo.inodes if memo is not None else {}
+        """Read the directory into a scan; with `memo`, update it in place, reading only what changed."""
         with os.scandir(self.fd) as entries:
-            for entry in entries:
-                name = entry.name
-                ino = entry.inode()
-                if known.get(name) == ino:
-                    assert memo is not None
-                    ips[name] = memo.ips[name]
-                    inodes[name] = ino
-                    if name in memo.foreign:
-                        foreign.add(name)
-                    else:
-                        owners[name] = memo.owners[name]
-                    continue
-                if name.startswith(TMP_PREFIX):
-                    if not locked:
-                        return None
-                    self._unlink(name)
-                    log.warning("removed temporary file %s left by a killed process", name)
-                    continue
-                ip = ip_name(name)
-                if ip is None:
-                    continue
-                data = self._read(name, missing=b"" if locked else None)
-                if data is None:
-                    if not locked and not self._exists(name):
-                        continue  # released since the listing
-                    foreign.add(name)
-                    ips[name] = ip
-                    inodes[name] = ino
-                    continue
-                holder = parse_owner(data)
-                if holder is None:
-                    if not locked:
-                        return None
-                    log.warning(
-                        "reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64]
-                    )
-                    self._unlink(name)
-                    continue
-                owners[name] = holder
-                ips[name] = ip
-                inodes[name] = ino
-        return Scan(owners, foreign, ips, inodes)
+            listing = {entry.name: entry.inode() for entry in entries}
+        if memo is None:
+            scan = Scan({}, set(), {}, {})
+        else:
+            scan = memo
+            known = scan.inodes
+            for name in [n for n in scan.ips if n not in known or listing.get(n) != known[n]]:
+                scan.forget(name)  # gone, replaced, or never read (ours, linked without its inode)
+        for name, ino in listing.items():
+            if name in scan.ips:
+                continue
+            if name.startswith(TMP_PREFIX):
+                if not locked:
+                    return None
+                self._unlink(name)
+                log.warning("removed temporary file %s left by a killed process", name)
+                continue
+            ip = ip_name(name)
+            if ip is None:
+                continue
+            data = self._read(name, missing=b"" if locked else None)
+            if data is None:
+                if not locked and not self._exists(name):
+                    continue  # released since the listing
+                scan.foreign.add(name)
+                scan.ips[name] = ip
+                scan.inodes[name] = ino
+                continue
+            holder = parse_owner(data)
+            if holder is None:
+                if not locked:
+                    return None
+                log.warning(
+                    "reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64]
+                )
+                self._unlink(name)
+                continue
+            scan.add(name, holder, ip)
+            scan.inodes[name] = ino
+        return scan
 
     def _exists(self, name: str) -> bool:
         try:
