@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -57,6 +56,8 @@ def exec_plugin(binary: str, args: CmdArgs) -> dict[str, Any] | None:
     """Exec `binary` with the CNI protocol; its stderr passes through to ours."""
     for attempt in range(EXEC_RETRIES):
         try:
+            import subprocess  # here, not at the top: a cold in-process plugin start never needs it (~5 ms)
+
             proc = subprocess.run([binary], input=args.stdin, env=plugin_env(args), capture_output=True)
             break
         except OSError as exc:
