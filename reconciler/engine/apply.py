@@ -6,6 +6,8 @@ import base64
 import contextlib
 import logging
 import os
+import pickle
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +34,8 @@ DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 # routes over them, sysctls): for these the engine may delete an emptied namespace before the DELs.
 DEL_WITHOUT_NETNS = frozenset({"bridge", "ptp", "loopback", "host-local", "static", "portmap", "firewall",
                                "bandwidth", "tuning"})
-BACKOFF_AFTER = 3  # consecutive repairs without an in-sync pass before backing off
+BACKOFF_AFTER = 3
+PARALLEL_MIN = 4  # fewer parallel-eligible ADDs than this run in this process  # consecutive repairs without an in-sync pass before backing off
 
 
 @dataclass
@@ -119,7 +122,9 @@ class Engine:
         self.batch: list[Pending] = []
         self.journaled: set[str] = set()  # keys whose steps this pass journaled in one batch entry
         self.vanishing: set[str] = set()
-        self.claimed: set[str] = set()  # namespaces this pass claimed before creating them  # host veths the kernel removes with namespaces deleted this pass
+        self.claimed: set[str] = set()  # namespaces this pass claimed before creating them
+        self.keep_journal = False  # a worker died: leave the pass's journal batch for the next recovery
+        self.workers = int(os.environ.get("RECONCILER_WORKERS") or min(os.cpu_count() or 1, 4))  # host veths the kernel removes with namespaces deleted this pass
 
     # ---- reading
     def load(self) -> Specs:
@@ -368,11 +373,19 @@ class Engine:
         bar = Progress(len(todo), "apply", enabled=self.show_progress)
         self.batch = []
         batch_file, doomed = self._begin_pass(todo, records, specs)
+        parallel = self._parallel_adds(todo)
         for step in todo:
+            if step.key in parallel:
+                continue
             per_key.setdefault(step.key, {})
             outcome = self._execute(step, specs, records, per_key)
             report.outcomes.append(outcome)
             bar.step(f"{step.kind} {step.key}", outcome.result != "failed")
+        if parallel:
+            for step, outcome in self._add_in_workers([s for s in todo if s.key in parallel], specs, records):
+                per_key.setdefault(step.key, {})
+                report.outcomes.append(outcome)
+                bar.step(f"{step.kind} {step.key}", outcome.result != "failed")
         bar.close()
         if self.batch:
             self._verify(self.batch)
@@ -380,8 +393,9 @@ class Engine:
         self.inventory.release_namespaces(doomed)
         if batch_file is not None:
             self.inventory.sync()  # the records written without fsync are on disk before their intents go
-        self.journal.clear_batch(batch_file)
-        self.journaled, self.claimed = set(), set()
+        if not self.keep_journal:
+            self.journal.clear_batch(batch_file)
+        self.journaled, self.claimed, self.keep_journal = set(), set(), False
         if self.vanishing:  # the kernel finishes the deleted namespaces' teardown in the background
             left = namespaces.wait_links_gone(self.vanishing)
             if left:
@@ -412,6 +426,92 @@ class Engine:
         status["attachments"] = {k: v for k, v in per_key.items() if k in known}
         self.inventory.save_status(status)
         return report
+
+    def _parallel_adds(self, todo: list[Step]) -> set[str]:
+        """The ADDs of this pass that may run in worker processes: every one but the first of each network.
+
+        Distinct attachments' ADDs may run concurrently: runtimes call CNI plugins so, and the plugins
+        lock what attachments share (the IPAM store's flock, the xtables lock, nftables' atomic
+        transactions). The first ADD of each network runs here first, so bridges and per-network
+        chains exist before the workers start. Not when the process has other threads (forking one
+        could copy a lock another thread holds), nor for a handful of ADDs.
+        """
+        if self.workers < 2 or threading.active_count() > 1:
+            return set()
+        seen: set[str] = set()
+        rest: set[str] = set()
+        for step in todo:
+            if step.kind == "add":
+                (rest if step.network in seen else seen).add(step.key if step.network in seen else step.network)
+        return rest if len(rest) >= PARALLEL_MIN else set()
+
+    def _add_slice(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[tuple[Outcome, Record | None, bool]]:
+        out: list[tuple[Outcome, Record | None, bool]] = []
+        for step in steps:
+            self.batch = []
+            outcome = self._execute(step, specs, records, {})
+            done = self.batch[0] if self.batch else None
+            out.append((outcome, done.record if done else None, done.created_netns if done else False))
+        self.batch = []
+        return out
+
+    def _add_in_workers(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[tuple[Step, Outcome]]:
+        """ADD `steps` split over `self.workers` processes (this one included); verification stays here.
+
+        Each forked worker runs its slice with its own netlink handles and sends back the outcomes and
+        records; the ADDs it verified nothing of join this pass's batch, verified below as usual. A
+        worker that dies leaves its slice failed and the pass's journal batch in place, so the next
+        pass undoes whatever it did.
+        """
+        verify_later, self.batch = self.batch, []
+        count = min(self.workers, len(steps))
+        slices = [steps[i::count] for i in range(count)]
+        children: list[tuple[int, int, list[Step]]] = []
+        for part in slices[1:]:
+            rd, wr = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # worker: run the slice, report, leave without running the parent's cleanup
+                os.close(rd)
+                try:
+                    with namespaces.fresh_session():
+                        payload = pickle.dumps(self._add_slice(part, specs, records))
+                except BaseException as err:  # noqa: BLE001 - reported as the slice's failure
+                    payload = pickle.dumps(repr(err))
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(wr, view):]
+                os._exit(0)
+            os.close(wr)
+            children.append((pid, rd, part))
+        results = list(zip(slices[0], self._add_slice(slices[0], specs, records), strict=True))
+        for pid, rd, part in children:
+            data = bytearray()
+            try:
+                while chunk := os.read(rd, 1 << 16):
+                    data += chunk
+            finally:
+                os.close(rd)
+                os.waitpid(pid, 0)
+            try:
+                got = pickle.loads(data) if data else "worker died without an answer"
+            except Exception as err:  # noqa: BLE001
+                got = f"unreadable worker answer: {err}"
+            if isinstance(got, str):
+                self.keep_journal = True
+                results += [(s, (Outcome(s.key, s.kind, "failed", error=f"worker failed: {got}"), None, False))
+                            for s in part]
+            else:
+                results += list(zip(part, got, strict=True))
+        self.batch = verify_later
+        out: list[tuple[Step, Outcome]] = []
+        for step, (outcome, record, created) in results:
+            if record is not None and outcome.result != "failed":
+                att = specs.attachments[step.key]
+                netlist = with_data_dir(specs.networks[att.network], self.data_dir)
+                pending = Pending(att, netlist, self._runtime(att), created, record, outcome)
+                self.batch.append(pending)
+            out.append((step, outcome))
+        return out
 
     def _begin_pass(
         self, todo: list[Step], records: dict[str, Record], specs: Specs

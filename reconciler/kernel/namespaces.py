@@ -156,6 +156,19 @@ def session() -> contextlib.AbstractContextManager[None]:
     return nsmod.session()
 
 
+@contextlib.contextmanager
+def fresh_session() -> Iterator[None]:
+    """A new netlink session, ignoring any this process inherited (a forked worker must not share its parent's sockets)."""
+    from reconciler.kernel import netns as nsmod
+
+    token = nsmod._SESSION.set(None)
+    try:
+        with nsmod.session():
+            yield
+    finally:
+        nsmod._SESSION.reset(token)
+
+
 @dataclass
 class LinkState:
     name: str
