@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from reconciler import activation
 from reconciler.cni import wire
 
 log = logging.getLogger("reconciler.serve")
@@ -88,29 +89,12 @@ def build_models() -> None:
                 log.debug("model %s not prebuilt: %s", cls.__qualname__, exc)
 
 
-def _socket_is_live(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1)
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def bind(path: str) -> socket.socket:
     """Bind the owner-only socket under a temporary name (`publish` puts it in place).
 
     A stale socket file is replaced; a live one is never stolen.
     """
-    directory = Path(path).parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if os.path.exists(path):
-        if _socket_is_live(path):
-            raise RuntimeError(f"another daemon is already serving {path}")
-        os.unlink(path)
+    activation.claim(path, f"another daemon is already serving {path}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     pending = _pending(path)
     with contextlib.suppress(FileNotFoundError):
@@ -288,16 +272,21 @@ class Server:
         self.workers = workers or default_workers()
         self.stopping = False
         self.sock: socket.socket | None = None
+        self.activated = False  # the socket came from systemd, which owns its path
         self.pids: set[int] = set()
 
     def start(self) -> None:
         preload()
-        self.sock = bind(self.path)
+        inherited = activation.activated_socket()
+        self.activated = inherited is not None
+        self.sock = inherited if inherited is not None else bind(self.path)
         self.sock.setblocking(False)
         for _ in range(self.workers):
             self._spawn()
-        publish(self.path)
-        log.info("serving plugins on %s with %d workers", self.path, self.workers)
+        if not self.activated:
+            publish(self.path)
+        log.info("serving plugins on %s with %d workers%s", self.path, self.workers,
+                 " (socket from systemd)" if self.activated else "")
 
     def _spawn(self) -> None:
         assert self.sock is not None
@@ -344,8 +333,9 @@ class Server:
     def close(self) -> None:
         """Stop accepting, let workers finish the request in hand, remove the socket."""
         if self.sock is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            if not self.activated:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             for pid in self.pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)

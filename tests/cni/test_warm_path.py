@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -201,3 +202,28 @@ def test_a_dead_worker_is_replaced(daemon, plugin_dir, netns) -> None:
     assert before[0] not in now and len(now) == len(before)
     warm, cold = run_both(plugin_dir, sock, "ADD", CONF, netns=netns, ifname="lo")
     assert warm.code == 0 and warm.stdout == cold.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing (systemd)")
+def test_socket_activation(plugin_dir, netns, tmp_path) -> None:
+    """As reconciler-plugins.socket does it: systemd listens, the first call starts `reconciler serve`,
+    which takes the socket (LISTEN_FDS) instead of binding; answers are the cold path's."""
+    sock = tmp_path / "run" / "plugin.sock"
+    sock.parent.mkdir(mode=0o700)
+    activator = subprocess.Popen(["systemd-socket-activate", "-l", str(sock), sys.executable, "-m", "reconciler",
+                                  "serve", "--socket", str(sock)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert activator.poll() is None, activator.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        warm, cold = run_both(plugin_dir, sock, "ADD", CONF, netns=netns, ifname="lo")
+        assert warm.code == 0 and warm.stdout == cold.stdout, warm.stderr
+        # the first connection started the daemon (systemd-socket-activate execs it in place): it has workers
+        assert _worker_pids(activator)
+    finally:
+        activator.send_signal(signal.SIGTERM)
+        activator.wait(timeout=20)
+    assert sock.exists()  # the path is systemd's: the daemon leaves it alone on exit
+

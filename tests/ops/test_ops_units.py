@@ -32,7 +32,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_the_expected_units_exist():
     assert {"reconciler-watch.service", "reconciler-check.service", "reconciler-check.timer",
-            "cni-dhcp.service", "cni-dhcp.socket"} <= set(UNITS)
+            "cni-dhcp.service", "cni-dhcp.socket", "reconciler-plugins.service",
+            "reconciler-plugins.socket"} <= set(UNITS)
     watch = (UNITS_SOURCE / "reconciler-watch.service").read_text()
     assert "ExecReload=/bin/kill -HUP $MAINPID" in watch
     assert "Restart=on-failure" in watch

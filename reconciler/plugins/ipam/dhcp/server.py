@@ -12,44 +12,22 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
+from reconciler import activation
 from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, CNIError
 from reconciler.plugins.ipam.dhcp import wire
 from reconciler.plugins.ipam.dhcp.daemon import Daemon
 
 log = logging.getLogger(__name__)
-SD_LISTEN_FDS_START = 3
 REQUEST_READ_TIMEOUT = 10.0
 
 
 def claim_socket(socket_path: str) -> None:
     """Make the socket's directory (0700) and remove a stale socket; refuse a live one."""
-    path = Path(socket_path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(2)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            log.info("dhcp: replacing stale socket %s", path)
-            path.unlink()
-        else:
-            raise RuntimeError(f"another dhcp daemon is already listening on {path}")
-        finally:
-            probe.close()
-
-
-def activated_socket() -> socket.socket | None:
-    """The socket systemd passed us (LISTEN_PID/LISTEN_FDS), if any."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
-        return None
-    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(key, None)
-    return socket.socket(fileno=SD_LISTEN_FDS_START)
+    if activation.claim(socket_path, f"another dhcp daemon is already listening on {socket_path}"):
+        log.info("dhcp: replaced stale socket %s", socket_path)
 
 
 async def handle(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -77,7 +55,7 @@ async def handle(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.S
 
 async def serve(daemon: Daemon, pidfile: str | None = None) -> None:
     """Run until SIGTERM/SIGINT; leases stay on disk for the next start."""
-    activated = activated_socket()
+    activated = activation.activated_socket()
     if activated is None:
         claim_socket(daemon.socket_path)
     if pidfile:
