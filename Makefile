@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # the full Debian kernel, qemu and busybox-static boot the virtme-ng VM for kernel-feature tests).
 APT_PACKAGES := iproute2 iptables nftables libnftables1 conntrack containernetworking-plugins \
 	dnsmasq-base graphviz procps kmod psmisc systemd \
-	linux-image-amd64 qemu-system-x86 busybox-static
+	linux-image-amd64 qemu-system-x86 busybox-static gcc libc6-dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: setup apt venv run test test-host test-vm lint bench clean-state

@@ -101,12 +101,14 @@ def _setup_logging() -> None:
     setup_logging()
 
 
-def launch(plugin_type: str, argv: list[str] | None = None) -> int:
+def launch(plugin_type: str, argv: list[str] | None = None, try_daemon: bool = True) -> int:
+    """Run one plugin call: through the daemon when it answers, else here (`try_daemon=False`: the
+    native front already found no daemon)."""
     argv = sys.argv if argv is None else argv
     command = _getenv("CNI_COMMAND")
-    if command and command != "VERSION" and _getenv("RECONCILER_NO_WARM") != "1":
+    if command and command != "VERSION":
         stdin = sys.stdin.buffer.read()
-        warm = try_warm(plugin_type, stdin)
+        warm = try_warm(plugin_type, stdin) if try_daemon and _getenv("RECONCILER_NO_WARM") != "1" else None
         if warm is not None:
             code, out = warm
             sys.stdout.buffer.write(out)
@@ -131,29 +133,45 @@ def launch(plugin_type: str, argv: list[str] | None = None) -> int:
     return main(plugin_type)
 
 
+COLD_CODE = """import sys
+sys.path[:0] = {paths!r}
+SITE_PACKAGES = {site_packages!r}
+from reconciler.launcher import launch
+sys.exit(launch(sys.argv.pop(1), try_daemon=False))
+"""
+
+
 def install(directory: "str | os.PathLike[str]", types: list[str] | None = None) -> list[str]:
-    """Write one executable per implemented plugin type into `directory` (atomically, 0755)."""
+    """Write one executable per implemented plugin type into `directory` (atomically, 0755).
+
+    With a C compiler each one is the native front (launcher.c: forwards to the daemon, execs the
+    Python launcher's cold path otherwise); without one, the Python launcher script.
+    """
+    import compileall
+    import site
     from pathlib import Path
 
+    from reconciler import native
     from reconciler.cni.registry import implemented
 
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     package_root = str(Path(__file__).resolve().parent.parent)
-    import site
-
     site_packages = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    binary = native.build(sys.executable, COLD_CODE.format(paths=[package_root], site_packages=site_packages),
+                          DEFAULT_SOCKET)
     written = []
     for ptype in types or implemented():
         path = target / ptype
         tmp = target / f".{ptype}.tmp"
-        tmp.write_text(SCRIPT.format(python=sys.executable, ptype=ptype, paths=[package_root],
-                                     site_packages=site_packages))
+        if binary is not None:
+            tmp.write_bytes(binary)
+        else:
+            tmp.write_text(SCRIPT.format(python=sys.executable, ptype=ptype, paths=[package_root],
+                                         site_packages=site_packages))
         tmp.chmod(0o755)
         tmp.replace(path)
         written.append(str(path))
-    import compileall
-
     # bytecode for every module now, so no plugin start ever compiles one (nor fails to cache it)
     compileall.compile_dir(str(Path(__file__).resolve().parent), quiet=2)
     return written

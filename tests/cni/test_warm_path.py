@@ -227,3 +227,71 @@ def test_socket_activation(plugin_dir, netns, tmp_path) -> None:
         activator.wait(timeout=20)
     assert sock.exists()  # the path is systemd's: the daemon leaves it alone on exit
 
+
+
+@pytest.fixture(scope="module")
+def python_plugin_dir(tmp_path_factory) -> Path:
+    """The plugins as the Python launcher scripts (what hosts without a C compiler get)."""
+    from reconciler.launcher import install
+
+    target = tmp_path_factory.mktemp("cni-bin-py")
+    old = os.environ.get("RECONCILER_NATIVE_LAUNCHER")
+    os.environ["RECONCILER_NATIVE_LAUNCHER"] = "0"
+    try:
+        install(target)
+    finally:
+        if old is None:
+            del os.environ["RECONCILER_NATIVE_LAUNCHER"]
+        else:
+            os.environ["RECONCILER_NATIVE_LAUNCHER"] = old
+    return target
+
+
+def test_both_launchers_are_installed_as_asked(plugin_dir, python_plugin_dir) -> None:
+    assert (plugin_dir / "bridge").read_bytes()[:4] == b"\x7fELF"  # this machine has a C compiler
+    assert (python_plugin_dir / "bridge").read_text().startswith("#!")
+
+
+def test_python_launcher_gives_the_same_answers(daemon, python_plugin_dir, netns) -> None:
+    sock, _ = daemon
+    for command, config, kw in [
+        ("ADD", CONF, {"netns": netns, "ifname": "lo"}),
+        ("ADD", b"{broken", {"netns": netns}),
+        ("DEL", CONF, {"netns": netns, "ifname": "lo"}),
+    ]:
+        warm, cold = run_both(python_plugin_dir, sock, command, config, **kw)
+        assert (warm.code, warm.stdout) == (cold.code, cold.stdout), (command, config)
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_daemon_that_hangs_up_means_a_cold_run_with_the_same_stdin(kind, plugin_dir, python_plugin_dir,
+                                                                      netns, tmp_path) -> None:
+    """Something accepts on the socket but never answers: the launcher runs the plugin itself, with the
+    stdin it already read, and the answer is the cold path's."""
+    import threading
+
+    directory = plugin_dir if kind == "native" else python_plugin_dir
+    path = tmp_path / "mute.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    seen: list[bytes] = []
+
+    def hang_up() -> None:
+        for _ in range(1):
+            conn, _ = listener.accept()
+            seen.append(conn.recv(65536))
+            conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        res = exec_plugin(directory / "loopback", "ADD", CONF, netns=netns, ifname="lo",
+                          extra_env={"RECONCILER_PLUGIN_SOCKET": str(path)})
+        cold = exec_plugin(directory / "loopback", "ADD", CONF, netns=netns, ifname="lo",
+                           extra_env={"RECONCILER_NO_WARM": "1"})
+    finally:
+        thread.join(5)
+        listener.close()
+    assert seen and seen[0].startswith(b"RCN1")  # the request was sent before the fall-back
+    assert res.code == 0 and (res.code, res.stdout) == (cold.code, cold.stdout), res.stdout + res.stderr
