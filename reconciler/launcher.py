@@ -1,14 +1,17 @@
-"""The installed plugin executables: a thin, standard-library-only launcher.
+"""The installed plugin executables' Python side: the launcher and the installer.
 
-An executable written by `reconciler plugins install DIR` is a few lines run
-by `python -SE` (no `site`, no PYTHON* variables: a runtime's environment must
-not change how a plugin starts, and PYTHONDONTWRITEBYTECODE would make every
-start recompile the package) that call `launch(TYPE)`. Until it knows it
-must work alone it imports only `posix`, `sys` and `_socket` (no `site`, no
-`os`, no `struct`, no `json`: each costs milliseconds of a ~15 ms budget): when the warm-path daemon listens on its socket the request is
-forwarded there and the answer relayed byte for byte; otherwise the
-site-packages are enabled and the plugin runs in this process (cold) through
-the same `skel.run` the daemon uses.
+`reconciler plugins install DIR` writes one executable per plugin type. With a
+C compiler it is the native front (launcher.c, built by `native.py`): it
+forwards the call to the warm-path daemon and, when no daemon answers, execs
+this module's cold path. Without one it is a Python script run by `python -SE`
+(no `site`, no PYTHON* variables: a runtime's environment must not change how a
+plugin starts, and PYTHONDONTWRITEBYTECODE would make every start recompile the
+package) that calls `launch(TYPE)`. Until it knows it must work alone that
+script imports only `posix`, `sys` and `_socket` (no `site`, no `os`, no
+`struct`, no `json`: each costs milliseconds of a ~15 ms budget): when the
+daemon listens the request is forwarded there and the answer relayed byte for
+byte; otherwise the site-packages are enabled and the plugin runs in this
+process (cold) through the same `skel.run` the daemon uses.
 """
 
 import posix
