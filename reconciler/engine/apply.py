@@ -6,7 +6,6 @@ import base64
 import contextlib
 import logging
 import os
-import pickle
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from reconciler.engine.observe import Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
 from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
+from reconciler.engine.workers import WorkerFailed, fork_map
 from reconciler.errors import CNIError, SpecError
 from reconciler.kernel import namespaces
 
@@ -35,7 +35,8 @@ DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 DEL_WITHOUT_NETNS = frozenset({"bridge", "ptp", "loopback", "host-local", "static", "portmap", "firewall",
                                "bandwidth", "tuning"})
 BACKOFF_AFTER = 3
-PARALLEL_MIN = 4  # fewer parallel-eligible ADDs than this run in this process  # consecutive repairs without an in-sync pass before backing off
+PARALLEL_MIN = 4  # fewer parallel-eligible ADDs than this run in this process
+OBSERVE_PER_WORKER = 32  # attachments per observe worker below which forking does not pay  # consecutive repairs without an in-sync pass before backing off
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Engine:
         self.vanishing: set[str] = set()
         self.claimed: set[str] = set()  # namespaces this pass claimed before creating them
         self.keep_journal = False  # a worker died: leave the pass's journal batch for the next recovery
-        self.workers = int(os.environ.get("RECONCILER_WORKERS") or min(os.cpu_count() or 1, 4))  # host veths the kernel removes with namespaces deleted this pass
+        self.workers = int(os.environ.get("RECONCILER_WORKERS") or min(os.cpu_count() or 1, 4))
+        self.observe_per_worker = max(1, int(os.environ.get("RECONCILER_OBSERVE_PER_WORKER") or OBSERVE_PER_WORKER))  # host veths the kernel removes with namespaces deleted this pass
 
     # ---- reading
     def load(self) -> Specs:
@@ -135,12 +137,34 @@ class Engine:
         return specs
 
     def observe(self, records: dict[str, Record], keys: set[str] | None = None, deep: bool = True) -> Observation:
+        """Read every namespace once here, then judge the attachments, split over worker processes when many.
+
+        The workers inherit the reads (the shared snapshot cache) and only run the judging and the
+        plugins' CHECKs, which read from it: CPU-bound work that a second CPU halves. A worker that
+        fails has its slice judged here instead.
+        """
         chosen = [r for k, r in records.items() if keys is None or k in keys]
         bar = Progress(len(chosen), "observe", enabled=self.show_progress)
         try:
             paths = [None, *(r.netns_path for r in chosen)]
             with namespaces.session(), namespaces.shared(paths):
-                return observe(chosen, self.runner, deep, progress=bar.step)
+                count = min(self.workers, len(chosen) // self.observe_per_worker)
+                if not deep or count < 2 or threading.active_count() > 1:
+                    return observe(chosen, self.runner, deep, progress=bar.step)
+                obs = observe([], self.runner, deep)  # the host and the list of namespaces, read once
+
+                def judge_part(part: list[Record]) -> dict[str, list[str]]:
+                    return {r.key: judge(r, obs, self.runner, deep) for r in part}
+
+                parts = [chosen[i::count] for i in range(count)]
+                for part, got in zip(parts, fork_map(parts, judge_part), strict=True):
+                    if isinstance(got, WorkerFailed):
+                        log.warning("observe worker failed (%s); judging its %d attachments here", got, len(part))
+                        got = judge_part(part)
+                    obs.drift.update(got)
+                    for rec in part:
+                        bar.step(rec.key)
+                return obs
         finally:
             bar.close()
 
@@ -458,45 +482,17 @@ class Engine:
     def _add_in_workers(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[tuple[Step, Outcome]]:
         """ADD `steps` split over `self.workers` processes (this one included); verification stays here.
 
-        Each forked worker runs its slice with its own netlink handles and sends back the outcomes and
-        records; the ADDs it verified nothing of join this pass's batch, verified below as usual. A
-        worker that dies leaves its slice failed and the pass's journal batch in place, so the next
-        pass undoes whatever it did.
+        Each forked worker (engine.workers) runs its slice with its own netlink handles and sends back
+        the outcomes and records; their ADDs join this pass's batch and are verified here with the
+        rest. A worker that dies leaves its slice failed and the pass's journal batch in place, so the
+        next pass undoes whatever it did.
         """
         verify_later, self.batch = self.batch, []
         count = min(self.workers, len(steps))
         slices = [steps[i::count] for i in range(count)]
-        children: list[tuple[int, int, list[Step]]] = []
-        for part in slices[1:]:
-            rd, wr = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # worker: run the slice, report, leave without running the parent's cleanup
-                os.close(rd)
-                try:
-                    with namespaces.fresh_session():
-                        payload = pickle.dumps(self._add_slice(part, specs, records))
-                except BaseException as err:  # noqa: BLE001 - reported as the slice's failure
-                    payload = pickle.dumps(repr(err))
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(wr, view):]
-                os._exit(0)
-            os.close(wr)
-            children.append((pid, rd, part))
-        results = list(zip(slices[0], self._add_slice(slices[0], specs, records), strict=True))
-        for pid, rd, part in children:
-            data = bytearray()
-            try:
-                while chunk := os.read(rd, 1 << 16):
-                    data += chunk
-            finally:
-                os.close(rd)
-                os.waitpid(pid, 0)
-            try:
-                got = pickle.loads(data) if data else "worker died without an answer"
-            except Exception as err:  # noqa: BLE001
-                got = f"unreadable worker answer: {err}"
-            if isinstance(got, str):
+        results: list[tuple[Step, tuple[Outcome, Record | None, bool]]] = []
+        for part, got in zip(slices, fork_map(slices, lambda part: self._add_slice(part, specs, records)), strict=True):
+            if isinstance(got, WorkerFailed):
                 self.keep_journal = True
                 results += [(s, (Outcome(s.key, s.kind, "failed", error=f"worker failed: {got}"), None, False))
                             for s in part]

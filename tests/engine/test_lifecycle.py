@@ -303,3 +303,26 @@ def test_adds_split_over_worker_processes(rig):
     rig.attachments([])
     assert rig.run("apply").returncode == 0
     assert rig.our_namespaces() == [] and rig.allocations() == [] and rig.host_links("veth") == []
+
+
+def test_observe_split_over_worker_processes_names_each_drift(rig):
+    """CHECKs judged in worker processes (3 workers, 2 attachments each at least): the same verdicts
+    as in one process, each drift named on its own attachment, then repaired."""
+    rig.env.update(RECONCILER_WORKERS="3", RECONCILER_OBSERVE_PER_WORKER="2")
+    rig.network()
+    rig.attachments(atts(rig, 6))
+    assert rig.run("apply").returncode == 0
+    assert rig.run("check").returncode == 0
+    before = {i: rig.addrs(rig.ns(f"c{i}")) for i in range(6)}
+    subprocess.run(["ip", "-n", rig.ns("c1"), "link", "del", "eth0"], check=True)
+    subprocess.run(["ip", "-n", rig.ns("c4"), "addr", "del", before[4][0], "dev", "eth0"], check=True)
+    check = rig.run("check")
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert "net1/c1/eth0" in check.stdout and "net1/c4/eth0" in check.stdout
+    assert f"address {before[4][0]} missing" in check.stdout
+    assert not any(f"net1/c{i}/eth0" in check.stdout for i in (0, 2, 3, 5)), check.stdout
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("repair") >= 2, out.stdout
+    assert {i: rig.addrs(rig.ns(f"c{i}")) for i in range(6)} == before
+    assert_clean_converged(rig, 6)
