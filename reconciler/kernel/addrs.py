@@ -7,7 +7,6 @@ import ipaddress
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel import rtnl
@@ -46,21 +45,6 @@ class Address:
         """Global unicast in the sense Go's IP.IsGlobalUnicast uses (not loopback/link-local/multicast)."""
         ip = self.address.ip
         return not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified)
-
-
-def from_msg(msg: Any) -> Address:
-    prefix = int(msg["prefixlen"])
-    addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-    local = msg.get_attr("IFA_LOCAL")
-    if local and msg["family"] == 2:  # for IPv4 point-to-point, IFA_LOCAL is ours
-        addr = local
-    flags = msg.get_attr("IFA_FLAGS")
-    return Address(
-        index=int(msg["index"]),
-        address=ipaddress.ip_interface(f"{addr}/{prefix}"),
-        scope=int(msg["scope"]),
-        flags=int(flags if flags is not None else msg["flags"]),
-    )
 
 
 def list_addrs(netns: str | None = None, ifname: str | None = None, family: int | None = None) -> list[Address]:

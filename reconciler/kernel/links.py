@@ -83,32 +83,6 @@ def _nested(msg: Any, key: str) -> dict[str, Any]:
     return {name: val for name, val in value.get("attrs", [])}
 
 
-def from_msg(msg: Any) -> Link:
-    """Convert a pyroute2 RTM_NEWLINK message."""
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    kind = slave_kind = ""
-    if linkinfo is not None:
-        kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
-        slave_kind = linkinfo.get_attr("IFLA_INFO_SLAVE_KIND") or ""
-    flags = int(msg["flags"])
-    return Link(
-        index=int(msg["index"]),
-        name=msg.get_attr("IFLA_IFNAME") or "",
-        kind=kind,
-        mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(),
-        mtu=int(msg.get_attr("IFLA_MTU") or 0),
-        up=bool(flags & IFF_UP),
-        promisc=bool(flags & IFF_PROMISC),
-        operstate=str(msg.get_attr("IFLA_OPERSTATE") or ""),
-        master=msg.get_attr("IFLA_MASTER"),
-        link=msg.get_attr("IFLA_LINK"),
-        link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
-        slave_kind=slave_kind,
-        alias=msg.get_attr("IFLA_IFALIAS") or "",
-        linkinfo=linkinfo,
-    )
-
-
 def list_links(netns: str | None = None) -> list[Link]:
     """All links of a namespace, sorted by index."""
     return sorted(rtnl.dump_links(netns), key=lambda link: link.index)

@@ -72,16 +72,12 @@ def list_routes(netns: str | None = None, *, family: int | None = None, table: i
 
     families = [socket.AF_INET, socket.AF_INET6] if family is None else [
         socket.AF_INET if family == 4 else socket.AF_INET6]
+    from reconciler.kernel import rtnl
+
     out: list[RouteEntry] = []
-    with nsmod.ipr(netns) as ipr:
-        for fam in families:
-            for msg in ipr.route("dump", family=fam):
-                entry = from_msg(msg)
-                if table is not None and entry.table != table:
-                    continue
-                if oif is not None and entry.oif != oif:
-                    continue
-                out.append(entry)
+    for fam in families:
+        out.extend(entry for entry in rtnl.dump_routes(netns, fam)
+                   if (table is None or entry.table == table) and (oif is None or entry.oif == oif))
     return out
 
 

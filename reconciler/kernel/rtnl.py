@@ -1,11 +1,12 @@
-"""A small synchronous rtnetlink client for the requests plugins make on every verb.
+"""A small synchronous rtnetlink client for the requests plugins and the reconciler make most.
 
 pyroute2 0.9 runs each request through an asyncio loop and decodes every
 attribute of every answer: ~0.4 ms per request before any work, ~24 requests
 per bridge ADD. This module sends the hot requests (get, dump, change and
-delete links; create veth pairs; list and add addresses) on a plain
+delete links; create veth pairs; list and add addresses; list routes) on a plain
 NETLINK_ROUTE socket, encodes them with `struct`, and decodes only what
-`Link` and `Address` expose (~0.05 ms a request). A link's kind-specific data
+`Link`, `Address` and `RouteEntry` expose (~0.05 ms a request; a namespace's
+whole snapshot in well under a millisecond). A link's kind-specific data
 (`Link.info`) is still decoded by pyroute2, from the raw message, on first use.
 Everything else (other link kinds, routes, rules) stays with pyroute2.
 
@@ -32,6 +33,7 @@ NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 20, 28, 37
@@ -44,6 +46,7 @@ NLA_F_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
 NLMSG = struct.Struct("=IHHII")
 IFINFO = struct.Struct("=BxHiII")
 IFADDR = struct.Struct("=BBBBI")
+RTMSG = struct.Struct("=BBBBBBBBI")
 RTA = struct.Struct("=HH")
 U32 = struct.Struct("=I")
 I32 = struct.Struct("=i")
@@ -150,6 +153,28 @@ def decode_address(data: bytes, start: int, end: int) -> Any:
     ext = u32(a.get(IFA_FLAGS))
     return Address(index=index, address=ipaddress.ip_interface(f"{ip_text(family, raw)}/{prefixlen}"),
                    scope=scope, flags=int(ext if ext is not None else flags))
+
+
+def decode_route(data: bytes, start: int, end: int) -> Any:
+    """An RTM_NEWROUTE message as a `routes.RouteEntry`."""
+    from reconciler.kernel.routes import RouteEntry
+
+    family, dst_len, _src_len, _tos, table, proto, scope, rtype, _flags = RTMSG.unpack_from(data, start + 16)
+    a = attrs(data, start + 28, end)
+    dst = a.get(1)  # RTA_DST
+    any_ip = "0.0.0.0" if family == socket.AF_INET else "::"
+    gateway, prefsrc, table_attr = a.get(5), a.get(7), u32(a.get(15))  # RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE
+    return RouteEntry(
+        dst=ipaddress.ip_network(f"{ip_text(family, dst) if dst else any_ip}/{dst_len}", strict=False),
+        gateway=ipaddress.ip_address(ip_text(family, gateway)) if gateway else None,
+        oif=u32(a.get(4)),  # RTA_OIF
+        table=int(table_attr if table_attr is not None else table),
+        scope=scope,
+        priority=u32(a.get(6)),  # RTA_PRIORITY
+        prefsrc=ipaddress.ip_address(ip_text(family, prefsrc)) if prefsrc else None,
+        proto=proto,
+        type=rtype,
+    )
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -326,6 +351,13 @@ def dump_addrs(netns: str | None) -> list[Any]:
     with connect(netns) as sock:
         answers = sock.request(RTM_GETADDR, NLM_F_DUMP, IFADDR.pack(0, 0, 0, 0, 0))
     return [a for d, s, e, k in answers if k == RTM_NEWADDR and (a := decode_address(d, s, e)) is not None]
+
+
+def dump_routes(netns: str | None, family: int) -> list[Any]:
+    """Every route of one family (socket.AF_INET / AF_INET6), all tables."""
+    with connect(netns) as sock:
+        answers = sock.request(RTM_GETROUTE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+    return [decode_route(d, s, e) for d, s, e, k in answers if k == RTM_NEWROUTE]
 
 
 def add_addr(netns: str | None, index: int, iface: Any, *, flags: int = 0, broadcast: str | None = None,

@@ -9,10 +9,9 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from reconciler.kernel import addrs as addrmod
-from reconciler.kernel import links as linkmod
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel import routes as routemod
+from reconciler.kernel import rtnl
 from reconciler.kernel.addrs import Address
 from reconciler.kernel.links import Link
 from reconciler.kernel.routes import RouteEntry
@@ -92,11 +91,9 @@ def snapshot(netns: str | None = None) -> Snapshot:
 
 
 def read(netns: str | None = None) -> Snapshot:
-    """Dump links, addresses and routes of `netns` over one netlink handle."""
-    with nsmod.ipr(netns) as ipr:
-        links = tuple(sorted((linkmod.from_msg(m) for m in ipr.link("dump")), key=lambda lk: lk.index))
-        addresses = tuple(addrmod.from_msg(m) for m in ipr.addr("dump"))
-        routes: list[RouteEntry] = []
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            routes.extend(routemod.from_msg(m) for m in ipr.route("dump", family=fam))
-    return Snapshot(netns, links, addresses, tuple(routes), {lk.name: lk for lk in links})
+    """Dump links, addresses and routes of `netns` over one netlink socket (kernel.rtnl)."""
+    with nsmod.session():
+        links = tuple(sorted(rtnl.dump_links(netns), key=lambda lk: lk.index))
+        addresses = tuple(rtnl.dump_addrs(netns))
+        routes = tuple(rtnl.dump_routes(netns, socket.AF_INET) + rtnl.dump_routes(netns, socket.AF_INET6))
+    return Snapshot(netns, links, addresses, routes, {lk.name: lk for lk in links})
