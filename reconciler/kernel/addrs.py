@@ -49,13 +49,11 @@ class Address:
 
 def list_addrs(netns: str | None = None, ifname: str | None = None, family: int | None = None) -> list[Address]:
     """Addresses of the namespace, or of one link; family 4 or 6 filters."""
-    index = get_link(ifname, netns).index if ifname is not None else None
-    out = rtnl.dump_addrs(netns)
-    if index is not None:
-        out = [a for a in out if a.index == index]
-    if family is not None:
-        out = [a for a in out if a.address.version == family]
-    return out
+    import socket
+
+    index = get_link(ifname, netns).index if ifname is not None else 0
+    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)
+    return rtnl.dump_addrs(netns, index, fam)  # type: ignore[no-any-return]
 
 
 def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, nodad: bool = False,

@@ -182,14 +182,16 @@ def ipr(netns: str | None) -> Iterator[Any]:
 
 
 def forget(netns: str | None) -> None:
-    """Drop a cached handle (the namespace was deleted)."""
+    """Drop the cached handles of `netns` (it was deleted): pyroute2's and kernel.rtnl's socket."""
     cache = _SESSION.get()
     if cache is None:
         return
-    handle = cache.pop(resolve(netns), None)
-    if handle is not None:
-        with contextlib.suppress(Exception):
-            handle.close()
+    path = resolve(netns)
+    for key in (path, ("rtnl", path)):
+        handle = cache.pop(key, None)  # type: ignore[call-overload]
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.close()
 
 
 _LIBC: Any = None

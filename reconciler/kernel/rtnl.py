@@ -28,6 +28,7 @@ from reconciler.kernel import netns as nsmod
 from reconciler.kernel.netns import KernelError
 
 NETLINK_ROUTE = 0
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -207,6 +208,8 @@ class Socket:
         with nsmod.entered(path):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFSIZE)
+        with contextlib.suppress(OSError):  # Linux >= 4.20: dumps honour the header's filters (ifindex, ...)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         self.sock.bind((0, 0))
         self.seq = 0
 
@@ -347,10 +350,14 @@ def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int |
         sock.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def dump_addrs(netns: str | None) -> list[Any]:
+def dump_addrs(netns: str | None, index: int = 0, family: int = 0) -> list[Any]:
+    """Addresses of a namespace; `index`/`family` are filtered by the kernel where it can (strict
+    checking), and here in any case."""
     with connect(netns) as sock:
-        answers = sock.request(RTM_GETADDR, NLM_F_DUMP, IFADDR.pack(0, 0, 0, 0, 0))
-    return [a for d, s, e, k in answers if k == RTM_NEWADDR and (a := decode_address(d, s, e)) is not None]
+        answers = sock.request(RTM_GETADDR, NLM_F_DUMP, IFADDR.pack(family, 0, 0, 0, index))
+    out = [a for d, s, e, k in answers if k == RTM_NEWADDR and (a := decode_address(d, s, e)) is not None]
+    return [a for a in out if (not index or a.index == index)
+            and (not family or a.address.version == (4 if family == socket.AF_INET else 6))]
 
 
 def dump_routes(netns: str | None, family: int) -> list[Any]:

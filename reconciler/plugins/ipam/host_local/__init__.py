@@ -8,6 +8,7 @@ even when the ranges no longer parse; GC and STATUS follow spec 1.1.0.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -123,34 +124,58 @@ def delete(args: CmdArgs) -> None:
     store = DiskStore.open(data_dir, network, create=False)
     if store is None:
         return
-    with store, store.locked() as scan:
-        for name in scan.held_by(args.container_id.strip(), args.ifname):
-            store.release(name)
+    owner = Owner(args.container_id.strip(), args.ifname)
+    with store:
+        # As ADD: the directory is read before the lock (from this process's previous scan, so a
+        # long-lived process reads only what changed); under it, every name to release is re-read.
+        hint = store.snapshot()
+        with store.locked(hint, remember=True) as scan:
+            names = set(scan.held_by(owner.container_id, args.ifname))
+            if hint is not None:
+                names |= set(_prev_addresses(args.config))  # whatever the scan's view may have missed
+                names = {n for n in names if store.holds(n, owner)}
+            for name in sorted(names):
+                store.release(name)
+                scan.forget(name)
+
+
+def _prev_addresses(config: dict[str, Any]) -> list[str]:
+    """The addresses of prevResult's `ips` (empty when there is none)."""
+    prev = config.get("prevResult")
+    out = []
+    if isinstance(prev, dict):
+        for item in prev.get("ips") or []:
+            address = item.get("address") if isinstance(item, dict) else None
+            if isinstance(address, str) and "/" in address:
+                with contextlib.suppress(ValueError):
+                    out.append(str(ipaddress.ip_interface(address).ip))
+    return out
 
 
 def check(args: CmdArgs) -> None:
     """The reservation must exist, and cover every prevResult address inside our ranges."""
     conf = cfgmod.load(args.config, args.cni_args, with_requests=False)
     store = DiskStore.open(conf.data_dir, conf.network, create=False)
+    owner = Owner(args.container_id.strip(), args.ifname)
+    ours = [ip for ip in _prev_addresses(args.config)
+            if any(rs.contains(ipaddress.ip_address(ip)) for rs in conf.range_sets)]
     held: list[str] = []
     if store is not None:
-        with store, store.locked() as scan:
-            held = scan.held_by(args.container_id.strip(), args.ifname)
+        with store:
+            # The common case reads only prevResult's reservations: files are created whole by
+            # link(2) and never rewritten, so no lock is needed to see that they are ours.
+            if ours and all(store.holds(ip, owner) for ip in ours):
+                return
+            with store.locked() as scan:
+                held = scan.held_by(owner.container_id, args.ifname)
     if not held:
         raise CNIError(INTERNAL, f"host-local: Failed to find address added by container {args.container_id}")
-    prev = args.config.get("prevResult")
-    if isinstance(prev, dict):
-        for item in prev.get("ips") or []:
-            address = item.get("address") if isinstance(item, dict) else None
-            if not isinstance(address, str) or "/" not in address:
-                continue
-            ip = ipaddress.ip_interface(address).ip
-            if any(rs.contains(ip) for rs in conf.range_sets) and str(ip) not in held:
-                raise CNIError(
-                    INTERNAL,
-                    f"host-local: address {ip} in prevResult is not reserved for "
-                    f"{args.container_id}/{args.ifname}",
-                )
+    for ip in ours:
+        if ip not in held:
+            raise CNIError(
+                INTERNAL,
+                f"host-local: address {ip} in prevResult is not reserved for {args.container_id}/{args.ifname}",
+            )
 
 
 def _valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]]:
