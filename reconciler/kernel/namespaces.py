@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.kernel import netns as nsmod
+
 RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 
@@ -116,51 +118,35 @@ def _unshare_and_mount(path: str) -> None:
                 libc.umount2(path.encode(), 2)  # MNT_DETACH
                 raise
         finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns back: {os.strerror(err)}")
+            nsmod._setns(home)  # back; if this failed the thread would stay in the new namespace: let it raise
     finally:
         os.close(home)
 
 
 def _loopback_up() -> None:
     """Set lo (always ifindex 1) up in the current thread's namespace, waiting for the kernel's ack."""
-    import socket
-    import struct
+    from reconciler.kernel import rtnl
 
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    sock = rtnl.Socket(None)  # not rtnl.connect: a session's cached socket may belong to another namespace
     try:
-        body = struct.pack("=BxHiII", 0, 0, 1, 1, 1)  # ifinfomsg: index 1, flags IFF_UP, change IFF_UP
-        # RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK
-        sock.send(struct.pack("=IHHII", 16 + len(body), 16, 0x1 | 0x4, 1, 0) + body)
-        data = sock.recv(4096)
-        if len(data) >= 20 and struct.unpack_from("=H", data, 4)[0] == 2:  # NLMSG_ERROR carries the ack
-            code = -struct.unpack_from("=i", data, 16)[0]
-            if code:
-                raise OSError(code, f"set lo up: {os.strerror(code)}")
+        sock.request(rtnl.RTM_SETLINK, rtnl.NLM_F_ACK, rtnl.IFINFO.pack(0, 0, 1, rtnl.IFF_UP, rtnl.IFF_UP))
     finally:
         sock.close()
 
 
 def delete(name: str) -> None:
     """Delete /run/netns/NAME (and forget any cached netlink handle to it); a missing one is fine."""
-    from reconciler.kernel import netns as nsmod
-
     nsmod.remove(path_for(name))
 
 
 def session() -> contextlib.AbstractContextManager[None]:
     """One netlink handle per namespace for the whole block (a pass): see kernel.netns.session."""
-    from reconciler.kernel import netns as nsmod
-
     return nsmod.session()
 
 
 @contextlib.contextmanager
 def fresh_session() -> Iterator[None]:
     """A new netlink session, ignoring any this process inherited (a forked worker must not share its parent's sockets)."""
-    from reconciler.kernel import netns as nsmod
-
     token = nsmod._SESSION.set(None)
     try:
         with nsmod.session():
@@ -198,31 +184,6 @@ def snapshot(path: str | None = None) -> dict[str, LinkState]:
         if state is not None:
             state.addresses.append(str(addr.address))
     return out
-
-
-@contextlib.contextmanager
-def entered(path: str) -> Iterator[None]:
-    """Run the block with this thread inside the namespace at `path`, then come back."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-    except OSError:
-        os.close(home)
-        raise
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns back: {os.strerror(err)}")
-    finally:
-        os.close(target)
-        os.close(home)
 
 
 def shared(paths: Iterable[str | None] = ()) -> contextlib.AbstractContextManager[Any]:
