@@ -39,7 +39,7 @@ struct buf {
 
 static int buf_put(struct buf *b, const void *src, size_t n)
 {
-    if (b->len + n > MAX_REQUEST + 64)
+    if (b->len + n < b->len)
         return -1;
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 8192;
@@ -67,7 +67,7 @@ static int buf_field(struct buf *b, const void *src, size_t n)
     return buf_u32(b, (uint32_t)n) || buf_put(b, src, n);
 }
 
-/* Read all of stdin; -1 when it is larger than a request may be. */
+/* Read all of stdin (whatever its size: the cold path must get every byte back); -1 on a read error. */
 static int read_stdin(struct buf *in)
 {
     char chunk[65536];
@@ -176,8 +176,8 @@ int main(int argc, char **argv)
         return cold(type, argc, argv, NULL); /* no daemon: stdin is still unread */
 
     struct buf in = {0}, req = {0};
-    if (read_stdin(&in))
-        return cold(type, argc, argv, &in);
+    if (read_stdin(&in) || in.len > MAX_REQUEST)
+        return cold(type, argc, argv, &in); /* the daemon would refuse it: run it here */
     uint32_t fields = 2;
     for (char **e = environ; *e; e++)
         if (forwarded(*e) && strchr(*e, '='))
@@ -192,7 +192,8 @@ int main(int argc, char **argv)
             bad = buf_field(&req, *e, (size_t)(eq - *e)) || buf_field(&req, eq + 1, strlen(eq + 1));
     }
     unsigned char head[8];
-    if (bad || write_all(sock, req.data, req.len) || read_exact(sock, (char *)head, sizeof head))
+    if (bad || req.len > MAX_REQUEST || write_all(sock, req.data, req.len) ||
+        read_exact(sock, (char *)head, sizeof head))
         return cold(type, argc, argv, &in);
     uint32_t code = be32(head), size = be32(head + 4);
     char *out = malloc(size ? size : 1);

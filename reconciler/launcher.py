@@ -71,7 +71,10 @@ def try_warm(plugin_type: str, stdin: bytes) -> tuple[int, bytes] | None:
     try:
         sock.connect(socket_path())
         env = {k: v for k, v in _environb().items() if k.startswith((b"CNI_", b"RECONCILER_"))}
-        sock.sendall(wire.encode_request(plugin_type, stdin, env))
+        request = wire.encode_request(plugin_type, stdin, env)
+        if len(request) > wire.MAX_REQUEST:
+            return None  # the daemon would refuse it: run it here
+        sock.sendall(request)
         return wire.read_reply(sock)
     except (OSError, ValueError, ConnectionError):
         return None

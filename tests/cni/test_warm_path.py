@@ -295,3 +295,13 @@ def test_a_daemon_that_hangs_up_means_a_cold_run_with_the_same_stdin(kind, plugi
         listener.close()
     assert seen and seen[0].startswith(b"RCN1")  # the request was sent before the fall-back
     assert res.code == 0 and (res.code, res.stdout) == (cold.code, cold.stdout), res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_request_too_large_for_the_daemon_runs_cold(kind, daemon, plugin_dir, python_plugin_dir, netns) -> None:
+    """stdin over the wire's 4 MiB limit: the launcher runs the plugin itself with every byte of it."""
+    sock, _ = daemon
+    directory = plugin_dir if kind == "native" else python_plugin_dir
+    big = dict(CONF, padding="x" * (wire.MAX_REQUEST + 1024))
+    warm, cold = run_both(directory, sock, "ADD", big, netns=netns, ifname="lo")
+    assert warm.code == 0 and (warm.code, warm.stdout) == (cold.code, cold.stdout), warm.stdout + warm.stderr
