@@ -5,7 +5,8 @@ are run with `ip netns exec`, which adds the same few ms to both sides). The con
 is not needed by portmap: prevResult names an address routed through a veth in the host
 namespace. Ours runs with `backend: iptables` (the reference v1.1.1 is iptables-only; it
 writes through iptables-nft here, ours through iptables-legacy), exec'd cold, plus our
-exec'd with our plugin daemon (warm: `reconciler serve` on a private socket), and called
+exec'd with our plugin daemon (warm: `reconciler serve` on a private socket, run inside the
+same host namespace, as a host's daemon is), and called
 in-process. CPU time of the warm exec'd side excludes the daemon's share. Wall time is reported with the CPU time it cost (the
 plugin processes' user+sys, or this process's for in-process calls): on a busy machine wall
 time mostly measures the scheduler. Writes bench/results/portmap.json.
@@ -15,12 +16,14 @@ Run as root: `.venv/bin/python bench/portmap_bench.py [--repeat 5] [--attachment
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -92,10 +95,29 @@ def in_process(command: str, host: str, index: int, stdin: bytes) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def daemon_in(host: str) -> Iterator[None]:
+    """For the warm side, our daemon inside `host`: where the runtime calling the plugins runs (a daemon
+    in another namespace serves each request from a child forked into the caller's namespace)."""
+    sock = EXTRA_ENV.get("RECONCILER_PLUGIN_SOCKET")
+    if not sock:
+        yield
+        return
+    proc = subprocess.Popen(["ip", "netns", "exec", host, sys.executable, "-m", "reconciler", "serve", "--socket", sock])
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(sock).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def latency(binary: Path | None, ours: bool, repeat: int) -> dict:
     out = {}
     for ports in (1, 10, 100):
-        with netns("rcnbh") as host:
+        with netns("rcnbh") as host, daemon_in(host):
             prepare(host)
             adds, dels, add_cpu, del_cpu = [], [], [], []
             if binary is None:  # warm path: imports done once, as in the daemon
@@ -119,7 +141,7 @@ def latency(binary: Path | None, ours: bool, repeat: int) -> dict:
 
 
 def growth(binary: Path | None, ours: bool, attachments: int) -> dict:
-    with netns("rcnbh") as host:
+    with netns("rcnbh") as host, daemon_in(host):
         prepare(host)
         adds, cpu = [], []
         if binary is None:
@@ -147,37 +169,29 @@ def main() -> None:
 
         install(Path(tmp))
         sock = Path(tmp) / "run" / "plugin.sock"
-        daemon = subprocess.Popen([sys.executable, "-m", "reconciler", "serve", "--socket", str(sock)])
-        deadline = time.monotonic() + 60
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
         sides = {"reference": (REFERENCE / "portmap", False, {}),
                  "ours_exec_cold": (Path(tmp) / "portmap", True, {"RECONCILER_NO_WARM": "1"}),
                  "ours_exec_warm": (Path(tmp) / "portmap", True, {"RECONCILER_PLUGIN_SOCKET": str(sock)}),
                  "ours_inprocess": (None, True, {})}
         results: dict = {"latency": {}, "growth": {}}
-        try:
+        for name, (binary, ours, env) in sides.items():
+            EXTRA_ENV.clear()
+            EXTRA_ENV.update(env)
+            results["latency"][name] = latency(binary, ours, opts.repeat)
+            for ports, row in results["latency"][name].items():
+                print(f"{name:15s} {ports:>3s} mappings  ADD p50 {row['add']['p50_ms']:7.1f} ms "
+                      f"(cpu {row['add_cpu']['p50_ms']:6.1f})  DEL p50 {row['del']['p50_ms']:7.1f} ms "
+                      f"(cpu {row['del_cpu']['p50_ms']:6.1f})", flush=True)
+        if not opts.skip_growth:
             for name, (binary, ours, env) in sides.items():
                 EXTRA_ENV.clear()
                 EXTRA_ENV.update(env)
-                results["latency"][name] = latency(binary, ours, opts.repeat)
-                for ports, row in results["latency"][name].items():
-                    print(f"{name:15s} {ports:>3s} mappings  ADD p50 {row['add']['p50_ms']:7.1f} ms "
-                          f"(cpu {row['add_cpu']['p50_ms']:6.1f})  DEL p50 {row['del']['p50_ms']:7.1f} ms "
-                          f"(cpu {row['del_cpu']['p50_ms']:6.1f})", flush=True)
-            if not opts.skip_growth:
-                for name, (binary, ours, env) in sides.items():
-                    EXTRA_ENV.clear()
-                    EXTRA_ENV.update(env)
-                    row = growth(binary, ours, opts.attachments)
-                    results["growth"][name] = row
-                    print(f"{name:15s} {row['attachments']} attachments: {row['total_s']:.2f} s total "
-                          f"(cpu {row['cpu_s']:.2f} s), ADD p50 first {row['first_10pct']['p50_ms']:.1f} ms -> "
-                          f"last {row['last_10pct']['p50_ms']:.1f} ms (cpu {row['first_10pct_cpu']['p50_ms']:.1f}"
-                          f" -> {row['last_10pct_cpu']['p50_ms']:.1f})", flush=True)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=20)
+                row = growth(binary, ours, opts.attachments)
+                results["growth"][name] = row
+                print(f"{name:15s} {row['attachments']} attachments: {row['total_s']:.2f} s total "
+                      f"(cpu {row['cpu_s']:.2f} s), ADD p50 first {row['first_10pct']['p50_ms']:.1f} ms -> "
+                      f"last {row['last_10pct']['p50_ms']:.1f} ms (cpu {row['first_10pct_cpu']['p50_ms']:.1f}"
+                      f" -> {row['last_10pct_cpu']['p50_ms']:.1f})", flush=True)
     print(write_results("portmap", results))
 
 
