@@ -296,13 +296,13 @@ class Engine:
         drift: dict[str, list[str]] = {}
         for attempt in range(self.verify_retries):
             with namespaces.shared([None, *(p.rt.netns for p in remaining.values())]):
-                obs = Observation()
+                verdicts = self._judge_all([p.record for p in remaining.values() if p.record is not None])
                 for key, pending in list(remaining.items()):
-                    assert pending.record is not None
-                    found = judge(pending.record, obs, self.runner, deep=True)
+                    found = verdicts[key]
                     if found:
                         drift[key] = found
                         continue
+                    assert pending.record is not None
                     self.inventory.put(pending.record, durable=key not in self.journaled)
                     self.journal.clear(key)
                     del remaining[key]
@@ -317,6 +317,25 @@ class Engine:
                 pending.outcome.ips = []
                 pending.outcome.error = "verification failed after ADD (rolled back): " + "; ".join(drift[key])
             log.error("%s: verification failed, rolled back: %s", key, "; ".join(drift[key]))
+
+    def _judge_all(self, records: list[Record]) -> dict[str, list[str]]:
+        """judge() of each record (inside the caller's shared reads), split over workers as observe does."""
+        obs = Observation()
+
+        def judge_part(part: list[Record]) -> dict[str, list[str]]:
+            return {r.key: judge(r, obs, self.runner, deep=True) for r in part}
+
+        count = min(self.workers, len(records) // self.observe_per_worker)
+        if count < 2 or threading.active_count() > 1:
+            return judge_part(records)
+        parts = [records[i::count] for i in range(count)]
+        verdicts: dict[str, list[str]] = {}
+        for part, got in zip(parts, fork_map(parts, judge_part), strict=True):
+            if isinstance(got, WorkerFailed):
+                log.warning("verify worker failed (%s); judging its %d attachments here", got, len(part))
+                got = judge_part(part)
+            verdicts.update(got)
+        return verdicts
 
     @staticmethod
     def _delete_intent(key: str, rec: Record | None) -> Intent:
