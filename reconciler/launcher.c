@@ -100,6 +100,22 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+/* send(2) without SIGPIPE: a daemon gone mid-request means running cold, not dying of a signal. */
+static int send_all(int sock, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = send(sock, p, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 static int read_exact(int fd, char *p, size_t n)
 {
     while (n) {
@@ -192,7 +208,7 @@ int main(int argc, char **argv)
             bad = buf_field(&req, *e, (size_t)(eq - *e)) || buf_field(&req, eq + 1, strlen(eq + 1));
     }
     unsigned char head[8];
-    if (bad || req.len > MAX_REQUEST || write_all(sock, req.data, req.len) ||
+    if (bad || req.len > MAX_REQUEST || send_all(sock, req.data, req.len) ||
         read_exact(sock, (char *)head, sizeof head))
         return cold(type, argc, argv, &in);
     uint32_t code = be32(head), size = be32(head + 4);

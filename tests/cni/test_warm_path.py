@@ -264,10 +264,12 @@ def test_python_launcher_gives_the_same_answers(daemon, python_plugin_dir, netns
 
 
 @pytest.mark.parametrize("kind", ["native", "python"])
-def test_a_daemon_that_hangs_up_means_a_cold_run_with_the_same_stdin(kind, plugin_dir, python_plugin_dir,
+@pytest.mark.parametrize("padding", [0, 3 * 1024 * 1024])
+def test_a_daemon_that_hangs_up_means_a_cold_run_with_the_same_stdin(kind, padding, plugin_dir, python_plugin_dir,
                                                                       netns, tmp_path) -> None:
     """Something accepts on the socket but never answers: the launcher runs the plugin itself, with the
-    stdin it already read, and the answer is the cold path's."""
+    stdin it already read, and the answer is the cold path's. With a 3 MiB request the hang-up comes
+    while the launcher is still sending (EPIPE, never a SIGPIPE death)."""
     import threading
 
     directory = plugin_dir if kind == "native" else python_plugin_dir
@@ -285,10 +287,11 @@ def test_a_daemon_that_hangs_up_means_a_cold_run_with_the_same_stdin(kind, plugi
 
     thread = threading.Thread(target=hang_up, daemon=True)
     thread.start()
+    conf = dict(CONF, padding="x" * padding) if padding else CONF
     try:
-        res = exec_plugin(directory / "loopback", "ADD", CONF, netns=netns, ifname="lo",
+        res = exec_plugin(directory / "loopback", "ADD", conf, netns=netns, ifname="lo",
                           extra_env={"RECONCILER_PLUGIN_SOCKET": str(path)})
-        cold = exec_plugin(directory / "loopback", "ADD", CONF, netns=netns, ifname="lo",
+        cold = exec_plugin(directory / "loopback", "ADD", conf, netns=netns, ifname="lo",
                            extra_env={"RECONCILER_NO_WARM": "1"})
     finally:
         thread.join(5)
