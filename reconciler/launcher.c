@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,22 +101,6 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* send(2) without SIGPIPE: a daemon gone mid-request means running cold, not dying of a signal. */
-static int send_all(int sock, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = send(sock, p, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int read_exact(int fd, char *p, size_t n)
 {
     while (n) {
@@ -173,6 +158,8 @@ static int forwarded(const char *env_key)
 
 int main(int argc, char **argv)
 {
+    /* A daemon gone mid-request is EPIPE (run cold), never a SIGPIPE death; Python ignores it too. */
+    signal(SIGPIPE, SIG_IGN);
     const char *type = strrchr(argv[0], '/');
     type = type ? type + 1 : argv[0];
     const char *command = getenv("CNI_COMMAND");
@@ -208,7 +195,7 @@ int main(int argc, char **argv)
             bad = buf_field(&req, *e, (size_t)(eq - *e)) || buf_field(&req, eq + 1, strlen(eq + 1));
     }
     unsigned char head[8];
-    if (bad || req.len > MAX_REQUEST || send_all(sock, req.data, req.len) ||
+    if (bad || req.len > MAX_REQUEST || write_all(sock, req.data, req.len) ||
         read_exact(sock, (char *)head, sizeof head))
         return cold(type, argc, argv, &in);
     uint32_t code = be32(head), size = be32(head + 4);

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from reconciler import activation
 from reconciler.cni import wire
+from reconciler.kernel import netns as nsmod
 
 log = logging.getLogger("reconciler.serve")
 
@@ -143,11 +144,6 @@ def _reply_error(conn: socket.socket, code: int, msg: str, details: str) -> None
     wire.write_reply(conn, 1, CNIError(code, msg, details).to_json().encode() + b"\n")
 
 
-def _netns_id(pid: int | str) -> tuple[int, int]:
-    st = os.stat(f"/proc/{pid}/ns/net")
-    return st.st_dev, st.st_ino
-
-
 def _run(request: wire.Request, lock_dir: Path) -> tuple[int, str]:
     """Run one request with the caller's CNI environment in place of ours, then restore ours."""
     from reconciler.cni.skel import run
@@ -169,7 +165,6 @@ def _run(request: wire.Request, lock_dir: Path) -> tuple[int, str]:
 def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, lock_dir: Path) -> None:
     """A caller in another namespace: a child forked for this request enters it and runs the request."""
     from reconciler.errors import INVALID_NETNS
-    from reconciler.kernel.netns import _setns
 
     child = os.fork()
     if child == 0:
@@ -177,7 +172,7 @@ def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, l
         try:
             try:
                 fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-                _setns(fd)
+                nsmod._setns(fd)
                 os.close(fd)
             except OSError as exc:
                 _reply_error(conn, INVALID_NETNS, "cannot enter the caller's network namespace", str(exc))
@@ -203,12 +198,11 @@ def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = N
     except wire.WireError as exc:
         _reply_error(conn, DECODING_FAILURE, "malformed request", str(exc))
         return
-    try:
-        caller = _netns_id(pid)
-    except OSError as exc:
-        _reply_error(conn, INVALID_NETNS, "cannot find the caller's network namespace", str(exc))
+    caller = nsmod.identity(f"/proc/{pid}/ns/net")
+    if caller is None:
+        _reply_error(conn, INVALID_NETNS, "cannot find the caller's network namespace", f"peer pid {pid}")
         return
-    if caller != (home or _netns_id("self")):
+    if caller != (home or nsmod.identity(None)):
         _run_in_caller_netns(conn, pid, request, lock_dir)
         return
     code, out = _run(request, lock_dir)
@@ -235,7 +229,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        home = _netns_id("self")
+        home = nsmod.identity(None)
         served = 0
         while not self.stopping and served < MAX_REQUESTS and os.getppid() == self.parent:
             try:
