@@ -34,9 +34,9 @@ DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 # routes over them, sysctls): for these the engine may delete an emptied namespace before the DELs.
 DEL_WITHOUT_NETNS = frozenset({"bridge", "ptp", "loopback", "host-local", "static", "portmap", "firewall",
                                "bandwidth", "tuning"})
-BACKOFF_AFTER = 3
+BACKOFF_AFTER = 3  # consecutive repairs without an in-sync pass before backing off
 PARALLEL_MIN = 4  # fewer parallel-eligible ADDs than this run in this process
-OBSERVE_PER_WORKER = 32  # attachments per observe worker below which forking does not pay  # consecutive repairs without an in-sync pass before backing off
+OBSERVE_PER_WORKER = 32  # attachments per judging worker below which forking does not pay
 
 
 @dataclass
@@ -122,11 +122,11 @@ class Engine:
         self.backoff_base = float(os.environ.get("RECONCILER_REPAIR_BACKOFF", "10"))
         self.batch: list[Pending] = []
         self.journaled: set[str] = set()  # keys whose steps this pass journaled in one batch entry
-        self.vanishing: set[str] = set()
+        self.vanishing: set[str] = set()  # host veths the kernel removes with namespaces deleted this pass
         self.claimed: set[str] = set()  # namespaces this pass claimed before creating them
         self.keep_journal = False  # a worker died: leave the pass's journal batch for the next recovery
         self.workers = int(os.environ.get("RECONCILER_WORKERS") or min(os.cpu_count() or 1, 4))
-        self.observe_per_worker = max(1, int(os.environ.get("RECONCILER_OBSERVE_PER_WORKER") or OBSERVE_PER_WORKER))  # host veths the kernel removes with namespaces deleted this pass
+        self.observe_per_worker = max(1, int(os.environ.get("RECONCILER_OBSERVE_PER_WORKER") or OBSERVE_PER_WORKER))
 
     # ---- reading
     def load(self) -> Specs:
@@ -148,22 +148,12 @@ class Engine:
         try:
             paths = [None, *(r.netns_path for r in chosen)]
             with namespaces.session(), namespaces.shared(paths):
-                count = min(self.workers, len(chosen) // self.observe_per_worker)
-                if not deep or count < 2 or threading.active_count() > 1:
+                if not deep or self._judging_workers(len(chosen)) < 2:
                     return observe(chosen, self.runner, deep, progress=bar.step)
                 obs = observe([], self.runner, deep)  # the host and the list of namespaces, read once
-
-                def judge_part(part: list[Record]) -> dict[str, list[str]]:
-                    return {r.key: judge(r, obs, self.runner, deep) for r in part}
-
-                parts = [chosen[i::count] for i in range(count)]
-                for part, got in zip(parts, fork_map(parts, judge_part), strict=True):
-                    if isinstance(got, WorkerFailed):
-                        log.warning("observe worker failed (%s); judging its %d attachments here", got, len(part))
-                        got = judge_part(part)
-                    obs.drift.update(got)
-                    for rec in part:
-                        bar.step(rec.key)
+                obs.drift.update(self._judge_all(chosen, obs))
+                for rec in chosen:
+                    bar.step(rec.key)
                 return obs
         finally:
             bar.close()
@@ -318,21 +308,26 @@ class Engine:
                 pending.outcome.error = "verification failed after ADD (rolled back): " + "; ".join(drift[key])
             log.error("%s: verification failed, rolled back: %s", key, "; ".join(drift[key]))
 
-    def _judge_all(self, records: list[Record]) -> dict[str, list[str]]:
-        """judge() of each record (inside the caller's shared reads), split over workers as observe does."""
-        obs = Observation()
+    def _judging_workers(self, count: int) -> int:
+        """How many processes judge `count` attachments (forking needs a single-threaded process)."""
+        return 1 if threading.active_count() > 1 else min(self.workers, count // self.observe_per_worker)
+
+    def _judge_all(self, records: list[Record], obs: Observation | None = None) -> dict[str, list[str]]:
+        """judge() of each record (deep, inside the caller's shared reads), split over forked workers
+        when there are many; a worker that fails has its slice judged here."""
+        obs = obs if obs is not None else Observation()
 
         def judge_part(part: list[Record]) -> dict[str, list[str]]:
             return {r.key: judge(r, obs, self.runner, deep=True) for r in part}
 
-        count = min(self.workers, len(records) // self.observe_per_worker)
-        if count < 2 or threading.active_count() > 1:
+        count = self._judging_workers(len(records))
+        if count < 2:
             return judge_part(records)
         parts = [records[i::count] for i in range(count)]
         verdicts: dict[str, list[str]] = {}
         for part, got in zip(parts, fork_map(parts, judge_part), strict=True):
             if isinstance(got, WorkerFailed):
-                log.warning("verify worker failed (%s); judging its %d attachments here", got, len(part))
+                log.warning("judging worker failed (%s); judging its %d attachments here", got, len(part))
                 got = judge_part(part)
             verdicts.update(got)
         return verdicts
