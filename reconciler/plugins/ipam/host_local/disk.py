@@ -273,8 +273,7 @@ class DiskStore:
         """Does reservation `name` exist and name `owner` (an id-only legacy file: its id)?"""
         data = self._read(name, missing=None)
         holder = parse_owner(data) if data is not None else None
-        return holder is not None and holder.container_id == owner.container_id \
-            and holder.ifname in (owner.ifname, None)
+        return holder is not None and owner.ifname is not None and holder.matches(owner.container_id, owner.ifname)
 
     def _list(self, memo: Scan | None, *, locked: bool) -> Scan | None:
         """Read the directory into a scan; with `memo`, update it in place, reading only what changed."""
