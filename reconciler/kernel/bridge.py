@@ -7,17 +7,17 @@ import os
 from typing import Any
 
 from reconciler.kernel import netns as nsmod
-from reconciler.kernel.links import Link, LinkExists, _call, _common, _index, find, get
+from reconciler.kernel import rtnl
+from reconciler.kernel.links import Link, LinkExists, _call, _errors, _index, find, get
 from reconciler.kernel.netns import KernelError
 
 
 def create_bridge(
     name: str, *, netns: str | None = None, mtu: int | None = None, vlan_filtering: bool = False
 ) -> Link:
-    spec = _common(mtu, None)
-    if vlan_filtering:
-        spec["br_vlan_filtering"] = 1
-    _call(netns, "create bridge", name, "add", ifname=name, kind="bridge", **spec)
+    data = rtnl.attr(rtnl.IFLA_BR_VLAN_FILTERING, b"\x01") if vlan_filtering else b""
+    with _errors(netns, "create bridge", name, creating=True):
+        rtnl.create_link(netns, name, "bridge", mtu=mtu, info_data=data)
     return get(name, netns)
 
 

@@ -195,13 +195,18 @@ def forget(netns: str | None) -> None:
 
 
 _LIBC: Any = None
+MNT_DETACH = 2
 
 
-def _setns(fd: int) -> None:
+def _libc() -> Any:
     global _LIBC
     if _LIBC is None:
         _LIBC = ctypes.CDLL(None, use_errno=True)
-    if _LIBC.setns(fd, CLONE_NEWNET) != 0:
+    return _LIBC
+
+
+def _setns(fd: int) -> None:
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -294,15 +299,16 @@ def create(name: str) -> str:
 
 
 def remove(netns: str) -> None:
-    """Delete a named namespace (unmount + unlink); gone already is fine."""
-    from pyroute2 import netns as pnetns
-
+    """Delete a named namespace (lazy unmount + unlink, as `ip netns delete`); gone already is fine."""
     path = resolve(netns)
     assert path is not None
     forget(path)
-    if os.path.exists(path):
-        with contextlib.suppress(FileNotFoundError):
-            pnetns.remove(os.path.basename(path))
+    if _libc().umount2(path.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # not a mount point / no such file: nothing mounted
+            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def list_named() -> list[str]:

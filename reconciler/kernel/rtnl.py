@@ -40,6 +40,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 20, 28, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
 VETH_INFO_PEER = 1
+IFLA_BR_VLAN_FILTERING = 7
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
 IFF_UP, IFF_PROMISC = 0x1, 0x100
 NLA_F_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
@@ -335,6 +336,18 @@ def _link_body(name: str, mtu: int | None, mac: str | None) -> bytes:
     if mac:
         body += attr(IFLA_ADDRESS, mac_bytes(mac))
     return body
+
+
+def create_link(netns: str | None, name: str, kind: str, *, mtu: int | None = None, mac: str | None = None,
+                info_data: bytes = b"") -> None:
+    """RTM_NEWLINK (create, exclusive) of a link with no lower device (a bridge, a dummy);
+    `info_data` is the already-encoded IFLA_INFO_DATA payload, if any."""
+    linkinfo = attr_str(IFLA_INFO_KIND, kind)
+    if info_data:
+        linkinfo += attr(IFLA_INFO_DATA | NLA_F_NESTED, info_data)
+    body = IFINFO.pack(0, 0, 0, 0, 0) + _link_body(name, mtu, mac) + attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
+    with connect(netns) as sock:
+        sock.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
 
 def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int | None,
