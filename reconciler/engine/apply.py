@@ -61,6 +61,10 @@ class Pending:
     outcome: Outcome | None = None
 
 
+# what a worker returns per ADD: outcome, record, whether it created the namespace, verdict (None: not judged)
+SliceResult = tuple[Outcome, Record | None, bool, list[str] | None]
+
+
 @dataclass
 class PassReport:
     plan: Plan
@@ -292,9 +296,7 @@ class Engine:
                     if found:
                         drift[key] = found
                         continue
-                    assert pending.record is not None
-                    self.inventory.put(pending.record, durable=key not in self.journaled)
-                    self.journal.clear(key)
+                    self._accept(pending)
                     del remaining[key]
             if not remaining:
                 return
@@ -307,6 +309,12 @@ class Engine:
                 pending.outcome.ips = []
                 pending.outcome.error = "verification failed after ADD (rolled back): " + "; ".join(drift[key])
             log.error("%s: verification failed, rolled back: %s", key, "; ".join(drift[key]))
+
+    def _accept(self, pending: Pending) -> None:
+        """Record a verified ADD and drop its intent."""
+        assert pending.record is not None
+        self.inventory.put(pending.record, durable=pending.att.key not in self.journaled)
+        self.journal.clear(pending.att.key)
 
     def _judging_workers(self, count: int) -> int:
         """How many processes judge `count` attachments (forking needs a single-threaded process)."""
@@ -483,43 +491,58 @@ class Engine:
                 (rest if step.network in seen else seen).add(step.key if step.network in seen else step.network)
         return rest if len(rest) >= PARALLEL_MIN else set()
 
-    def _add_slice(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[tuple[Outcome, Record | None, bool]]:
-        out: list[tuple[Outcome, Record | None, bool]] = []
+    def _add_slice(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[SliceResult]:
+        """One worker's ADDs, then one verifying CHECK of each over a single fresh read of their
+        namespaces; those in sync (verdict []) are recorded here, the parent retries the others
+        (`_verify`)."""
+        done: list[tuple[Outcome, Pending | None]] = []
         for step in steps:
             self.batch = []
-            outcome = self._execute(step, specs, records, {})
-            done = self.batch[0] if self.batch else None
-            out.append((outcome, done.record if done else None, done.created_netns if done else False))
+            done.append((self._execute(step, specs, records, {}), self.batch[0] if self.batch else None))
         self.batch = []
-        return out
+        fresh = [p for _, p in done if p is not None and p.record is not None]
+        verdicts: dict[str, list[str]] = {}
+        if fresh:
+            with namespaces.shared([None, *(p.rt.netns for p in fresh)]):
+                verdicts = {p.att.key: judge(p.record, Observation(), self.runner, deep=True)
+                            for p in fresh if p.record is not None}
+        for pending in fresh:  # the record of a verified ADD is written here, in parallel with the others
+            if verdicts.get(pending.att.key) == [] and pending.record is not None:
+                self.inventory.put(pending.record, durable=pending.att.key not in self.journaled)
+        return [(o, p.record if p else None, p.created_netns if p else False,
+                 verdicts.get(p.att.key) if p else None) for o, p in done]
 
     def _add_in_workers(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[tuple[Step, Outcome]]:
-        """ADD `steps` split over `self.workers` processes (this one included); verification stays here.
+        """ADD `steps` split over `self.workers` processes (this one included), each verifying its own.
 
-        Each forked worker (engine.workers) runs its slice with its own netlink handles and sends back
-        the outcomes and records; their ADDs join this pass's batch and are verified here with the
-        rest. A worker that dies leaves its slice failed and the pass's journal batch in place, so the
-        next pass undoes whatever it did.
+        Each forked worker (engine.workers) runs its slice with its own netlink handles, CHECKs its
+        ADDs over one read of their namespaces, records those in sync, and sends back the outcomes,
+        records and verdicts. The others join this pass's batch, which `_verify` retries and rolls
+        back. A worker that dies leaves its slice failed and the pass's journal batch in
+        place, so the next pass undoes whatever it did.
         """
         verify_later, self.batch = self.batch, []
         count = min(self.workers, len(steps))
         slices = [steps[i::count] for i in range(count)]
-        results: list[tuple[Step, tuple[Outcome, Record | None, bool]]] = []
+        results: list[tuple[Step, SliceResult]] = []
         for part, got in zip(slices, fork_map(slices, lambda part: self._add_slice(part, specs, records)), strict=True):
             if isinstance(got, WorkerFailed):
                 self.keep_journal = True
-                results += [(s, (Outcome(s.key, s.kind, "failed", error=f"worker failed: {got}"), None, False))
+                results += [(s, (Outcome(s.key, s.kind, "failed", error=f"worker failed: {got}"), None, False, None))
                             for s in part]
             else:
                 results += list(zip(part, got, strict=True))
         self.batch = verify_later
         out: list[tuple[Step, Outcome]] = []
-        for step, (outcome, record, created) in results:
+        for step, (outcome, record, created, verdict) in results:
             if record is not None and outcome.result != "failed":
                 att = specs.attachments[step.key]
                 netlist = with_data_dir(specs.networks[att.network], self.data_dir)
                 pending = Pending(att, netlist, self._runtime(att), created, record, outcome)
-                self.batch.append(pending)
+                if verdict == []:  # verified and recorded by its worker
+                    self.journal.clear(step.key)
+                else:
+                    self.batch.append(pending)
             out.append((step, outcome))
         return out
 
