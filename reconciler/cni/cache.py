@@ -69,8 +69,9 @@ def entry_path(cache_dir: str | Path, network: str, container_id: str, ifname: s
     return results_dir(cache_dir) / f"{network}-{container_id}-{ifname}"
 
 
-def write(cache_dir: str | Path, entry: CacheEntry) -> Path:
-    """Write atomically (temp file + rename) with owner-only permissions."""
+def write(cache_dir: str | Path, entry: CacheEntry, durable: bool = True) -> Path:
+    """Write atomically (temp file + rename) with owner-only permissions; fsync'd unless `durable`
+    is False (the caller syncs the filesystem later)."""
     directory = results_dir(cache_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = entry_path(cache_dir, entry.network_name, entry.container_id, entry.ifname)
@@ -79,7 +80,8 @@ def write(cache_dir: str | Path, entry: CacheEntry) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(entry.to_json(), fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:

@@ -117,7 +117,9 @@ class Engine:
         path = cni_path or os.environ.get("CNI_PATH") or DEFAULT_CNI_PATH
         if exec_mode is None:
             exec_mode = os.environ.get("RECONCILER_EXEC_MODE") == "1"
-        self.runner = Runner(path, self.state_dir, exec_mode=exec_mode)
+        # every ADD of a pass is journaled (one fsync'd batch) and the pass ends with a syncfs of the
+        # state directory before the batch goes, so the result cache needs no fsync per ADD
+        self.runner = Runner(path, self.state_dir, exec_mode=exec_mode, durable_cache=False)
         self.data_dir = str(Path(self.state_dir) / "networks")
         os.environ.setdefault("RECONCILER_IPAM_DATADIR", self.data_dir)
         self.verify_retries = verify_retries
@@ -438,7 +440,7 @@ class Engine:
         self.batch = []
         self.inventory.release_namespaces(doomed)
         if batch_file is not None:
-            self.inventory.sync()  # the records written without fsync are on disk before their intents go
+            self.inventory.sync()  # records and result caches written without fsync reach the disk before their intents go
         if not self.keep_journal:
             self.journal.clear_batch(batch_file)
         self.journaled, self.claimed, self.keep_journal = set(), set(), False
