@@ -25,6 +25,7 @@ from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
 from reconciler.engine.workers import WorkerFailed, fork_map
 from reconciler.errors import CNIError, SpecError
 from reconciler.kernel import namespaces
+from reconciler.kernel.firewall.batch import batched_writes
 
 log = logging.getLogger(__name__)
 
@@ -494,13 +495,16 @@ class Engine:
         return rest if len(rest) >= PARALLEL_MIN else set()
 
     def _add_slice(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[SliceResult]:
-        """One worker's ADDs, then one verifying CHECK of each over a single fresh read of their
-        namespaces; those in sync (verdict []) are recorded here, the parent retries the others
-        (`_verify`)."""
+        """One worker's ADDs, their firewall writes committed once per table at the end, then one
+        verifying CHECK of each over a single fresh read of their namespaces; those in sync
+        (verdict []) are recorded here, the parent retries the others (`_verify`)."""
         done: list[tuple[Outcome, Pending | None]] = []
-        for step in steps:
-            self.batch = []
-            done.append((self._execute(step, specs, records, {}), self.batch[0] if self.batch else None))
+        with batched_writes() as firewall_errors:  # one commit per firewall table for the slice
+            for step in steps:
+                self.batch = []
+                done.append((self._execute(step, specs, records, {}), self.batch[0] if self.batch else None))
+        if firewall_errors:  # the CHECKs below find what is missing; those ADDs are retried or rolled back
+            log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
         self.batch = []
         fresh = [p for _, p in done if p is not None and p.record is not None]
         verdicts: dict[str, list[str]] = {}

@@ -305,6 +305,28 @@ def test_adds_split_over_worker_processes(rig):
     assert rig.our_namespaces() == [] and rig.allocations() == [] and rig.host_links("veth") == []
 
 
+def test_adds_over_workers_commit_their_masquerade_rules_once_each(rig):
+    """ipMasq ADDs in worker processes queue their firewall writes and commit them once per worker
+    before verifying: every attachment's rule is there exactly once, CHECK passes, teardown cleans."""
+    from tests.engine.test_reconcile import _host_firewall_text
+
+    rig.env["RECONCILER_WORKERS"] = "3"
+    rig.network(extra={"ipMasq": True})
+    rig.attachments(atts(rig, 9))
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "not applied" not in out.stderr, out.stderr
+    assert_clean_converged(rig, 9)
+    rules = _host_firewall_text(rig)
+    ips = [rig.addrs(rig.ns(f"c{i}"))[0].split("/")[0] for i in range(9)]
+    assert all(rules.count(f"saddr {ip} ") + rules.count(f"-s {ip}/32 ") == 1 for ip in ips), rules
+    assert rig.run("check").returncode == 0
+    rig.attachments([])
+    assert rig.run("apply").returncode == 0
+    rules = _host_firewall_text(rig)
+    assert not any(ip in rules for ip in ips), rules
+
+
 def test_observe_split_over_worker_processes_names_each_drift(rig):
     """CHECKs judged in worker processes (3 workers, 2 attachments each at least): the same verdicts
     as in one process, each drift named on its own attachment, then repaired."""

@@ -18,6 +18,7 @@ import shlex
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from reconciler.kernel.firewall import xtnft, xtregistry
@@ -71,6 +72,7 @@ class Session:
         self._ents: dict[str, list[tuple[Any, str]]] = {}
         self._rules: dict[tuple[str, int], Any] = {}
         self.dirty = False
+        self.changes = 0
 
     # --- reading -----------------------------------------------------------------
     def chains(self) -> set[str]:
@@ -188,6 +190,7 @@ class Session:
 
     def _changed(self, chain: str) -> None:
         self.dirty = True
+        self.changes += 1
         self._ents.pop(chain, None)
         self._rules = {k: v for k, v in self._rules.items() if k[0] != chain}
 
@@ -328,14 +331,151 @@ def _shared() -> dict[tuple[str, int, str], Session] | None:
     return None
 
 
+Key = tuple[str, int, str]  # (netns path or "", family, table)
+
+
+@dataclass
+class WriteBatch:
+    """Sessions kept open by `batched_writes()` and the operations that changed each (for replay)."""
+
+    sessions: dict[Key, Session] = field(default_factory=dict)
+    ops: dict[Key, list[Callable[[Session], object]]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+_BATCH: contextvars.ContextVar[WriteBatch | None] = contextvars.ContextVar("reconciler_iptables_batch",
+                                                                           default=None)
+
+
+@contextlib.contextmanager
+def batched_writes() -> Iterator[WriteBatch]:
+    """Keep each table's session open across the block's operations (autocommit off) and commit
+    each table once at its end.
+
+    Operations see the changes made before them (one in-memory table per session). A commit the
+    kernel refuses because the table changed since it was read is redone on a fresh read by
+    replaying the operations; any other failure commits each operation on its own, and what still
+    fails is listed in `errors` (nothing is raised: the caller verifies what it applied).
+    """
+    if _BATCH.get() is not None:
+        yield _BATCH.get()  # type: ignore[misc]
+        return
+    batch = WriteBatch()
+    token = _BATCH.set(batch)
+    try:
+        yield batch
+    finally:
+        _BATCH.reset(token)
+        flush(batch)
+
+
+def _replayed(family: int, table: str, ops: list[Callable[[Session], object]]) -> Session:
+    session = Session(family, table)
+    try:
+        for op in ops:
+            session.reuse()
+            op(session)
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def flush(batch: WriteBatch) -> None:
+    """Commit every session of a batch (see `batched_writes`)."""
+    cache = _shared()
+    for key in sorted(set(batch.sessions) | set(batch.ops)):
+        session = batch.sessions.pop(key, None)
+        ops = batch.ops.pop(key, [])
+        if cache is not None:
+            cache.pop(key, None)  # shared reads of this table are stale now
+        if not ops:
+            if session is not None:
+                session.close()
+            continue
+
+        def body(first: Session | None = session, ops: list[Callable[[Session], object]] = ops,
+                 key: Key = key) -> None:
+            with _LOCK, _xtables_lock():
+                if _commit_all(first, key, ops):
+                    return
+                for op in ops:  # the combined commit failed: each operation alone
+                    try:
+                        _commit_all(None, key, [op], raising=True)
+                    except (FirewallError, BackendUnavailable) as exc:
+                        batch.errors.append(f"iptables-legacy {key[2]} (IPv{key[1]}): {exc}")
+
+        try:
+            run_in_netns(key[0] or None, body)
+        except (OSError, FirewallError) as exc:
+            batch.errors.append(f"iptables-legacy {key[2]} (IPv{key[1]}) in {key[0] or 'this namespace'}: {exc}")
+
+
+def _commit_all(session: Session | None, key: Key, ops: list[Callable[[Session], object]],
+                raising: bool = False) -> bool:
+    """Commit `session` (or `ops` replayed on a fresh read); redo on a fresh read while the kernel
+    says the table changed since it was read. False (or raise) when it cannot be committed."""
+    try:
+        for tries in range(4):
+            if session is None:
+                session = _replayed(key[1], key[2], ops)
+            try:
+                session.commit()
+                return True
+            except FirewallError as exc:
+                if "temporarily unavailable" not in str(exc) or tries == 3:
+                    raise
+            session.close()
+            session = None
+    except (FirewallError, BackendUnavailable):
+        if raising:
+            raise
+        return False
+    finally:
+        if session is not None:
+            session.close()
+    return False
+
+
+def _transact_batched(batch: WriteBatch, key: Key, fn: Callable[[Session], T]) -> T:
+    """One operation on the batch's open session of `key` (caller: inside the netns, locks held)."""
+    session = batch.sessions.get(key)
+    if session is None:
+        session = batch.sessions[key] = Session(key[1], key[2])
+    session.reuse()
+    before = session.changes
+    try:
+        result = fn(session)
+    except BaseException:
+        if session.changes != before:  # half an operation is in the session: rebuild it without
+            session.close()
+            del batch.sessions[key]
+            with contextlib.suppress(FirewallError, BackendUnavailable):  # else flush replays the ops
+                batch.sessions[key] = _replayed(key[1], key[2], batch.ops.get(key, []))
+        raise
+    if session.changes != before:
+        batch.ops.setdefault(key, []).append(fn)
+    return result
+
+
 def transact(netns: str | None, family: int, table: str, fn: Callable[[Session], T],
              existing_only: bool = False) -> T:
-    """Run `fn(session)` on one table in `netns`; commit its changes if it returns normally.
+    """Run `fn(session)` on one table in `netns`; commit its changes if it returns normally
+    (inside `batched_writes()`: at the end of that block).
 
     `existing_only` (teardown, GC, lookups): raise BackendUnavailable instead of letting
     python-iptables instantiate a legacy table that does not exist yet."""
     cache = _shared()  # read in the caller's thread: context variables do not follow into threads
+    batch = _BATCH.get()
     key = (netns_path(netns) if netns else "", family, table)
+    if batch is not None:
+        def batched() -> T:
+            if existing_only and key not in batch.sessions and not xtnft.legacy_here(family, table):
+                raise BackendUnavailable(f"no legacy IPv{family} {table} table here")
+            with _LOCK, _xtables_lock():
+                return _transact_batched(batch, key, fn)
+
+        return run_in_netns(netns, batched)
 
     def attempt(session: Session) -> tuple[T, bool]:
         result = fn(session)

@@ -124,6 +124,17 @@ class TableView:
 ViewCache = dict[tuple[str, str, str], "TableView | None"]
 
 
+@dataclass
+class WriteBatch:
+    """Writes queued inside `batched_writes()`, per namespace in order: JSON command lists and nft
+    scripts (libnftables takes one language per call), and the table listings the block read."""
+
+    json_groups: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+    scripts: dict[str, list[str]] = field(default_factory=dict)
+    views: ViewCache = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
 class Nft:
     """A libnftables context, made on first use (in the netns it should act on).
 
@@ -131,11 +142,12 @@ class Nft:
     (netns, family, table); any change made through this object drops that netns's copies.
     """
 
-    def __init__(self, cache: ViewCache | None = None, ns_key: str = "") -> None:
+    def __init__(self, cache: ViewCache | None = None, ns_key: str = "", batch: WriteBatch | None = None) -> None:
         self._lib = _library()
         self._ctx: int | None = None
         self._cache = cache
         self._ns = ns_key
+        self._batch = batch
 
     def _context(self) -> int:
         if not self._ctx:
@@ -168,20 +180,29 @@ class Nft:
         if not commands:
             return []
         if any(set(c) != {"list"} for c in commands):
+            if self._batch is not None:
+                self._batch.json_groups.setdefault(self._ns, []).append(commands)
+                return []
             self._changed()
         out = self._run(json.dumps({"nftables": commands}))
         return json.loads(out).get("nftables", []) if out.strip() else []
 
     def run_text(self, script: str) -> None:
         """Apply an nft script (the `nft -f` language) as one atomic transaction."""
+        if self._batch is not None:
+            self._batch.scripts.setdefault(self._ns, []).append(script)
+            return
         self._changed()
         self._run(script)
 
     def table(self, family: str, name: str, fresh: bool = False) -> TableView | None:
         """The table with its chains and rules, or None if it does not exist.
 
-        `fresh`: list it again even inside shared reads (before changing it by handle)."""
+        `fresh`: list it again even inside shared reads (before changing it by handle). Inside
+        `batched_writes()` every read comes from one listing per table taken in the block."""
         key = (self._ns, family, name)
+        if self._batch is not None and key in self._batch.views:
+            return self._batch.views[key]
         if self._cache is not None and key in self._cache and not fresh:
             return self._cache[key]
         try:
@@ -198,6 +219,8 @@ class Nft:
                     view.rules.setdefault(item["rule"]["chain"], []).append(item["rule"])
         if self._cache is not None:
             self._cache[key] = view
+        if self._batch is not None:
+            self._batch.views[key] = view
         return view
 
 
@@ -228,13 +251,116 @@ def _shared() -> ViewCache | None:
     return None
 
 
+_BATCH: contextvars.ContextVar[WriteBatch | None] = contextvars.ContextVar("reconciler_nft_batch", default=None)
+
+
+@contextlib.contextmanager
+def batched_writes() -> Iterator[WriteBatch]:
+    """Queue every write made in the block and apply them at its end: one transaction per namespace
+    (and language), in the order they were made, as if applied one after the other.
+
+    For a batch of ADDs of distinct attachments that are verified afterwards (the reconciler's
+    workers). Reads inside the block come from one listing per table taken in the block, so an
+    operation does not see what earlier ones queued: each must touch only its own rules (plus shared
+    idempotent scaffolding: tables, chains, flushed-and-refilled base chains). Deleting one rule
+    handle twice is dropped. If the combined transaction fails, each operation's writes are applied
+    on their own; what still fails is listed in `errors` (nothing is raised: the caller verifies).
+    """
+    if _BATCH.get() is not None:
+        yield _BATCH.get()  # type: ignore[misc]
+        return
+    batch = WriteBatch()
+    token = _BATCH.set(batch)
+    try:
+        yield batch
+    finally:
+        _BATCH.reset(token)
+        flush(batch)
+
+
+def _dedup_deletes(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    seen: set[str] = set()
+    out = []
+    for group in groups:
+        kept = []
+        for cmd in group:
+            if "delete" in cmd:
+                key = json.dumps(cmd, sort_keys=True)
+                if key in seen:
+                    continue
+                seen.add(key)
+            kept.append(cmd)
+        out.append(kept)
+    return out
+
+
+def _dedup_script_deletes(scripts: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for script in scripts:
+        lines = []
+        for line in script.splitlines():
+            if line.startswith("delete rule "):
+                if line in seen:
+                    continue
+                seen.add(line)
+            lines.append(line)
+        out.append("\n".join(lines))
+    return out
+
+
+def flush(batch: WriteBatch) -> None:
+    """Apply a batch's queued writes (see `batched_writes`)."""
+    cache = _shared()  # shared reads of the namespaces written are dropped, as after any write
+    for ns_key in sorted(set(batch.json_groups) | set(batch.scripts)):
+        groups = _dedup_deletes(batch.json_groups.get(ns_key, []))
+        scripts = _dedup_script_deletes(batch.scripts.get(ns_key, []))
+
+        def body(groups: list[list[dict[str, Any]]] = groups, scripts: list[str] = scripts, ns_key: str = ns_key) -> None:
+            nft = Nft(cache, ns_key)
+            try:
+                _apply_all(batch, [(lambda g=g: nft.run(g)) for g in groups if g],
+                           lambda: nft.run([c for g in groups for c in g]))
+                _apply_all(batch, [(lambda t=t: nft.run_text(t)) for t in scripts if t.strip()],
+                           lambda: nft.run_text("\n".join(scripts)))
+            finally:
+                nft.close()
+
+        try:
+            run_in_netns(ns_key or None, body)
+        except (OSError, FirewallError) as exc:
+            batch.errors.append(f"nftables batch in {ns_key or 'this namespace'}: {exc}")
+    batch.json_groups.clear()
+    batch.scripts.clear()
+
+
+def _apply_all(batch: WriteBatch, each: list[Callable[[], object]], combined: Callable[[], object]) -> None:
+    """`combined()`, or when it fails every one of `each` on its own."""
+    if not each:
+        return
+    try:
+        combined()
+        return
+    except FirewallError as exc:
+        if len(each) == 1:
+            batch.errors.append(str(exc))
+            return
+    for one in each:
+        try:
+            one()
+        except FirewallError as exc:
+            batch.errors.append(str(exc))
+
+
 def transact(netns: str | None, fn: Callable[[Nft], T]) -> T:
-    """Run `fn(nft)` inside `netns` (reads shared within `shared_reads()`)."""
+    """Run `fn(nft)` inside `netns` (reads shared within `shared_reads()`, writes queued within
+    `batched_writes()`)."""
     cache = _shared()  # read in the caller's thread: context variables do not follow into threads
+    batch = _BATCH.get()
     ns_key = netns_path(netns) if netns else ""
 
     def body() -> T:
-        nft = Nft(cache, ns_key)
+        nft = Nft(cache, ns_key, batch)
         try:
             return fn(nft)
         finally:
