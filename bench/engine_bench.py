@@ -20,22 +20,23 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import PYTHON, REFERENCE, ROOT, write_results  # noqa: E402
 
 
-def network_conf(name: str, bridge: str, subnet: str, data_dir: str | None = None) -> dict:
+def network_conf(name: str, bridge: str, subnet: str, data_dir: str | None = None, masq: bool = False) -> dict:
     ipam: dict = {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
     if data_dir:
         ipam["dataDir"] = data_dir
     return {"cniVersion": "1.0.0", "name": name,
-            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False, "ipam": ipam}]}
+            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": masq, "ipam": ipam}]}
 
 
-def write_specs(directory: Path, n: int, prefix: str, bridge: str, subnet: str) -> None:
+def write_specs(directory: Path, n: int, prefix: str, bridge: str, subnet: str, masq: bool = False) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "bench.conflist").write_text(json.dumps(network_conf("bench", bridge, subnet)))
+    (directory / "bench.conflist").write_text(json.dumps(network_conf("bench", bridge, subnet, masq=masq)))
     lines = [f'[[attachment]]\nid = "c{i}"\nnetwork = "bench"\nnetns = "{prefix}{i}"\n' for i in range(n)]
     (directory / "attachments.toml").write_text("\n".join(lines))
 
@@ -46,7 +47,7 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False) -> dict:
+def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False, masq_size: int = 0) -> dict:
     from reconciler.engine.apply import Engine
     from reconciler.kernel import namespaces
 
@@ -74,6 +75,17 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False)
             res.setdefault("failed", {})["teardown"] = [f"{o.key}: {o.error}" for o in report.failed][:5]
         return secs
 
+    if masq_size:  # the same with ipMasq: every ADD and DEL also writes the host's firewall
+        write_specs(specs, masq_size, prefix, f"rcnbq{tag}", "10.243.0.0/16" if exec_mode else "10.244.0.0/16",
+                    masq=True)
+        key = f"masq_converge_{masq_size}"
+        res[key], report = timed(engine().apply)
+        if report.failed:
+            res.setdefault("failed", {})[key] = [f"{o.key}: {o.error}" for o in report.failed][:5]
+        print(f"  {label}: converge {masq_size} with ipMasq: {res[key]:.2f}s", flush=True)
+        res[f"masq_teardown_{masq_size}"] = teardown()
+        print(f"  {label}: teardown {masq_size} with ipMasq: {res[f'masq_teardown_{masq_size}']:.2f}s", flush=True)
+
     for n in sizes:
         res[f"converge_{n}"] = converge(n)
         print(f"  {label}: converge {n}: {res[f'converge_{n}']:.2f}s", flush=True)
@@ -98,7 +110,7 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False)
     return res
 
 
-def reference_side(work: Path, sizes: list[int], big: int) -> dict:
+def reference_side(work: Path, sizes: list[int], big: int, masq_size: int = 0) -> dict:
     from reconciler.cni.chain import Runner, RuntimeConf
     from reconciler.cni.conf import conflist_from_bytes
     from reconciler.errors import CNIError
@@ -112,14 +124,14 @@ def reference_side(work: Path, sizes: list[int], big: int) -> dict:
     rt = [RuntimeConf(f"c{i}", f"/run/netns/{prefix}{i}", "eth0") for i in range(max(sizes + [big]))]
     res: dict = {}
 
-    def converge(n: int) -> None:
+    def converge(n: int, conf: Any = netlist) -> None:
         for i in range(n):
             namespaces.create(f"{prefix}{i}")
-            runner.add(netlist, rt[i])
+            runner.add(conf, rt[i])
 
-    def teardown(n: int) -> None:
+    def teardown(n: int, conf: Any = netlist) -> None:
         for i in range(n):
-            runner.delete(netlist, rt[i])
+            runner.delete(conf, rt[i])
             namespaces.delete(f"{prefix}{i}")
 
     def check_all(n: int) -> list[int]:
@@ -131,6 +143,14 @@ def reference_side(work: Path, sizes: list[int], big: int) -> dict:
                 bad.append(i)
         return bad
 
+    if masq_size:
+        masq_conf = network_conf("benchmasq", f"rcnbm{tag}", "10.245.0.0/16", str(work / "r-state" / "networks"),
+                                 masq=True)
+        masq_list = conflist_from_bytes(json.dumps(masq_conf).encode())
+        res[f"masq_converge_{masq_size}"], _ = timed(lambda: converge(masq_size, masq_list))
+        print(f"  reference: converge {masq_size} with ipMasq: {res[f'masq_converge_{masq_size}']:.2f}s", flush=True)
+        res[f"masq_teardown_{masq_size}"], _ = timed(lambda: teardown(masq_size, masq_list))
+        print(f"  reference: teardown {masq_size} with ipMasq: {res[f'masq_teardown_{masq_size}']:.2f}s", flush=True)
     for n in sizes:
         res[f"converge_{n}"], _ = timed(lambda n=n: converge(n))
         print(f"  reference: converge {n}: {res[f'converge_{n}']:.2f}s", flush=True)
@@ -161,12 +181,12 @@ def inner(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="rcn-engine-bench-"))
     try:
         print(f"engine (our plugins in-process, verify after every ADD), sizes {sizes}:", flush=True)
-        ours = engine_side(work, sizes, big)
+        ours = engine_side(work, sizes, big, masq_size=args.masq)
         print("engine driving the reference plugins (exec'd), to separate engine overhead from plugin cost:",
               flush=True)
-        ours_ref = engine_side(work, sizes, big, exec_mode=True)
+        ours_ref = engine_side(work, sizes, big, exec_mode=True, masq_size=args.masq)
         print("reference (Go plugins exec'd through the chain runner, one attachment at a time):", flush=True)
-        ref = reference_side(work, sizes, big)
+        ref = reference_side(work, sizes, big, masq_size=args.masq)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for name in os.listdir("/run/netns"):
@@ -201,6 +221,8 @@ def inner(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,500", help="attachment counts to converge (the largest is reused)")
+    parser.add_argument("--masq", type=int, default=100,
+                        help="also converge and tear down this many attachments with ipMasq (0: skip)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -216,7 +238,8 @@ def main() -> int:
     try:
         subprocess.run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
         env = dict(os.environ, PYTHONPATH=str(ROOT), CNI_PATH=str(REFERENCE))
-        cmd = ["nsenter", f"--net=/run/netns/{host}", PYTHON, __file__, "--inner", "--sizes", args.sizes]
+        cmd = ["nsenter", f"--net=/run/netns/{host}", PYTHON, __file__, "--inner", "--sizes", args.sizes,
+               "--masq", str(args.masq)]
         return subprocess.run(cmd, env=env, cwd=ROOT).returncode
     finally:
         subprocess.run(["ip", "netns", "delete", host], check=False)
