@@ -88,6 +88,7 @@ def teardown(ref: str, netns: str | None = None) -> None:
         nft.run(cmds)
 
     try:
+        nftables.settle()  # a rollback inside a batch: what the ADD queued must be there to be removed
         nftables.transact(netns, body)
     except BackendUnavailable:
         return

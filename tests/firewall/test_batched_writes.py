@@ -98,3 +98,21 @@ def test_nft_scripts_and_json_both_batched(hostns: str) -> None:
     portmap.IMPLS["nftables"].check(fwd, hostns)
     masquerade.check("rcnnet", "ctr1", "eth0", [ipaddress.ip_interface("10.88.0.5/16")], backend="nftables",
                      netns=hostns)
+
+
+def test_rollback_inside_the_block_removes_what_the_block_queued(hostns: str) -> None:
+    """A failed ADD's rollback runs inside the block: its teardown applies what is queued first, so
+    the rules it queued are found and removed; the other operations' rules land."""
+    a, b = ipaddress.ip_interface("10.88.0.5/16"), ipaddress.ip_interface("10.88.0.6/16")
+    fwd = portmap.Forward(network="rcnnet", container_id="ctr1", address=a,
+                          mappings=(portmap.PortMapping(host_port=18081, container_port=80),), snat=True)
+    with batched_writes() as errors:
+        masquerade.setup("rcnnet", "ctr1", "eth0", [a], "nftables", netns=hostns)
+        portmap.IMPLS["nftables"].setup(fwd, hostns)
+        masquerade.teardown("rcnnet", "ctr1", "eth0", [a], netns=hostns)  # ctr1's ADD failed: rolled back
+        portmap.IMPLS["nftables"].teardown("rcnnet", "ctr1", hostns)
+        masquerade.setup("rcnnet", "ctr2", "eth0", [b], "nftables", netns=hostns)
+    assert errors == []
+    text = nft_table(hostns, "inet", "cni_plugins_masquerade")
+    assert "10.88.0.5" not in text and "10.88.0.6" in text
+    assert "18081" not in nft_table(hostns, "ip", "cni_hostport")

@@ -259,6 +259,7 @@ class NftablesMasq(FeatureBackend):
             rules = self._matching(nft.table("inet", NFT_TABLE, fresh=True), instance_hash(network, container_id, ifname))
             nft.run([nftables.rule_delete(r) for r in rules])
 
+        nftables.settle()  # a rollback inside a batch: what the ADD queued must be there to be removed
         nftables.transact(netns, remove)
 
     def check(self, network: str, container_id: str, ifname: str, addresses: Sequence[Address],

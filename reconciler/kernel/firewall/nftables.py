@@ -278,6 +278,16 @@ def batched_writes() -> Iterator[WriteBatch]:
         flush(batch)
 
 
+def settle() -> None:
+    """Inside `batched_writes()`: apply what is queued now and forget the block's listings, so the
+    next reads see it. For undoing an operation of the block (a failed ADD's rollback): its
+    queued rules must exist before its teardown can find and delete them."""
+    batch = _BATCH.get()
+    if batch is not None:
+        flush(batch)
+        batch.views.clear()
+
+
 def _dedup_deletes(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
     seen: set[str] = set()
     out = []

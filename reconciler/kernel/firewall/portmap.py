@@ -343,6 +343,7 @@ class NftablesPortmap(FeatureBackend):
             for fam in ("ip", "ip6"):
                 nft.run([nftables.rule_delete(r) for r in _nft_ours(nft.table(fam, NFT_TABLE, fresh=True), container_id)])
 
+        nftables.settle()  # a rollback inside a batch: what the ADD queued must be there to be removed
         nftables.transact(netns, remove)
 
     def check(self, fwd: Forward, netns: str | None) -> None:
