@@ -9,8 +9,14 @@ attachment goes to that one backend.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+B = TypeVar("B")
 
 IPTABLES = "iptables"
 NFTABLES = "nftables"
@@ -46,3 +52,21 @@ class FeatureBackend(ABC):
     @abstractmethod
     def has_attachment(self, network: str, container_id: str, netns: str | None) -> bool:
         """True if this backend holds any rule of this attachment."""
+
+
+@contextlib.contextmanager
+def batch_scope(var: contextvars.ContextVar[B | None], make: Callable[[], B],
+                flush: Callable[[B], None]) -> Iterator[B]:
+    """Open a write batch in `var` (or join the one already open) and flush it when the outermost
+    block ends: the frame of both backends' `batched_writes`."""
+    current = var.get()
+    if current is not None:
+        yield current
+        return
+    batch = make()
+    token = var.set(batch)
+    try:
+        yield batch
+    finally:
+        var.reset(token)
+        flush(batch)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from reconciler.kernel.firewall import xtnft, xtregistry
-from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError
+from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, batch_scope
 from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
 T = TypeVar("T")
@@ -357,16 +357,8 @@ def batched_writes() -> Iterator[WriteBatch]:
     replaying the operations; any other failure commits each operation on its own, and what still
     fails is listed in `errors` (nothing is raised: the caller verifies what it applied).
     """
-    if _BATCH.get() is not None:
-        yield _BATCH.get()  # type: ignore[misc]
-        return
-    batch = WriteBatch()
-    token = _BATCH.set(batch)
-    try:
+    with batch_scope(_BATCH, WriteBatch, flush) as batch:
         yield batch
-    finally:
-        _BATCH.reset(token)
-        flush(batch)
 
 
 def _replayed(family: int, table: str, ops: list[Callable[[Session], object]]) -> Session:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError
+from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, batch_scope
 from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
 T = TypeVar("T")
@@ -266,16 +266,8 @@ def batched_writes() -> Iterator[WriteBatch]:
     handle twice is dropped. If the combined transaction fails, each operation's writes are applied
     on their own; what still fails is listed in `errors` (nothing is raised: the caller verifies).
     """
-    if _BATCH.get() is not None:
-        yield _BATCH.get()  # type: ignore[misc]
-        return
-    batch = WriteBatch()
-    token = _BATCH.set(batch)
-    try:
+    with batch_scope(_BATCH, WriteBatch, flush) as batch:
         yield batch
-    finally:
-        _BATCH.reset(token)
-        flush(batch)
 
 
 def settle() -> None:
