@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from reconciler.kernel import netns as nsmod
 from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, batch_scope
 from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
@@ -61,28 +62,25 @@ def _library() -> ctypes.CDLL:
 # (~2.4 ms with 100 attachments' masquerade rules). The library revalidates its cache against the
 # ruleset's generation on every command, so reusing a context is safe. Contexts made in any other
 # namespace are freed as before: their sockets would keep that namespace alive.
-_IDLE: dict[tuple[int, int, int], list[int]] = {}
+PoolKey = tuple[int, tuple[int, int]]  # (pid: a forked child never takes its parent's, namespace identity)
+_IDLE: dict[PoolKey, list[int]] = {}
 _IDLE_LOCK = threading.Lock()
 IDLE_PER_NAMESPACE = 4
 
 
-def _here() -> tuple[int, int, int]:
-    """(pid, namespace identity) of the calling thread: a forked child never takes its parent's."""
-    st = os.stat("/proc/thread-self/ns/net")
-    return os.getpid(), st.st_dev, st.st_ino
+def _pool_key() -> PoolKey | None:
+    """Where this thread's contexts are pooled; None when it is not in the process's own namespace."""
+    here = nsmod.identity("/proc/thread-self/ns/net")
+    return (os.getpid(), here) if here is not None and here == nsmod.identity(None) else None
 
 
-def _own_namespace(key: tuple[int, int, int]) -> bool:
-    st = os.stat("/proc/self/ns/net")
-    return key[1:] == (st.st_dev, st.st_ino)
-
-
-def _take_context(lib: ctypes.CDLL) -> int:
-    """An idle context of this thread's namespace, or a new one."""
-    with _IDLE_LOCK:
-        idle = _IDLE.get(_here())
-        if idle:
-            return idle.pop()
+def _take_context(lib: ctypes.CDLL, key: PoolKey | None) -> int:
+    """An idle context of pool `key`, or a new one."""
+    if key is not None:
+        with _IDLE_LOCK:
+            idle = _IDLE.get(key)
+            if idle:
+                return idle.pop()
     ctx = lib.nft_ctx_new(0)
     if not ctx:
         raise BackendUnavailable("nft_ctx_new failed")
@@ -92,10 +90,9 @@ def _take_context(lib: ctypes.CDLL) -> int:
     return int(ctx)
 
 
-def _give_back_context(lib: ctypes.CDLL, ctx: int) -> None:
-    """Keep `ctx` for the next transaction (a few, in this process's own namespace); else free it."""
-    key = _here()
-    if _own_namespace(key):
+def _give_back_context(lib: ctypes.CDLL, ctx: int, key: PoolKey | None) -> None:
+    """Keep `ctx` in pool `key` for the next transaction (a few at most); else free it."""
+    if key is not None:
         with _IDLE_LOCK:
             idle = _IDLE.setdefault(key, [])
             if len(idle) < IDLE_PER_NAMESPACE:
@@ -145,18 +142,20 @@ class Nft:
     def __init__(self, cache: ViewCache | None = None, ns_key: str = "", batch: WriteBatch | None = None) -> None:
         self._lib = _library()
         self._ctx: int | None = None
+        self._pool: PoolKey | None = None  # where the context came from (and goes back to)
         self._cache = cache
         self._ns = ns_key
         self._batch = batch
 
     def _context(self) -> int:
         if not self._ctx:
-            self._ctx = _take_context(self._lib)
+            self._pool = _pool_key()
+            self._ctx = _take_context(self._lib, self._pool)
         return self._ctx
 
     def close(self) -> None:
         if self._ctx:
-            _give_back_context(self._lib, self._ctx)
+            _give_back_context(self._lib, self._ctx, self._pool)
             self._ctx = None
 
     def _run(self, text: str) -> str:
