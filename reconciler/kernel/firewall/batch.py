@@ -18,8 +18,6 @@ from reconciler.kernel.firewall import iptables, nftables
 def batched_writes() -> Iterator[list[str]]:
     """Yield a list that, after the block, holds every write that could not be applied."""
     errors: list[str] = []
-    try:
-        with nftables.batched_writes() as nft_batch, iptables.batched_writes() as xt_batch:
-            yield errors
-    finally:
-        errors.extend(nft_batch.errors + xt_batch.errors)
+    with nftables.batched_writes() as nft_batch, iptables.batched_writes() as xt_batch:
+        yield errors
+    errors.extend(nft_batch.errors + xt_batch.errors)  # both flushed on leaving the block

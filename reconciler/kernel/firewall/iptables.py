@@ -389,13 +389,12 @@ def flush(batch: WriteBatch) -> None:
         def body(first: Session | None = session, ops: list[Callable[[Session], object]] = ops,
                  key: Key = key) -> None:
             with _LOCK, _xtables_lock():
-                if _commit_all(first, key, ops):
+                if _commit_all(first, key, ops) is None:
                     return
                 for op in ops:  # the combined commit failed: each operation alone
-                    try:
-                        _commit_all(None, key, [op], raising=True)
-                    except (FirewallError, BackendUnavailable) as exc:
-                        batch.errors.append(f"iptables-legacy {key[2]} (IPv{key[1]}): {exc}")
+                    error = _commit_all(None, key, [op])
+                    if error is not None:
+                        batch.errors.append(f"iptables-legacy {key[2]} (IPv{key[1]}): {error}")
 
         try:
             run_in_netns(key[0] or None, body)
@@ -403,30 +402,27 @@ def flush(batch: WriteBatch) -> None:
             batch.errors.append(f"iptables-legacy {key[2]} (IPv{key[1]}) in {key[0] or 'this namespace'}: {exc}")
 
 
-def _commit_all(session: Session | None, key: Key, ops: list[Callable[[Session], object]],
-                raising: bool = False) -> bool:
-    """Commit `session` (or `ops` replayed on a fresh read); redo on a fresh read while the kernel
-    says the table changed since it was read. False (or raise) when it cannot be committed."""
+def _commit_all(session: Session | None, key: Key, ops: list[Callable[[Session], object]]) -> str | None:
+    """Commit `session` (or `ops` replayed on a fresh read), redone on a fresh read while the
+    kernel says the table changed since it was read. None when committed, else why not."""
     try:
         for tries in range(4):
             if session is None:
                 session = _replayed(key[1], key[2], ops)
             try:
                 session.commit()
-                return True
+                return None
             except FirewallError as exc:
                 if "temporarily unavailable" not in str(exc) or tries == 3:
                     raise
             session.close()
             session = None
-    except (FirewallError, BackendUnavailable):
-        if raising:
-            raise
-        return False
+    except (FirewallError, BackendUnavailable) as exc:
+        return str(exc)
     finally:
         if session is not None:
             session.close()
-    return False
+    return "not committed"
 
 
 def _transact_batched(batch: WriteBatch, key: Key, fn: Callable[[Session], T]) -> T:

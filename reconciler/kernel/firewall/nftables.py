@@ -279,34 +279,21 @@ def settle() -> None:
         batch.views.clear()
 
 
-def _dedup_deletes(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+def _first_deletes_only(groups: list[list[T]], delete_key: Callable[[T], str | None]) -> list[list[T]]:
+    """`groups` without the repeats of a delete (`delete_key` names one, None for any other item):
+    deleting one rule handle twice would fail the whole transaction."""
     seen: set[str] = set()
     out = []
     for group in groups:
         kept = []
-        for cmd in group:
-            if "delete" in cmd:
-                key = json.dumps(cmd, sort_keys=True)
+        for item in group:
+            key = delete_key(item)
+            if key is not None:
                 if key in seen:
                     continue
                 seen.add(key)
-            kept.append(cmd)
+            kept.append(item)
         out.append(kept)
-    return out
-
-
-def _dedup_script_deletes(scripts: list[str]) -> list[str]:
-    seen: set[str] = set()
-    out = []
-    for script in scripts:
-        lines = []
-        for line in script.splitlines():
-            if line.startswith("delete rule "):
-                if line in seen:
-                    continue
-                seen.add(line)
-            lines.append(line)
-        out.append("\n".join(lines))
     return out
 
 
@@ -314,8 +301,11 @@ def flush(batch: WriteBatch) -> None:
     """Apply a batch's queued writes (see `batched_writes`)."""
     cache = _shared()  # shared reads of the namespaces written are dropped, as after any write
     for ns_key in sorted(set(batch.json_groups) | set(batch.scripts)):
-        groups = _dedup_deletes(batch.json_groups.get(ns_key, []))
-        scripts = _dedup_script_deletes(batch.scripts.get(ns_key, []))
+        groups = _first_deletes_only(batch.json_groups.get(ns_key, []),
+                                     lambda cmd: json.dumps(cmd, sort_keys=True) if "delete" in cmd else None)
+        scripts = ["\n".join(lines) for lines in _first_deletes_only(
+            [script.splitlines() for script in batch.scripts.get(ns_key, [])],
+            lambda line: line if line.startswith("delete rule ") else None)]
 
         def body(groups: list[list[dict[str, Any]]] = groups, scripts: list[str] = scripts, ns_key: str = ns_key) -> None:
             nft = Nft(cache, ns_key)
