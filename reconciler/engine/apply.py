@@ -329,7 +329,7 @@ class Engine:
         obs = obs if obs is not None else Observation()
 
         def judge_part(part: list[Record]) -> dict[str, list[str]]:
-            return {r.key: judge(r, obs, self.runner, deep=True) for r in part}
+            return self._judge_here(part, obs)
 
         count = self._judging_workers(len(records))
         if count < 2:
@@ -342,6 +342,11 @@ class Engine:
                 got = judge_part(part)
             verdicts.update(got)
         return verdicts
+
+    def _judge_here(self, records: list[Record], obs: Observation | None = None) -> dict[str, list[str]]:
+        """judge() of each record in this process (deep, inside the caller's shared reads)."""
+        obs = obs if obs is not None else Observation()
+        return {r.key: judge(r, obs, self.runner, deep=True) for r in records}
 
     @staticmethod
     def _delete_intent(key: str, rec: Record | None) -> Intent:
@@ -506,15 +511,14 @@ class Engine:
         if firewall_errors:  # the CHECKs below find what is missing; those ADDs are retried or rolled back
             log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
         self.batch = []
-        fresh = [p for _, p in done if p is not None and p.record is not None]
+        fresh = [p for _, p in done if p is not None]
         verdicts: dict[str, list[str]] = {}
         if fresh:
             with namespaces.shared([None, *(p.rt.netns for p in fresh)]):
-                verdicts = {p.att.key: judge(p.record, Observation(), self.runner, deep=True)
-                            for p in fresh if p.record is not None}
-        for pending in fresh:  # the record of a verified ADD is written here, in parallel with the others
-            if verdicts.get(pending.att.key) == [] and pending.record is not None:
-                self.inventory.put(pending.record, durable=pending.att.key not in self.journaled)
+                verdicts = self._judge_here([p.record for p in fresh if p.record is not None])
+        for pending in fresh:  # a verified ADD is recorded here, in parallel with the other workers
+            if verdicts.get(pending.att.key) == []:
+                self._accept(pending)
         return [(o, p.record if p else None, p.created_netns if p else False,
                  verdicts.get(p.att.key) if p else None) for o, p in done]
 
@@ -541,14 +545,10 @@ class Engine:
         self.batch = verify_later
         out: list[tuple[Step, Outcome]] = []
         for step, (outcome, record, created, verdict) in results:
-            if record is not None and outcome.result != "failed":
+            if record is not None and outcome.result != "failed" and verdict != []:  # [] : recorded by its worker
                 att = specs.attachments[step.key]
                 netlist = with_data_dir(specs.networks[att.network], self.data_dir)
-                pending = Pending(att, netlist, self._runtime(att), created, record, outcome)
-                if verdict == []:  # verified and recorded by its worker
-                    self.journal.clear(step.key)
-                else:
-                    self.batch.append(pending)
+                self.batch.append(Pending(att, netlist, self._runtime(att), created, record, outcome))
             out.append((step, outcome))
         return out
 
