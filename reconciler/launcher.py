@@ -24,14 +24,17 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/run/cni-reconciler/plugin.sock"
 
-SCRIPT = """#!{python} -SE
-# CNI plugin {ptype!r} (cni-reconciler), written by `reconciler plugins install`.
-import sys
+# The Python side of every installed executable: find the package, then one `launch` call.
+PRELUDE = """import sys
 sys.path[:0] = {paths!r}
 SITE_PACKAGES = {site_packages!r}
 from reconciler.launcher import launch
-sys.exit(launch({ptype!r}))
 """
+# the Python launcher script (no compiler), one per type
+SCRIPT = ("#!{python} -SE\n# CNI plugin {ptype!r} (cni-reconciler), written by `reconciler plugins install`.\n"
+          + PRELUDE + "sys.exit(launch({ptype!r}))\n")
+# what the native front execs (`python -SE -c COLD_CODE TYPE ...`) when no daemon answers
+COLD_CODE = PRELUDE + "sys.exit(launch(sys.argv.pop(1), try_daemon=False))\n"
 
 
 def finish(code: int) -> "NoReturn":
@@ -137,14 +140,6 @@ def launch(plugin_type: str, argv: list[str] | None = None, try_daemon: bool = T
     from reconciler.cni.skel import main
 
     return main(plugin_type)
-
-
-COLD_CODE = """import sys
-sys.path[:0] = {paths!r}
-SITE_PACKAGES = {site_packages!r}
-from reconciler.launcher import launch
-sys.exit(launch(sys.argv.pop(1), try_daemon=False))
-"""
 
 
 def install(directory: "str | os.PathLike[str]", types: list[str] | None = None) -> list[str]:
