@@ -9,15 +9,14 @@ it was; nothing has to be restored afterwards.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from reconciler.kernel import netns as nsmod
+
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-_libc: ctypes.CDLL | None = None
 
 
 def netns_path(netns: str) -> str:
@@ -26,14 +25,11 @@ def netns_path(netns: str) -> str:
 
 
 def _setns(path: str) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+        nsmod._setns(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"setns({path}): {exc.strerror}") from exc
     finally:
         os.close(fd)
 
