@@ -150,19 +150,22 @@ class Runner:
         for plugin in netlist.plugins:
             self._call("CHECK", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
 
-    def delete(self, netlist: NetworkConfigList, rt: RuntimeConf) -> None:
+    def delete(self, netlist: NetworkConfigList, rt: RuntimeConf, keep_cache: bool = False) -> None:
+        """DEL in reverse order, then drop the cache entry (`keep_cache`: the caller drops it once
+        the DEL's effects are known to have landed, so a DEL to redo still finds its config)."""
         prev = self.cached_result(netlist, rt) if at_least(netlist.cni_version, "0.4.0") else None
         for plugin in reversed(netlist.plugins):
             self._call("DEL", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
-        cache.delete(self.cache_dir, netlist.name, rt.container_id, rt.ifname)
+        if not keep_cache:
+            cache.delete(self.cache_dir, netlist.name, rt.container_id, rt.ifname)
 
-    def delete_cached(self, entry: cache.CacheEntry) -> None:
+    def delete_cached(self, entry: cache.CacheEntry, keep_cache: bool = False) -> None:
         """DEL an attachment using only what its cache entry holds (its network file may be gone)."""
         netlist = conflist_from_bytes(entry.config, f"cache:{entry.network_name}")
         rt = RuntimeConf(
             entry.container_id, entry.netns, entry.ifname, tuple(entry.cni_args), entry.capability_args
         )
-        self.delete(netlist, rt)
+        self.delete(netlist, rt, keep_cache)
 
     def gc(self, netlist: NetworkConfigList, valid: list[tuple[str, str]]) -> list[CNIError]:
         """libcni GCNetworkList: DEL stale cached attachments, then GC every plugin; errors collected."""

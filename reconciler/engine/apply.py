@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -354,19 +355,46 @@ class Engine:
         return Intent(key, "delete", network=network, container_id=cid, ifname=ifname,
                       netns=rec.netns_path if rec else "")
 
-    def _delete(self, key: str, rec: Record | None, specs: Specs, journaled: bool = False) -> None:
-        """DEL with the cached config (works when the network file is gone), drop the record."""
+    def _delete(self, key: str, rec: Record | None, specs: Specs, journaled: bool = False,
+                forget: bool = True) -> None:
+        """DEL with the cached config (works when the network file is gone), then `_forget` it
+        (`forget=False`: the caller does, once the DEL's batched firewall writes have landed)."""
         network, cid, ifname = key.split("/")
         if not journaled:
             self.journal.begin(self._delete_intent(key, rec))
         entry = cache.read(self.state_dir, network, cid, ifname)
         if entry is not None and entry.config:
-            self.runner.delete_cached(entry)
+            self.runner.delete_cached(entry, keep_cache=True)
         elif rec is not None and network in specs.networks:
             rt = RuntimeConf(cid, rec.netns_path, ifname)
-            self.runner.delete(with_data_dir(specs.networks[network], self.data_dir), rt)
+            self.runner.delete(with_data_dir(specs.networks[network], self.data_dir), rt, keep_cache=True)
+        if forget:
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """Drop a deleted attachment's cache entry, record and intent."""
+        network, cid, ifname = key.split("/")
+        cache.delete(self.state_dir, network, cid, ifname)
         self.inventory.drop(key)
         self.journal.clear(key)
+
+    def _delete_run(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[Outcome]:
+        """A run of DELs with their firewall writes in one commit per table.
+
+        Each DEL's cache entry, record and intent stay until that commit has landed: if any write
+        of it did not, every DEL of the run is done again on its own (DEL is idempotent, and the
+        cache entries still hold the configs), so each outcome says what happened to that one.
+        """
+        with batched_writes() as firewall_errors:
+            outcomes = [self._execute(step, specs, records, {}, forget=False) for step in steps]
+        if firewall_errors:
+            log.warning("firewall writes of %d DELs not applied together (%s); deleting one by one",
+                        len(steps), "; ".join(firewall_errors))
+            return [self._execute(step, specs, records, {}) for step in steps]
+        for step, outcome in zip(steps, outcomes, strict=True):
+            if outcome.result == "ok":
+                self._forget(step.key)
+        return outcomes
 
     def _pending(self, pending: Pending, outcome: Outcome) -> Outcome:
         assert pending.record is not None
@@ -375,13 +403,14 @@ class Engine:
         self.batch.append(pending)
         return outcome
 
-    def _execute(self, step: Step, specs: Specs, records: dict[str, Record], status: dict[str, Any]) -> Outcome:
+    def _execute(self, step: Step, specs: Specs, records: dict[str, Record], status: dict[str, Any],
+                 forget: bool = True) -> Outcome:
         rec = records.get(step.key)
         att = specs.attachments.get(step.key)
         prev = status.get(step.key, {})
         try:
             if step.kind == "delete":
-                self._delete(step.key, rec, specs, journaled=step.key in self.journaled)
+                self._delete(step.key, rec, specs, journaled=step.key in self.journaled, forget=forget)
                 return Outcome(step.key, "delete", "ok")
             assert att is not None
             if step.kind == "add":
@@ -428,13 +457,22 @@ class Engine:
         self.batch = []
         batch_file, doomed = self._begin_pass(todo, records, specs)
         parallel = self._parallel_adds(todo)
-        for step in todo:
-            if step.key in parallel:
-                continue
-            per_key.setdefault(step.key, {})
-            outcome = self._execute(step, specs, records, per_key)
-            report.outcomes.append(outcome)
-            bar.step(f"{step.kind} {step.key}", outcome.result != "failed")
+        for kind, run in itertools.groupby((s for s in todo if s.key not in parallel), key=lambda s: s.kind):
+            steps = list(run)
+            for step in steps:
+                per_key.setdefault(step.key, {})
+            if kind == "delete":
+                outcomes = self._delete_run(steps, specs, records)
+            elif kind == "add":  # firewall writes committed once per table, before `_verify` CHECKs them
+                with batched_writes() as firewall_errors:
+                    outcomes = [self._execute(step, specs, records, per_key) for step in steps]
+                if firewall_errors:  # verification finds what is missing, then retries or rolls back
+                    log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
+            else:
+                outcomes = [self._execute(step, specs, records, per_key) for step in steps]
+            for step, outcome in zip(steps, outcomes, strict=True):
+                report.outcomes.append(outcome)
+                bar.step(f"{step.kind} {step.key}", outcome.result != "failed")
         if parallel:
             for step, outcome in self._add_in_workers([s for s in todo if s.key in parallel], specs, records):
                 per_key.setdefault(step.key, {})

@@ -327,6 +327,86 @@ def test_adds_over_workers_commit_their_masquerade_rules_once_each(rig):
     assert not any(ip in rules for ip in ips), rules
 
 
+def _nft_commits_during(rig, action) -> int:
+    """How many nftables transactions the stand-in host's ruleset took while `action()` ran."""
+    monitor = subprocess.Popen(["ip", "netns", "exec", rig.host, "nft", "monitor"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)  # the monitor subscribes before anything happens
+        action()
+        time.sleep(0.5)
+    finally:
+        monitor.terminate()
+    out, _ = monitor.communicate(timeout=10)
+    return out.count("# new generation")
+
+
+def test_teardown_commits_every_masquerade_deletion_at_once(rig):
+    """Pruning masquerading attachments deletes all their nftables rules in one transaction; records,
+    cache entries and addresses go with them, and a second apply changes nothing."""
+    if rig.env.get("RECONCILER_EXEC_MODE") == "1":
+        pytest.skip("batched firewall writes are the in-process plugins' (exec mode drives the reference)")
+    rig.env["RECONCILER_WORKERS"] = "1"
+    rig.network(extra={"ipMasq": True, "ipMasqBackend": "nftables"})
+    rig.attachments(atts(rig, 5))
+    assert rig.run("apply").returncode == 0
+    ips = [rig.addrs(rig.ns(f"c{i}"))[0].split("/")[0] for i in range(5)]
+    rig.attachments([])
+    out: list[subprocess.CompletedProcess] = []
+    commits = _nft_commits_during(rig, lambda: out.append(rig.run("apply")))
+    assert out[0].returncode == 0, out[0].stdout + out[0].stderr
+    assert commits == 1, commits
+    rules = subprocess.run(["ip", "netns", "exec", rig.host, "nft", "list", "ruleset"], capture_output=True,
+                           text=True).stdout
+    assert not any(ip in rules for ip in ips), rules
+    assert rig.allocations() == [] and not list((rig.state / "results").iterdir())
+    assert not list((rig.state / "reconciler" / "attachments").iterdir())
+    again = rig.run("apply")
+    assert again.returncode == 0 and "delete" not in again.stdout, again.stdout
+
+
+def test_teardown_whose_batched_commit_fails_deletes_one_by_one(rig, tmp_path):
+    """Another program flushes the masquerade chain while the pass's DELs are queued, so their one
+    transaction fails: every DEL is done again on its own, and all end deleted, nothing left behind."""
+    if rig.env.get("RECONCILER_EXEC_MODE") == "1":
+        pytest.skip("batched firewall writes are the in-process plugins' (exec mode drives the reference)")
+    bindir = tmp_path / "cnibin"
+    bindir.mkdir()
+    meddler = bindir / "rcn-meddler"  # a third-party plugin in the chain, exec'd: passes results through,
+    meddler.write_text(f"""#!{sys.executable}
+import json, os, subprocess, sys
+conf = json.load(sys.stdin)
+command = os.environ["CNI_COMMAND"]
+if command == "ADD":
+    print(json.dumps(conf["prevResult"]))
+elif command == "VERSION":
+    print(json.dumps({{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}}))
+elif command == "DEL" and os.environ["CNI_CONTAINERID"] == "c3":  # and on one DEL flushes the chain
+    subprocess.run(["nft", "flush", "chain", "inet", "cni_plugins_masquerade", "masq_checks"], check=True)
+""")
+    meddler.chmod(0o755)
+    rig.env["CNI_PATH"] = f"{bindir}:/usr/lib/cni"
+    rig.env["RECONCILER_WORKERS"] = "1"
+    path = rig.network(extra={"ipMasq": True, "ipMasqBackend": "nftables"})
+    conf = json.loads(path.read_text())
+    conf["plugins"].append({"type": "rcn-meddler"})
+    path.write_text(json.dumps(conf))
+    rig.attachments(atts(rig, 5))
+    first = rig.run("apply")
+    assert first.returncode == 0, first.stdout + first.stderr
+    ips = [rig.addrs(rig.ns(f"c{i}"))[0].split("/")[0] for i in range(5)]
+    rig.attachments([])
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "deleting one by one" in out.stderr, out.stderr
+    rules = subprocess.run(["ip", "netns", "exec", rig.host, "nft", "list", "ruleset"], capture_output=True,
+                           text=True).stdout
+    assert not any(ip in rules for ip in ips), rules
+    assert rig.allocations() == [] and rig.our_namespaces() == [] and not list((rig.state / "results").iterdir())
+    assert not list((rig.state / "reconciler" / "attachments").iterdir())
+    assert not list((rig.state / "reconciler" / "journal").glob("*.json"))
+
+
 def test_observe_split_over_worker_processes_names_each_drift(rig):
     """CHECKs judged in worker processes (3 workers, 2 attachments each at least): the same verdicts
     as in one process, each drift named on its own attachment, then repaired."""

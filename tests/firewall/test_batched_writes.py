@@ -116,3 +116,31 @@ def test_rollback_inside_the_block_removes_what_the_block_queued(hostns: str) ->
     text = nft_table(hostns, "inet", "cni_plugins_masquerade")
     assert "10.88.0.5" not in text and "10.88.0.6" in text
     assert "18081" not in nft_table(hostns, "ip", "cni_hostport")
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_teardowns_in_a_block_are_deleted_together_at_its_end(hostns: str, backend: str) -> None:
+    """A run of DELs: each teardown finds its own rules though earlier ones' deletions are still
+    queued (nothing is applied early), and all of them go at the end of the block."""
+    addrs = {cid: [ipaddress.ip_interface(addr)] for cid, addr in NETS}
+    fwds = {cid: portmap.Forward(network="rcnnet", container_id=cid, address=addrs[cid][0], snat=True,
+                                 mappings=(portmap.PortMapping(host_port=18090 + i, container_port=80),))
+            for i, cid in enumerate(addrs)}
+    for cid, addr in addrs.items():
+        masquerade.setup("rcnnet", cid, "eth0", addr, backend, netns=hostns)
+        if backend == "nftables":
+            portmap.IMPLS["nftables"].setup(fwds[cid], hostns)
+    with batched_writes() as errors:
+        for cid, addr in addrs.items():
+            masquerade.teardown("rcnnet", cid, "eth0", addr, netns=hostns)
+            if backend == "nftables":
+                portmap.IMPLS["nftables"].teardown("rcnnet", cid, hostns)
+        inside = _ours(hostns, backend)
+        hostports = nft_table(hostns, "ip", "cni_hostport") if backend == "nftables" else ""
+    assert errors == []
+    assert all(addr.split("/")[0] in inside for _, addr in NETS), inside
+    assert backend == "iptables" or all(f"dport {18090 + i} " in hostports for i in range(len(NETS)))
+    after = _ours(hostns, backend)
+    assert not any(addr.split("/")[0] in after for _, addr in NETS), after
+    if backend == "nftables":
+        assert "dport 1809" not in nft_table(hostns, "ip", "cni_hostport")

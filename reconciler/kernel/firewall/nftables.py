@@ -272,11 +272,20 @@ def batched_writes() -> Iterator[WriteBatch]:
 def settle() -> None:
     """Inside `batched_writes()`: apply what is queued now and forget the block's listings, so the
     next reads see it. For undoing an operation of the block (a failed ADD's rollback): its
-    queued rules must exist before its teardown can find and delete them."""
+    queued rules must exist before its teardown can find and delete them. A queue of rule
+    deletions only (a run of DELs) is left queued: the listing still names every rule a teardown
+    may look for, and a handle deleted twice is dropped."""
     batch = _BATCH.get()
-    if batch is not None:
+    if batch is not None and _adds_queued(batch):
         flush(batch)
         batch.views.clear()
+
+
+def _adds_queued(batch: WriteBatch) -> bool:
+    """True when the batch holds any write other than deleting a rule by handle."""
+    return bool(any(script.strip() for scripts in batch.scripts.values() for script in scripts)
+                or any(set(cmd) != {"delete"} or "rule" not in cmd["delete"]
+                       for groups in batch.json_groups.values() for group in groups for cmd in group))
 
 
 def _first_deletes_only(groups: list[list[T]], delete_key: Callable[[T], str | None]) -> list[list[T]]:
