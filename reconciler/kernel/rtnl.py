@@ -21,6 +21,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +55,17 @@ U32 = struct.Struct("=I")
 I32 = struct.Struct("=i")
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 BUFSIZE = 1 << 20
+_RECV = threading.local()  # one receive buffer per thread, reused by every socket
+
+
+def _recv(sock: socket.socket) -> bytes:
+    """One datagram, copied out of the thread's reusable buffer. `sock.recv(BUFSIZE)` allocates
+    (and faults in) a fresh 1 MiB object per call, then shrinks it: three syscalls more each time."""
+    buf = getattr(_RECV, "buf", None)
+    if buf is None:
+        buf = _RECV.buf = bytearray(BUFSIZE)
+    n = sock.recv_into(buf)
+    return bytes(memoryview(buf)[:n])
 
 
 class NetlinkError(KernelError):
@@ -224,7 +236,7 @@ class Socket:
         self.sock.send(NLMSG.pack(NLMSG.size + len(body), msg_type, flags | NLM_F_REQUEST, seq, 0) + body)
         out: list[tuple[bytes, int, int, int]] = []
         while True:
-            data = self.sock.recv(BUFSIZE)
+            data = _recv(self.sock)
             if not data:
                 return out
             offset = 0
@@ -351,14 +363,19 @@ def create_link(netns: str | None, name: str, kind: str, *, mtu: int | None = No
 
 
 def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int | None,
-                mtu: int | None, mac: str | None, peer_mac: str | None) -> None:
-    """RTM_NEWLINK (create, exclusive) of a veth pair; the peer goes to `peer_netns_fd` in the same call."""
+                mtu: int | None, mac: str | None, peer_mac: str | None, master: int = 0, up: bool = False) -> None:
+    """RTM_NEWLINK (create, exclusive) of a veth pair; the peer goes to `peer_netns_fd` in the same call.
+    `master` (an ifindex) and `up` apply to `name` only, as part of its creation."""
     peer_body = _link_body(peer, mtu, peer_mac)
     if peer_netns_fd is not None:
         peer_body += attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
     data = attr(VETH_INFO_PEER | NLA_F_NESTED, IFINFO.pack(0, 0, 0, 0, 0) + peer_body)
     linkinfo = attr_str(IFLA_INFO_KIND, "veth") + attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
-    body = IFINFO.pack(0, 0, 0, 0, 0) + _link_body(name, mtu, mac) + attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
+    flags = IFF_UP if up else 0
+    body = IFINFO.pack(0, 0, 0, flags, flags) + _link_body(name, mtu, mac)
+    if master:
+        body += attr_u32(IFLA_MASTER, master)
+    body += attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
     with connect(netns) as sock:
         sock.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
@@ -373,11 +390,13 @@ def dump_addrs(netns: str | None, index: int = 0, family: int = 0) -> list[Any]:
             and (not family or a.address.version == (4 if family == socket.AF_INET else 6))]
 
 
-def dump_routes(netns: str | None, family: int) -> list[Any]:
-    """Every route of one family (socket.AF_INET / AF_INET6), all tables."""
+def dump_routes(netns: str | None, family: int = socket.AF_UNSPEC) -> list[Any]:
+    """Every route of one family (socket.AF_INET / AF_INET6), all tables; AF_UNSPEC: both, IPv4
+    first, in one dump (other families the kernel adds, multicast or MPLS routes, are left out)."""
     with connect(netns) as sock:
         answers = sock.request(RTM_GETROUTE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
-    return [decode_route(d, s, e) for d, s, e, k in answers if k == RTM_NEWROUTE]
+    return [decode_route(d, s, e) for d, s, e, k in answers
+            if k == RTM_NEWROUTE and d[s + 16] in (socket.AF_INET, socket.AF_INET6)]
 
 
 def add_addr(netns: str | None, index: int, iface: Any, *, flags: int = 0, broadcast: str | None = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ipaddress
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -95,5 +94,5 @@ def read(netns: str | None = None) -> Snapshot:
     with nsmod.session():
         links = tuple(sorted(rtnl.dump_links(netns), key=lambda lk: lk.index))
         addresses = tuple(rtnl.dump_addrs(netns))
-        routes = tuple(rtnl.dump_routes(netns, socket.AF_INET) + rtnl.dump_routes(netns, socket.AF_INET6))
+        routes = tuple(rtnl.dump_routes(netns))  # IPv4 then IPv6
     return Snapshot(netns, links, addresses, routes, {lk.name: lk for lk in links})

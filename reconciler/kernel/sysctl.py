@@ -29,35 +29,51 @@ def key_for(*parts: str) -> str:
     return "/".join(parts)
 
 
+def _read_fd(fd: int) -> str:
+    return os.read(fd, 4096).decode().strip()
+
+
 def _read_many(keys: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for key in keys:
         try:
-            with open(_path(key)) as fh:
-                out[key] = fh.read().strip()
+            fd = os.open(_path(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             out[key] = None
+            continue
+        try:
+            out[key] = _read_fd(fd)
+        finally:
+            os.close(fd)
     return out
 
 
 def _write_many(values: list[tuple[str, str]], only_if_different: bool,
                 missing_ok: bool = False) -> dict[str, str | None]:
+    """Each key read and, when it differs, written through one descriptor (plain fds: Python's
+    file objects cost ~10 syscalls per open)."""
     before: dict[str, str | None] = {}
     for key, value in values:
         path = _path(key)
         try:
-            with open(path) as fh:
-                current = fh.read().strip()
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             before[key] = None
             if missing_ok:
                 continue
             raise
-        before[key] = current
-        if only_if_different and current == str(value):
-            continue
-        with open(path, "w") as fh:
-            fh.write(str(value))
+        except PermissionError as exc:  # read-only here: fine as long as it already holds the value
+            fd, refused = os.open(path, os.O_RDONLY | os.O_CLOEXEC), exc
+        else:
+            refused = None
+        try:
+            current = before[key] = _read_fd(fd)
+            if not (only_if_different and current == value):
+                if refused is not None:
+                    raise refused
+                os.pwrite(fd, value.encode(), 0)  # at offset 0: sysctls ignore writes past it
+        finally:
+            os.close(fd)
     return before
 
 
