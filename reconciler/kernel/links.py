@@ -164,14 +164,19 @@ def create_veth(
     mtu: int | None = None,
     mac: str | None = None,
     peer_mac: str | None = None,
+    master: int = 0,
+    up: bool = False,
 ) -> tuple[Link, Link]:
-    """A veth pair: `name` in `netns`, `peer` in `peer_netns`. Returns (link, peer)."""
+    """A veth pair: `name` in `netns`, `peer` in `peer_netns`. Returns (link, peer).
+
+    `name` can be created up and enslaved to `master` (an ifindex) in the same request."""
     fd = None
     if not nsmod.same(netns, peer_netns):
         fd = _open_netns(peer_netns)
     try:
         with _errors(netns, "create veth", name, creating=True):
-            rtnl.create_veth(netns, name, peer, peer_netns_fd=fd, mtu=mtu, mac=mac, peer_mac=peer_mac)
+            rtnl.create_veth(netns, name, peer, peer_netns_fd=fd, mtu=mtu, mac=mac, peer_mac=peer_mac,
+                             master=master, up=up)
     finally:
         if fd is not None:
             os.close(fd)

@@ -22,23 +22,23 @@ def random_name() -> str:
 
 
 def setup_veth(ifname: str, *, netns: str, host_netns: str | None, mtu: int | None = None,
-               mac: str | None = None, host_sysctls: dict[str, str | int] | None = None) -> tuple[Link, Link]:
-    """Create the pair; return (host end, container end). The container end stays down, the host end is up.
+               mac: str | None = None, host_sysctls: dict[str, str | int] | None = None,
+               master: int = 0) -> tuple[Link, Link]:
+    """Create the pair; return (host end, container end). The container end stays down, the host end
+    is created up (and enslaved to `master`, an ifindex, when given) in the same request.
 
     Errors when `ifname` already exists in the container; retries another host name on collisions.
     `host_sysctls`: collect the host end's sysctls there (the caller writes a batch) instead of now.
     """
-    if links.find(ifname, netns) is not None:
-        raise CNIError(INTERNAL, f"container veth name provided ({ifname}) already exists")
     for _ in range(ATTEMPTS):
         host_name = random_name()
         try:
             host, cont = links.create_veth(host_name, ifname, netns=host_netns, peer_netns=netns, mtu=mtu,
-                                           peer_mac=mac)
-        except LinkExists as exc:
+                                           peer_mac=mac, master=master, up=True)
+        except LinkExists as exc:  # either name: the container's is an error, the host's a collision
             if links.find(ifname, netns) is not None:
                 raise CNIError(INTERNAL, f"container veth name provided ({ifname}) already exists") from exc
-            continue  # host-side name collision: try another
+            continue
         except KernelError as exc:
             raise CNIError(INTERNAL, f"failed to make veth pair: {exc}") from exc
         if host_sysctls is not None:
@@ -48,12 +48,7 @@ def setup_veth(ifname: str, *, netns: str, host_netns: str | None, mtu: int | No
                 sysctl.write_many({f"net/ipv6/conf/{host_name}/accept_ra": 0}, host_netns, missing_ok=True)
             except (OSError, ValueError) as exc:
                 log.debug("accept_ra on %s: %s", host_name, exc)
-        try:
-            links.set_up(host_name, host_netns)
-        except KernelError as exc:
-            links.delete(host_name, host_netns)
-            raise CNIError(INTERNAL, f"failed to set {host_name!r} up: {exc}") from exc
-        return links.get(host_name, host_netns), cont
+        return host, cont
     raise CNIError(INTERNAL, f"failed to find a free host veth name after {ATTEMPTS} attempts")
 
 

@@ -50,10 +50,10 @@ def add(args: CmdArgs) -> Result:
     layer3 = is_layer3(args)
     host_sysctls: dict[str, str | int] = {}
     with nsmod.session(), contextlib.ExitStack() as undo, kernel_errors("bridge"):
-        ensure_bridge(conf, host, undo, host_sysctls)
+        br = ensure_bridge(conf, host, undo, host_sysctls)
         host_veth, cont = hostveth.setup_veth(args.ifname, netns=args.netns, host_netns=host,
                                               mtu=conf.mtu or None, mac=mac,
-                                              host_sysctls=host_sysctls)
+                                              host_sysctls=host_sysctls, master=br.index)
         undo.callback(undo_quietly(links.delete, host_veth.name, host))
         setup_port(conf, host_veth.name, host)
         if conf.macspoofchk:
@@ -84,14 +84,15 @@ def add(args: CmdArgs) -> Result:
             links.set_up(args.ifname, args.netns)
 
         vlan_gw: links.Link | None = None
+        bridge_mac = ""
         if conf.is_gateway and gw_addrs:
             if conf.vlan:
                 vlan_gw = ensure_vlan_gateway(conf, host)
             for family_addrs in gw_addrs.values():
                 for gw in family_addrs:
                     ensure_gateway_addr(conf, vlan_gw.name if vlan_gw else conf.bridge, gw, host)
-            br = links.get(conf.bridge, host)
-            links.set_mac(conf.bridge, br.mac, host)  # pin the MAC: stop it following port churn
+            bridge_mac = links.get(conf.bridge, host).mac
+            links.set_mac(conf.bridge, bridge_mac, host)  # pin the MAC: stop it following port churn
             if 4 in gw_addrs:
                 host_sysctls["net/ipv4/ip_forward"] = 1
             if 6 in gw_addrs:
@@ -109,7 +110,7 @@ def add(args: CmdArgs) -> Result:
             raise CNIError(INTERNAL, f"bridge port in error state: {host_veth.name}")
 
         result.interfaces = [  # veth MACs were fixed at creation; the bridge's is read last, as the reference does
-            Interface(name=conf.bridge, mac=links.get(conf.bridge, host).mac),
+            Interface(name=conf.bridge, mac=bridge_mac or links.get(conf.bridge, host).mac),
             Interface(name=host_veth.name, mac=host_veth.mac),
             Interface(name=args.ifname, mac=cont.mac, sandbox=args.netns),
         ]

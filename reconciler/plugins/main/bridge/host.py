@@ -75,7 +75,7 @@ def port_vlans(conf: BridgeConf, port: str, host: str | None) -> None:
 
 
 def setup_port(conf: BridgeConf, host_veth: str, host: str | None) -> None:
-    links.set_master(host_veth, conf.bridge, host)
+    """A new port's settings (it was enslaved when created)."""
     if conf.hairpin_mode or conf.port_isolation:
         bridge.set_bridge_port(host_veth, host, hairpin=conf.hairpin_mode or None,
                                isolated=conf.port_isolation or None)
