@@ -124,8 +124,11 @@ class Runner:
         cache.write(self.cache_dir, entry, durable=self.durable_cache)
         return result
 
-    def cached_result(self, netlist: NetworkConfigList, rt: RuntimeConf) -> dict[str, Any] | None:
-        entry = cache.read(self.cache_dir, netlist.name, rt.container_id, rt.ifname)
+    def cached_result(self, netlist: NetworkConfigList, rt: RuntimeConf,
+                      entry: cache.CacheEntry | None = None) -> dict[str, Any] | None:
+        """The cached result in `netlist`'s version (`entry`: the attachment's entry, already read)."""
+        if entry is None:
+            entry = cache.read(self.cache_dir, netlist.name, rt.container_id, rt.ifname)
         if entry is None or entry.result is None:
             return None
         try:
@@ -134,7 +137,7 @@ class Runner:
         except CNIError:
             return None
 
-    def check(self, netlist: NetworkConfigList, rt: RuntimeConf) -> None:
+    def check(self, netlist: NetworkConfigList, rt: RuntimeConf, entry: cache.CacheEntry | None = None) -> None:
         if not at_least(netlist.cni_version, "0.4.0"):
             raise CNIError(
                 INCOMPATIBLE_VERSION,
@@ -142,7 +145,7 @@ class Runner:
             )
         if netlist.disable_check:
             return
-        prev = self.cached_result(netlist, rt)
+        prev = self.cached_result(netlist, rt, entry)
         if prev is None:
             raise CNIError(
                 3, f"no cached result for {netlist.name}/{rt.container_id}/{rt.ifname}: was it added?"

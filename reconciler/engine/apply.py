@@ -511,10 +511,11 @@ class Engine:
                 report.outcomes.append(Outcome(step.key, "backoff", "failing", entry["error"]))
             elif step.kind == "kept":
                 entry.update(result="kept", error=step.why)
-        self._prune_namespaces(specs)
+        current = self.inventory.records()
+        self._prune_namespaces(specs, current)
         report.finished = time.time()
         status["last_pass"] = report.summary()
-        known = set(self.inventory.records()) | set(specs.attachments)
+        known = set(current) | set(specs.attachments)
         status["attachments"] = {k: v for k, v in per_key.items() if k in known}
         self.inventory.save_status(status)
         return report
@@ -682,9 +683,9 @@ class Engine:
                 return False
         return True
 
-    def _prune_namespaces(self, specs: Specs) -> None:
+    def _prune_namespaces(self, specs: Specs, records: dict[str, Record]) -> None:
         needed = {a.netns for a in specs.attachments.values()}
-        needed |= {r.netns for r in self.inventory.records().values()}
+        needed |= {r.netns for r in records.values()}
         for name in sorted(self.inventory.namespaces() - needed):
             try:
                 self.drop_namespace(name)

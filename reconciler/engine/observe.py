@@ -100,7 +100,7 @@ def judge(rec: Record, obs: Observation, runner: Runner, deep: bool = True) -> l
     try:
         netlist = conflist_from_bytes(entry.config, f"cache:{rec.network}")
         rt = RuntimeConf(rec.id, entry.netns or rec.netns_path, rec.ifname, tuple(entry.cni_args), entry.capability_args)
-        runner.check(netlist, rt)
+        runner.check(netlist, rt, entry)
     except CNIError as err:
         detail = f": {err.details}" if err.details else ""
         drift.append(f"CHECK failed: {err.msg}{detail}")
