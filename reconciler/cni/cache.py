@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.kernel import durable
+
 KIND = "cniCacheV1"
 
 
@@ -69,9 +71,9 @@ def entry_path(cache_dir: str | Path, network: str, container_id: str, ifname: s
     return results_dir(cache_dir) / f"{network}-{container_id}-{ifname}"
 
 
-def write(cache_dir: str | Path, entry: CacheEntry, durable: bool = True) -> Path:
-    """Write atomically (temp file + rename) with owner-only permissions; fsync'd unless `durable`
-    is False (the caller syncs the filesystem later)."""
+def write(cache_dir: str | Path, entry: CacheEntry) -> Path:
+    """Write atomically (temp file + fsync + rename; mkstemp makes it owner-only). The fsync is
+    skipped inside `durable.deferred` (the caller syncs the filesystem later)."""
     directory = results_dir(cache_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = entry_path(cache_dir, entry.network_name, entry.container_id, entry.ifname)
@@ -80,9 +82,7 @@ def write(cache_dir: str | Path, entry: CacheEntry, durable: bool = True) -> Pat
         with os.fdopen(fd, "w") as fh:
             json.dump(entry.to_json(), fh)
             fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
+            durable.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

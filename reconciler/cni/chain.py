@@ -68,15 +68,11 @@ class Runner:
         cache_dir: str,
         exec_mode: bool = False,
         host_netns: str | None = None,
-        durable_cache: bool = True,
     ) -> None:
         self.cni_path = cni_path if isinstance(cni_path, str) else os.pathsep.join(cni_path)
         self.cache_dir = cache_dir
         self.exec_mode = exec_mode
         self.host_netns = host_netns
-        # False: result-cache writes are not fsync'd one by one; the caller syncs the filesystem
-        # before it forgets how to undo them (the reconciler: its journal batch, then syncfs)
-        self.durable_cache = durable_cache
 
     def _call(
         self, command: str, plugin: dict[str, Any], stdin: dict[str, Any], rt: RuntimeConf | None
@@ -121,7 +117,7 @@ class Runner:
             capability_args=rt.capability_args,
             result=prev,
         )
-        cache.write(self.cache_dir, entry, durable=self.durable_cache)
+        cache.write(self.cache_dir, entry)
         return result
 
     def cached_result(self, netlist: NetworkConfigList, rt: RuntimeConf,

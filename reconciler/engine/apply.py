@@ -25,7 +25,7 @@ from reconciler.engine.progress import Progress
 from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
 from reconciler.engine.workers import WorkerFailed, fork_map
 from reconciler.errors import CNIError, SpecError
-from reconciler.kernel import namespaces
+from reconciler.kernel import durable, namespaces
 from reconciler.kernel.firewall.batch import batched_writes
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,7 @@ class Engine:
         path = cni_path or os.environ.get("CNI_PATH") or DEFAULT_CNI_PATH
         if exec_mode is None:
             exec_mode = os.environ.get("RECONCILER_EXEC_MODE") == "1"
-        # every ADD of a pass is journaled (one fsync'd batch) and the pass ends with a syncfs of the
-        # state directory before the batch goes, so the result cache needs no fsync per ADD
-        self.runner = Runner(path, self.state_dir, exec_mode=exec_mode, durable_cache=False)
+        self.runner = Runner(path, self.state_dir, exec_mode=exec_mode)
         self.data_dir = str(Path(self.state_dir) / "networks")
         os.environ.setdefault("RECONCILER_IPAM_DATADIR", self.data_dir)
         self.verify_retries = verify_retries
@@ -129,6 +127,7 @@ class Engine:
         self.show_progress = show_progress
         self.backoff_base = float(os.environ.get("RECONCILER_REPAIR_BACKOFF", "10"))
         self.batch: list[Pending] = []
+        self._netlists: dict[str, NetworkConfigList] = {}  # per network, for the current pass
         self.journaled: set[str] = set()  # keys whose steps this pass journaled in one batch entry
         self.vanishing: set[str] = set()  # host veths the kernel removes with namespaces deleted this pass
         self.claimed: set[str] = set()  # namespaces this pass claimed before creating them
@@ -219,11 +218,12 @@ class Engine:
             namespaces.delete(name)
             self.inventory.release_namespace(name)
 
-    def _ensure_namespace(self, att: Attachment, intent: Intent) -> bool:
-        """Create the attachment's named netns if missing; True when this call created it."""
+    def _ensure_namespace(self, att: Attachment, intent: Intent | None) -> bool:
+        """Create the attachment's named netns if missing; True when this call created it. `intent`:
+        the ADD's own journal entry (None when the pass's batch holds it)."""
         if not att.owns_netns or namespaces.exists(att.netns):
             return False
-        if att.key not in self.journaled:
+        if intent is not None:
             intent.netns_name = att.netns
             self.journal.begin(intent)
         if att.netns not in self.claimed:  # the pass claims those it knows of up front, in one write
@@ -231,10 +231,16 @@ class Engine:
         namespaces.create(att.netns)
         return True
 
+    def _netlist(self, att: Attachment, specs: Specs, requested: list[str] | None = None) -> NetworkConfigList:
+        """The config an attachment's ADD runs with (host-local's dataDir filled in, once per pass
+        and network; `requested`: its addresses asked for again)."""
+        netlist = self._netlists.get(att.network)
+        if netlist is None:
+            netlist = self._netlists[att.network] = with_data_dir(specs.networks[att.network], self.data_dir)
+        return with_requested_ips(netlist, requested) if requested else netlist
+
     def _add_intent(self, att: Attachment, specs: Specs, action: str, requested: list[str] | None = None) -> Intent:
-        netlist = with_data_dir(specs.networks[att.network], self.data_dir)
-        if requested:
-            netlist = with_requested_ips(netlist, requested)
+        netlist = self._netlist(att, specs, requested)
         return Intent(
             att.key, action, network=att.network, container_id=att.id, ifname=att.ifname, netns=att.netns_path,
             cni_args=[list(p) for p in att.args], capability_args=att.capabilities,
@@ -247,16 +253,11 @@ class Engine:
     def _add(self, att: Attachment, specs: Specs, requested: list[str] | None = None, action: str = "add") -> Pending:
         """ADD (verification comes later, for the whole batch); on failure undo what this call did and raise."""
         network = specs.networks[att.network]
-        netlist = with_data_dir(network, self.data_dir)
-        if requested:
-            netlist = with_requested_ips(netlist, requested)
+        netlist = self._netlist(att, specs, requested)
         rt = self._runtime(att)
-        intent = Intent(
-            att.key, action, network=att.network, container_id=att.id, ifname=att.ifname, netns=att.netns_path,
-            cni_args=[list(p) for p in att.args], capability_args=att.capabilities,
-            config_b64=base64.b64encode(netlist.raw).decode(),
-        )
+        intent = None  # journaled in the pass's batch, or on its own here
         if att.key not in self.journaled:
+            intent = self._add_intent(att, specs, action, requested)
             self.journal.begin(intent)
         pending = Pending(att, netlist, rt)
         try:
@@ -442,11 +443,15 @@ class Engine:
         # recovery outside the pass's netlink session: it may delete a namespace the pass then
         # creates again under the same name, and a handle cached for the old one must not survive
         recovered = self.recover()
-        with namespaces.session():
+        # every step of a pass is journaled first (one fsync'd batch) and the pass runs syncfs on the
+        # state directory before it drops the batch: the result cache, records and host-local
+        # reservations written on that filesystem meanwhile need no fsync each
+        with namespaces.session(), durable.deferred(self.state_dir):
             return self._apply(recovered)
 
     def _apply(self, recovered: list[str]) -> PassReport:
         specs = self.load()
+        self._netlists = {}
         plan, _obs = self.plan(specs)
         report = PassReport(plan, recovered=recovered)
         status = self.inventory.status()
@@ -586,7 +591,7 @@ class Engine:
         for step, (outcome, record, created, verdict) in results:
             if record is not None and outcome.result != "failed" and verdict != []:  # [] : recorded by its worker
                 att = specs.attachments[step.key]
-                netlist = with_data_dir(specs.networks[att.network], self.data_dir)
+                netlist = self._netlist(att, specs)
                 self.batch.append(Pending(att, netlist, self._runtime(att), created, record, outcome))
             out.append((step, outcome))
         return out

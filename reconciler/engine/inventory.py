@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import StateError
+from reconciler.kernel import durable
 
 
 def write_json(path: Path, data: Any, durable: bool = True) -> None:
@@ -110,14 +111,7 @@ class Inventory:
 
     def sync(self) -> None:
         """Flush every write to the state directory's filesystem at once (syncfs), after non-durable puts."""
-        import ctypes
-
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
-                os.sync()
-        finally:
-            os.close(fd)
+        durable.syncfs(str(self.root))
 
     def drop(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

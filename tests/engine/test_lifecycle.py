@@ -6,10 +6,12 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -405,6 +407,42 @@ elif command == "DEL" and os.environ["CNI_CONTAINERID"] == "c3":  # and on one D
     assert rig.allocations() == [] and rig.our_namespaces() == [] and not list((rig.state / "results").iterdir())
     assert not list((rig.state / "reconciler" / "attachments").iterdir())
     assert not list((rig.state / "reconciler" / "journal").glob("*.json"))
+
+
+def _syncs(rig, *cmd: str, env: dict | None = None) -> dict[str, int]:
+    """Run `cmd` under strace; how many fsync and syncfs calls it (and its children) made."""
+    log = rig.state.parent / f"strace-{uuid.uuid4().hex[:6]}.log"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs", "-o", str(log), *cmd],
+                          capture_output=True, text=True, env=env or rig.env, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = log.read_text()
+    return {"fsync": text.count("fsync("), "syncfs": text.count("syncfs(")}
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed (make setup installs it)")
+def test_a_pass_syncs_its_filesystem_once_instead_of_each_file(rig):
+    """Every step of a pass is journaled (fsync'd) first and the pass ends with one syncfs of the state
+    directory, so the result cache, records and host-local reservations it writes are not fsync'd one
+    by one: the pass's fsyncs do not grow with its attachments. Outside a pass (`reconciler cni add`,
+    an exec'd plugin) host-local and the cache fsync every write."""
+    rig.env["RECONCILER_WORKERS"] = "1"
+    rig.network()
+    counts = []
+    for n in (2, 8):  # adds 2, then 6 more
+        rig.attachments(atts(rig, n))
+        counts.append(_syncs(rig, *rig.cmd("apply", "--specs", str(rig.specs), "--state", str(rig.state))))
+    assert_clean_converged(rig, 8)
+    assert counts[0] == counts[1], counts
+    assert counts[0]["syncfs"] == 1, counts
+    ns = rig.ns("solo")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    env = dict(rig.env, NETCONFPATH=str(rig.specs), RECONCILER_IPAM_DATADIR=str(rig.state / "solo-ipam"))
+    solo = _syncs(rig, *rig.cmd("cni", "add", "net1", f"/run/netns/{ns}", "--cache-dir", str(rig.state / "solo")),
+                  env=env)
+    assert solo["syncfs"] == 0 and solo["fsync"] >= 3, solo  # reservation, its directory, the cache entry
+    subprocess.run(rig.cmd("cni", "del", "net1", f"/run/netns/{ns}", "--cache-dir", str(rig.state / "solo")),
+                   env=env, check=True, capture_output=True)
+    subprocess.run(["ip", "netns", "del", ns], check=True)
 
 
 def test_observe_split_over_worker_processes_names_each_drift(rig):

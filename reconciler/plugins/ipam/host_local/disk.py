@@ -11,7 +11,10 @@ reservation; the directory is fsync'd before a result is returned. A process
 killed at any instant leaves either a complete reservation or none, plus at
 most a temporary file that the next locked scan removes. An empty or garbled
 reservation (the reference writes after ``O_CREAT|O_EXCL``, so a crash there
-leaves an empty file) is never trusted: the locked scan reclaims it.
+leaves an empty file) is never trusted: the locked scan reclaims it. Inside a
+reconciler pass the fsyncs are deferred to the pass's one syncfs
+(`kernel.durable`): the pass journals every step durably first, so a machine
+that goes down before that sync has its ADDs undone by the next pass.
 
 Reading: the reference reads every reservation under the lock on every ADD
 (to find the caller's existing one). Our ADD looks before it takes the lock
@@ -41,6 +44,7 @@ from functools import lru_cache
 from typing import Any
 
 from reconciler.errors import INVALID_NETWORK_CONFIG, IO_FAILURE, CNIError
+from reconciler.kernel import durable
 
 log = logging.getLogger("reconciler.ipam.host-local")
 
@@ -226,7 +230,7 @@ class DiskStore:
         if self._dirty:
             # Durable before the caller reports success. Outside the lock: a later writer's
             # directory fsync would persist our entries too, so nobody can build on a lost one.
-            os.fsync(self.fd)
+            durable.fsync(self.fd)
 
     def rescan(self) -> Scan:
         """A full scan replacing the current one (caller holds the lock)."""
@@ -369,7 +373,7 @@ class DiskStore:
                 return
             try:
                 os.write(fd, data)
-                os.fsync(fd)
+                durable.fsync(fd)
             except OSError:
                 os.close(fd)
                 return
@@ -438,7 +442,7 @@ class DiskStore:
             ) from exc
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            durable.fsync(fd)
         except OSError as exc:
             os.close(fd)
             self._unlink(name)
