@@ -89,7 +89,7 @@ class IPConfig(CNIModel):
 
     @property
     def version(self) -> int:
-        return self.iface.version
+        return 6 if ":" in self.address else 4  # `address` is validated CIDR text
 
 
 class Result(CNIModel):

@@ -47,20 +47,24 @@ class Address:
         return not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified)
 
 
-def list_addrs(netns: str | None = None, ifname: str | None = None, family: int | None = None) -> list[Address]:
-    """Addresses of the namespace, or of one link; family 4 or 6 filters."""
+def list_addrs(netns: str | None = None, ifname: str | None = None, family: int | None = None, *,
+               index: int = 0) -> list[Address]:
+    """Addresses of the namespace, or of one link (`index`: its ifindex, when the caller knows it);
+    family 4 or 6 filters."""
     import socket
 
-    index = get_link(ifname, netns).index if ifname is not None else 0
+    if ifname is not None and not index:
+        index = get_link(ifname, netns).index
     fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)
     return rtnl.dump_addrs(netns, index, fam)  # type: ignore[no-any-return]
 
 
 def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, nodad: bool = False,
-        scope: int | None = None) -> bool:
-    """Add `address` to `ifname`; False (no error) if it is already there with that prefix."""
+        scope: int | None = None, index: int = 0) -> bool:
+    """Add `address` to `ifname` (`index`: its ifindex, when the caller knows it); False (no error)
+    if it is already there with that prefix."""
     iface = ipaddress.ip_interface(address)
-    index = get_link(ifname, netns).index
+    index = index or get_link(ifname, netns).index
     flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
     # a broadcast address as `ip addr add ... brd +` sets one
     broadcast = str(iface.network.broadcast_address) if iface.version == 4 and iface.network.prefixlen < 31 else None

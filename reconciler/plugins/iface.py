@@ -109,8 +109,9 @@ def gateways(ips: list[IPConfig]) -> dict[int, str]:
     return gws
 
 
-def configure_iface(netns: str, ifname: str, result: Result) -> None:
-    """Add the result's addresses on `ifname` (inside `netns`), bring it up, wait for DAD, add routes."""
+def configure_iface(netns: str, ifname: str, result: Result, index: int = 0) -> None:
+    """Add the result's addresses on `ifname` (inside `netns`; `index`: its ifindex, when known),
+    bring it up, wait for DAD, add routes."""
     ips = _ips_for(result, ifname)
     with kernel_errors(f"failed to configure {ifname!r}"):
         if any(ipc.version == 6 for ipc in ips):
@@ -120,7 +121,7 @@ def configure_iface(netns: str, ifname: str, result: Result) -> None:
                 f"net/ipv6/conf/{ifname}/keep_addr_on_down": 1,
             }, netns, missing_ok=True)
         for ipc in ips:
-            addrs.add(ifname, ipc.iface, netns)
+            addrs.add(ifname, ipc.iface, netns, index=index)
         links.set_up(ifname, netns)
         gws = gateways(ips)
         if any(ipc.version == 6 for ipc in ips):

@@ -79,7 +79,7 @@ def add(args: CmdArgs) -> Result:
             with contextlib.suppress(OSError, ValueError):
                 sysctl.write_many({**dad, f"net/ipv4/conf/{args.ifname}/arp_notify": 1}, args.netns,
                                   missing_ok=True)
-            configure_iface(args.netns, args.ifname, result)
+            configure_iface(args.netns, args.ifname, result, index=cont.index)
         elif not conf.disable_container_interface:
             links.set_up(args.ifname, args.netns)
 
@@ -90,7 +90,8 @@ def add(args: CmdArgs) -> Result:
                 vlan_gw = ensure_vlan_gateway(conf, host)
             for family_addrs in gw_addrs.values():
                 for gw in family_addrs:
-                    ensure_gateway_addr(conf, vlan_gw.name if vlan_gw else conf.bridge, gw, host)
+                    ensure_gateway_addr(conf, vlan_gw.name if vlan_gw else conf.bridge, gw, host,
+                                        index=vlan_gw.index if vlan_gw else br.index)
             bridge_mac = links.get(conf.bridge, host).mac
             links.set_mac(conf.bridge, bridge_mac, host)  # pin the MAC: stop it following port churn
             if 4 in gw_addrs:

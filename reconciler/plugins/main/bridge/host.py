@@ -115,8 +115,9 @@ def gateways(conf: BridgeConf, result: Result) -> dict[int, list[ipaddress.IPv4I
     return out
 
 
-def ensure_gateway_addr(conf: BridgeConf, dev: str, gw: Any, host: str | None) -> None:
-    for existing in addrs.list_addrs(host, dev, family=gw.version):
+def ensure_gateway_addr(conf: BridgeConf, dev: str, gw: Any, host: str | None, index: int = 0) -> None:
+    """`gw` on `dev` (`index`: its ifindex, when known), replacing a conflicting address with forceAddress."""
+    for existing in addrs.list_addrs(host, dev, family=gw.version, index=index):
         if not existing.is_global:
             continue
         if existing.address == gw:
@@ -127,7 +128,7 @@ def ensure_gateway_addr(conf: BridgeConf, dev: str, gw: Any, host: str | None) -
         if not conf.force_address:
             raise CNIError(INTERNAL, f"{dev!r} already has an IP address different from {gw}")
         addrs.delete(dev, existing.address, host)
-    addrs.add(dev, gw, host, nodad=True)
+    addrs.add(dev, gw, host, nodad=True, index=index)
 
 
 def gc_spoofchk(conf: BridgeConf, args: CmdArgs) -> None:
