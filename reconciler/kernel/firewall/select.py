@@ -68,15 +68,11 @@ def choose(
         if forced not in BACKENDS:
             raise ValueError(f"backend: unknown firewall backend {forced!r} (want iptables or nftables)")
         return forced
-    if holds is not None:
-        for backend in BACKENDS:
-            try:
-                if holds(backend):
-                    log.debug("%s: backend %s (already holds its rules)", what, backend)
-                    return backend
-            except (BackendUnavailable, OSError):
-                continue
-    found = existing(netns)
+    with nftables.shared_reads(), iptables.shared_reads():  # one listing per table for both questions
+        held = _holder(holds, what) if holds is not None else None
+        found = held or existing(netns)
+    if held:
+        return held
     if found:
         log.info("%s: firewall backend %s (existing CNI rules)", what, found)
         return found
@@ -92,6 +88,18 @@ def choose(
     if nftables.usable(netns):
         return NFTABLES
     raise BackendUnavailable("neither iptables-legacy nor nftables is usable")
+
+
+def _holder(holds: Callable[[str], bool], what: str) -> str | None:
+    """The backend that already holds the attachment's rules, if any."""
+    for backend in BACKENDS:
+        try:
+            if holds(backend):
+                log.debug("%s: backend %s (already holds its rules)", what, backend)
+                return backend
+        except (BackendUnavailable, OSError):
+            continue
+    return None
 
 
 def describe() -> dict[str, str | None]:
