@@ -153,6 +153,15 @@ def ip_text(family: int, raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if family == socket.AF_INET else socket.AF_INET6, raw)
 
 
+# ipaddress types per family, built from packed bytes: 2-4x faster than from text (no parsing)
+_V4 = (ipaddress.IPv4Address, ipaddress.IPv4Network, ipaddress.IPv4Interface)
+_V6 = (ipaddress.IPv6Address, ipaddress.IPv6Network, ipaddress.IPv6Interface)
+
+
+def _ip_types(family: int) -> tuple[Any, Any, Any]:
+    return _V4 if family == socket.AF_INET else _V6
+
+
 def decode_address(data: bytes, start: int, end: int) -> Any:
     """An RTM_NEWADDR message as an `addrs.Address` (None if it carries no address)."""
     from reconciler.kernel.addrs import Address
@@ -165,7 +174,7 @@ def decode_address(data: bytes, start: int, end: int) -> Any:
     if not raw:
         return None
     ext = u32(a.get(IFA_FLAGS))
-    return Address(index=index, address=ipaddress.ip_interface(f"{ip_text(family, raw)}/{prefixlen}"),
+    return Address(index=index, address=_ip_types(family)[2]((raw, prefixlen)),
                    scope=scope, flags=int(ext if ext is not None else flags))
 
 
@@ -175,17 +184,17 @@ def decode_route(data: bytes, start: int, end: int) -> Any:
 
     family, dst_len, _src_len, _tos, table, proto, scope, rtype, _flags = RTMSG.unpack_from(data, start + 16)
     a = attrs(data, start + 28, end)
+    address, network, _ = _ip_types(family)
     dst = a.get(1)  # RTA_DST
-    any_ip = "0.0.0.0" if family == socket.AF_INET else "::"
     gateway, prefsrc, table_attr = a.get(5), a.get(7), u32(a.get(15))  # RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE
     return RouteEntry(
-        dst=ipaddress.ip_network(f"{ip_text(family, dst) if dst else any_ip}/{dst_len}", strict=False),
-        gateway=ipaddress.ip_address(ip_text(family, gateway)) if gateway else None,
+        dst=network((dst or 0, dst_len), strict=False),
+        gateway=address(gateway) if gateway else None,
         oif=u32(a.get(4)),  # RTA_OIF
         table=int(table_attr if table_attr is not None else table),
         scope=scope,
         priority=u32(a.get(6)),  # RTA_PRIORITY
-        prefsrc=ipaddress.ip_address(ip_text(family, prefsrc)) if prefsrc else None,
+        prefsrc=address(prefsrc) if prefsrc else None,
         proto=proto,
         type=rtype,
     )
