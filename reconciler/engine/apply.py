@@ -165,9 +165,10 @@ class Engine:
         finally:
             bar.close()
 
-    def plan(self, specs: Specs | None = None) -> tuple[Plan, Observation]:
+    def plan(self, specs: Specs | None = None, records: dict[str, Record] | None = None) -> tuple[Plan, Observation]:
+        """The plan against the live state (`records`: the inventory, if the caller has just read it)."""
         specs = specs or self.load()
-        records = self.inventory.records()
+        records = self.inventory.records() if records is None else records
         # only attachments that stay as they are need a live verdict
         keep = {
             k
@@ -187,9 +188,12 @@ class Engine:
     # ---- recovery
     def recover(self) -> list[str]:
         """Finish or undo whatever a killed process left half-done (before planning anything)."""
-        done = []
+        done: list[str] = []
+        pending = self.journal.pending()
+        if not pending:
+            return done
         records = self.inventory.records()
-        for intent in self.journal.pending():
+        for intent in pending:
             rt = RuntimeConf(
                 intent.container_id, intent.netns, intent.ifname,
                 tuple((k, v) for k, v in intent.cni_args), intent.capability_args,
@@ -452,11 +456,11 @@ class Engine:
     def _apply(self, recovered: list[str]) -> PassReport:
         specs = self.load()
         self._netlists = {}
-        plan, _obs = self.plan(specs)
+        records = self.inventory.records()
+        plan, _obs = self.plan(specs, records)
         report = PassReport(plan, recovered=recovered)
         status = self.inventory.status()
         per_key: dict[str, Any] = status["attachments"]
-        records = self.inventory.records()
         todo = plan.actions
         bar = Progress(len(todo), "apply", enabled=self.show_progress)
         self.batch = []
@@ -516,7 +520,7 @@ class Engine:
                 report.outcomes.append(Outcome(step.key, "backoff", "failing", entry["error"]))
             elif step.kind == "kept":
                 entry.update(result="kept", error=step.why)
-        current = self.inventory.records()
+        current = self.inventory.records() if todo else records
         self._prune_namespaces(specs, current)
         report.finished = time.time()
         status["last_pass"] = report.summary()
