@@ -80,7 +80,7 @@ def write(cache_dir: str | Path, entry: CacheEntry) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(entry.to_json(), fh)
+            fh.write(json.dumps(entry.to_json()))  # json.dumps: the C encoder (json.dump is pure Python)
             fh.flush()
             durable.fsync(fh.fileno())
         os.replace(tmp, path)

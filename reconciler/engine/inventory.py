@@ -20,13 +20,16 @@ from reconciler.errors import StateError
 from reconciler.kernel import durable
 
 
-def write_json(path: Path, data: Any, durable: bool = True) -> None:
-    """Atomically replace `path` with `data` as JSON (fsync'd unless `durable` is False: see Inventory.sync)."""
+def write_json(path: Path, data: Any, durable: bool = True, pretty: bool = True) -> None:
+    """Atomically replace `path` with `data` as JSON (fsync'd unless `durable` is False: see Inventory.sync).
+
+    `pretty=False` writes it on one line: json's C encoder, several times faster than the indented
+    form (for the files written per attachment)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.write(json.dumps(data, indent=1 if pretty else None, sort_keys=True))
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
@@ -107,7 +110,7 @@ class Inventory:
         return out
 
     def put(self, record: Record, durable: bool = True) -> None:
-        write_json(self._path(record.key), asdict(record), durable)
+        write_json(self._path(record.key), asdict(record), durable, pretty=False)
 
     def sync(self) -> None:
         """Flush every write to the state directory's filesystem at once (syncfs), after non-durable puts."""

@@ -76,7 +76,7 @@ class Journal:
         if not intents:
             return None
         path = self.dir / f"batch-{os.getpid()}-{time.monotonic_ns()}.json"
-        write_json(path, {"batch": [asdict(i) for i in intents]})
+        write_json(path, {"batch": [asdict(i) for i in intents]}, pretty=False)
         return path
 
     def forget(self, key: str) -> None:
