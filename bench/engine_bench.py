@@ -59,11 +59,15 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
     def engine() -> Engine:
         return Engine(specs, state, cni_path=str(REFERENCE), exec_mode=exec_mode, show_progress=False)
 
-    def converge(n: int) -> float:
-        write_specs(specs, n, prefix, f"rcnbe{tag}", "10.242.0.0/16" if exec_mode else "10.240.0.0/16")
+    def converge(n: int, masq: bool = False) -> float:
+        if masq:  # the same with ipMasq: every ADD and DEL also writes the host's firewall
+            write_specs(specs, n, prefix, f"rcnbq{tag}", "10.243.0.0/16" if exec_mode else "10.244.0.0/16", masq=True)
+        else:
+            write_specs(specs, n, prefix, f"rcnbe{tag}", "10.242.0.0/16" if exec_mode else "10.240.0.0/16")
         secs, report = timed(engine().apply)
         if report.failed:  # counted, not fatal: a loaded host can fail an attachment now and then
-            res.setdefault("failed", {})[f"converge_{n}"] = [f"{o.key}: {o.error}" for o in report.failed][:5]
+            key = f"masq_converge_{n}" if masq else f"converge_{n}"
+            res.setdefault("failed", {})[key] = [f"{o.key}: {o.error}" for o in report.failed][:5]
             print(f"  {label}: {len(report.failed)} failed: {report.failed[0].error}", flush=True)
             engine().apply()  # converge the rest before measuring what follows
         return secs
@@ -75,13 +79,9 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
             res.setdefault("failed", {})["teardown"] = [f"{o.key}: {o.error}" for o in report.failed][:5]
         return secs
 
-    if masq_size:  # the same with ipMasq: every ADD and DEL also writes the host's firewall
-        write_specs(specs, masq_size, prefix, f"rcnbq{tag}", "10.243.0.0/16" if exec_mode else "10.244.0.0/16",
-                    masq=True)
+    if masq_size:
         key = f"masq_converge_{masq_size}"
-        res[key], report = timed(engine().apply)
-        if report.failed:
-            res.setdefault("failed", {})[key] = [f"{o.key}: {o.error}" for o in report.failed][:5]
+        res[key] = converge(masq_size, masq=True)
         print(f"  {label}: converge {masq_size} with ipMasq: {res[key]:.2f}s", flush=True)
         res[f"masq_teardown_{masq_size}"] = teardown()
         print(f"  {label}: teardown {masq_size} with ipMasq: {res[f'masq_teardown_{masq_size}']:.2f}s", flush=True)

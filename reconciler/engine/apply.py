@@ -9,9 +9,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from reconciler.cni import cache, registry
 from reconciler.cni.chain import Runner, RuntimeConf
@@ -29,6 +30,7 @@ from reconciler.kernel import durable, namespaces
 from reconciler.kernel.firewall.batch import batched_writes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 # Our plugin types whose DEL undoes everything outside the container's namespace from the cached
@@ -322,7 +324,7 @@ class Engine:
     def _accept(self, pending: Pending) -> None:
         """Record a verified ADD and drop its intent."""
         assert pending.record is not None
-        self.inventory.put(pending.record, durable=pending.att.key not in self.journaled)
+        self.inventory.put(pending.record)
         self.journal.clear(pending.att.key)
 
     def _judging_workers(self, count: int) -> int:
@@ -472,11 +474,8 @@ class Engine:
                 per_key.setdefault(step.key, {})
             if kind == "delete":
                 outcomes = self._delete_run(steps, specs, records)
-            elif kind == "add":  # firewall writes committed once per table, before `_verify` CHECKs them
-                with batched_writes() as firewall_errors:
-                    outcomes = [self._execute(step, specs, records, per_key) for step in steps]
-                if firewall_errors:  # verification finds what is missing, then retries or rolls back
-                    log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
+            elif kind == "add":  # committed before `_verify` CHECKs them
+                outcomes = self._adds_batched(steps, lambda step: self._execute(step, specs, records, per_key))
             else:
                 outcomes = [self._execute(step, specs, records, per_key) for step in steps]
             for step, outcome in zip(steps, outcomes, strict=True):
@@ -547,17 +546,26 @@ class Engine:
                 (rest if step.network in seen else seen).add(step.key if step.network in seen else step.network)
         return rest if len(rest) >= PARALLEL_MIN else set()
 
+    @staticmethod
+    def _adds_batched(steps: list[Step], run: Callable[[Step], T]) -> list[T]:
+        """`run(step)` for each ADD, their firewall writes committed once per table at the end. A
+        write that did not land is logged: the verifying CHECKs find what is missing, and those
+        ADDs are retried or rolled back."""
+        with batched_writes() as firewall_errors:
+            out = [run(step) for step in steps]
+        if firewall_errors:
+            log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
+        return out
+
     def _add_slice(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[SliceResult]:
         """One worker's ADDs, their firewall writes committed once per table at the end, then one
         verifying CHECK of each over a single fresh read of their namespaces; those in sync
         (verdict []) are recorded here, the parent retries the others (`_verify`)."""
-        done: list[tuple[Outcome, Pending | None]] = []
-        with batched_writes() as firewall_errors:  # one commit per firewall table for the slice
-            for step in steps:
-                self.batch = []
-                done.append((self._execute(step, specs, records, {}), self.batch[0] if self.batch else None))
-        if firewall_errors:  # the CHECKs below find what is missing; those ADDs are retried or rolled back
-            log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
+        def one(step: Step) -> tuple[Outcome, Pending | None]:
+            self.batch = []
+            return self._execute(step, specs, records, {}), self.batch[0] if self.batch else None
+
+        done = self._adds_batched(steps, one)
         self.batch = []
         fresh = [p for _, p in done if p is not None]
         verdicts: dict[str, list[str]] = {}

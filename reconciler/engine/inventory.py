@@ -20,8 +20,9 @@ from reconciler.errors import StateError
 from reconciler.kernel import durable
 
 
-def write_json(path: Path, data: Any, durable: bool = True, pretty: bool = True) -> None:
-    """Atomically replace `path` with `data` as JSON (fsync'd unless `durable` is False: see Inventory.sync).
+def write_json(path: Path, data: Any, deferrable: bool = False, pretty: bool = True) -> None:
+    """Atomically replace `path` with `data` as JSON, fsync'd before the rename (`deferrable`: unless
+    a pass has deferred the fsyncs of this filesystem to its syncfs, see `kernel.durable`).
 
     `pretty=False` writes it on one line: json's C encoder, several times faster than the indented
     form (for the files written per attachment)."""
@@ -31,8 +32,7 @@ def write_json(path: Path, data: Any, durable: bool = True, pretty: bool = True)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(data, indent=1 if pretty else None, sort_keys=True))
             fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
+            (durable.fsync if deferrable else os.fsync)(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -109,11 +109,12 @@ class Inventory:
                 out[rec.key] = rec
         return out
 
-    def put(self, record: Record, durable: bool = True) -> None:
-        write_json(self._path(record.key), asdict(record), durable, pretty=False)
+    def put(self, record: Record) -> None:
+        """Write a record (inside a pass its fsync waits for the pass's `sync`)."""
+        write_json(self._path(record.key), asdict(record), deferrable=True, pretty=False)
 
     def sync(self) -> None:
-        """Flush every write to the state directory's filesystem at once (syncfs), after non-durable puts."""
+        """Flush every write to the state directory's filesystem at once (syncfs): the end of a pass."""
         durable.syncfs(str(self.root))
 
     def drop(self, key: str) -> None:
