@@ -87,7 +87,7 @@ def add(args: CmdArgs) -> Result:
         bridge_mac = ""
         if conf.is_gateway and gw_addrs:
             if conf.vlan:
-                vlan_gw = ensure_vlan_gateway(conf, host)
+                vlan_gw = ensure_vlan_gateway(conf, host, br.index)
             for family_addrs in gw_addrs.values():
                 for gw in family_addrs:
                     ensure_gateway_addr(conf, vlan_gw.name if vlan_gw else conf.bridge, gw, host,

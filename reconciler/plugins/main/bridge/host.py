@@ -82,14 +82,13 @@ def setup_port(conf: BridgeConf, host_veth: str, host: str | None) -> None:
     port_vlans(conf, host_veth, host)
 
 
-def ensure_vlan_gateway(conf: BridgeConf, host: str | None) -> links.Link:
+def ensure_vlan_gateway(conf: BridgeConf, host: str | None, bridge_index: int) -> links.Link:
     """`<bridge>.<vlan>`: a host-side veth whose peer is an access port of the VLAN; it carries the gateway."""
     name = f"{conf.bridge}.{conf.vlan}"
     link = links.find(name, host)
     if link is None:
         port, _ = hostveth.setup_veth(name, netns=host or "/proc/self/ns/net", host_netns=host,
-                                      mtu=conf.mtu or None)
-        links.set_master(port.name, conf.bridge, host)
+                                      mtu=conf.mtu or None, master=bridge_index)
         port_vlans(conf, port.name, host)
     links.set_up(name, host)
     return links.get(name, host)
