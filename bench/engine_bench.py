@@ -41,6 +41,9 @@ def write_specs(directory: Path, n: int, prefix: str, bridge: str, subnet: str, 
     (directory / "attachments.toml").write_text("\n".join(lines))
 
 
+SETTLE_S = 3.0  # the kernel's namespace cleanup after a teardown of hundreds (see kernel_floors)
+
+
 def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()
@@ -175,11 +178,34 @@ def reference_side(work: Path, sizes: list[int], big: int, masq_size: int = 0) -
     return res
 
 
+def kernel_floors(sizes: list[int]) -> dict[str, Any]:
+    """bench.floors.kernel_converge for each size, with the engine's process count (best of two up to 100).
+
+    Namespaces are torn down asynchronously by the kernel: each measurement starts after a pause so that
+    the cleanup of the previous one is not billed to it, nor this one's to what follows."""
+    from bench.floors import kernel_converge
+    from reconciler.engine.workers import default_count
+
+    workers = default_count()
+    out: dict[str, Any] = {"workers": workers}
+    for n in sizes:
+        runs = []
+        for _ in range(2 if n <= 100 else 1):
+            time.sleep(SETTLE_S)
+            runs.append(kernel_converge(n, workers, uuid.uuid4().hex[:4]))
+        out[f"kernel_converge_{n}"] = min(runs)
+        print(f"  kernel floor: converge {n}: {out[f'kernel_converge_{n}']:.2f}s", flush=True)
+    return out
+
+
 def inner(args: argparse.Namespace) -> int:
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     big = max(sizes)
     work = Path(tempfile.mkdtemp(prefix="rcn-engine-bench-"))
     try:
+        print("kernel floor (bench.floors.kernel_converge), measured first, on a quiet kernel:", flush=True)
+        floor = kernel_floors(sizes)
+        time.sleep(SETTLE_S)
         print(f"engine (our plugins in-process, verify after every ADD), sizes {sizes}:", flush=True)
         ours = engine_side(work, sizes, big, masq_size=args.masq)
         print("engine driving the reference plugins (exec'd), to separate engine overhead from plugin cost:",
@@ -190,7 +216,7 @@ def inner(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for name in os.listdir("/run/netns"):
-            if name.startswith(("rcn-be", "rcn-br")) and name[6:10].isalnum():
+            if name.startswith(("rcn-be", "rcn-br", "rcn-fl")) and name[6:10].isalnum():
                 subprocess.run(["ip", "netns", "delete", name], capture_output=True)
     ratios = {k: round(ours[k] / ref[k], 2) for k in ours if k in ref and ref[k] > 0}
     ratios_ref = {k: round(ours_ref[k] / ref[k], 2) for k in ours_ref if k in ref and ref[k] > 0}
@@ -201,6 +227,11 @@ def inner(args: argparse.Namespace) -> int:
                   f"{ratios[key]:>8.2f}{ratios_ref.get(key, 0):>15.2f}")
     print("ratio = engine / reference (below 1: the engine is faster); eng+ref = the engine driving the same "
           "reference binaries")
+    for n in sizes:
+        key, secs = f"converge_{n}", floor[f"kernel_converge_{n}"]
+        if key in ours and key in ref:
+            print(f"kernel floor, converge {n} ({floor['workers']} processes, bare kernel objects): {secs:.2f} s "
+                  f"= reference / {ref[key] / secs:.1f}; the engine is the floor + {ours[key] - secs:.2f} s")
     growth = {}
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
@@ -211,9 +242,10 @@ def inner(args: argparse.Namespace) -> int:
         print(f"engine growth {lo} -> {hi} attachments (linear = {hi / lo:.1f}): " +
               ", ".join(f"{k} {v}" for k, v in growth.items()))
     path = write_results("engine", {"sizes": sizes, "engine_s": ours, "engine_reference_plugins_s": ours_ref,
-                                    "reference_s": ref, "ratio": ratios, "engine_growth": growth, "ratio_engine_reference_plugins": ratios_ref,
+                                    "reference_s": ref, "floor_s": floor, "ratio": ratios, "engine_growth": growth, "ratio_engine_reference_plugins": ratios_ref,
                                     "notes": "engine pass = recover + observe + plan + apply + verify (CHECK) "
-                                             "+ status; reference = runner in exec mode, no verification"})
+                                             "+ status; reference = runner in exec mode, no verification; "
+                                             "floor = bench.floors.kernel_converge"})
     print(f"wrote {path}")
     return 0
 

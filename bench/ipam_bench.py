@@ -168,6 +168,21 @@ def measure(base: str, count: int, writer_counts: list[int], impls: list[str]) -
     return rates
 
 
+def durable_floor(base: str, count: int, writer_counts: list[int], ref: dict[str, float]) -> dict[str, float]:
+    """bench.floors.durable_reservations per writer count: the store's fsyncs alone, in allocations/s."""
+    from bench.floors import durable_reservations
+
+    floor: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="ipamfloor", dir=base) as tmp:
+        for writers in writer_counts:
+            key = f"{writers}w"
+            floor[key] = round(durable_reservations(tmp, writers, count), 1)
+            versus = f" = reference x {floor[key] / ref[key]:.1f}" if ref.get(key) else ""
+            print(f"  floor: durable reservation writes alone, {writers} writer(s): {floor[key]:9.1f}/s{versus}",
+                  flush=True)
+    return floor
+
+
 def ratios_of(rates: dict[str, dict[str, float]]) -> dict[str, float]:
     ref = rates.get("reference exec'd")
     out: dict[str, float] = {}
@@ -206,7 +221,9 @@ def main() -> int:
         ratios = ratios_of(rates)
         for label, value in ratios.items():
             print(f"  {label:40} {value:8.3f}x")
-        results[store] = {"allocations_per_second": rates, "ratios_to_reference": ratios}
+        floor = durable_floor(STORES[store], count, writer_counts, rates.get("reference exec'd", {}))
+        results[store] = {"allocations_per_second": rates, "ratios_to_reference": ratios,
+                          "floor_allocations_per_second": floor}
     path = write_results(
         "ipam",
         {

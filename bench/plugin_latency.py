@@ -131,7 +131,14 @@ def main() -> int:
         print(f"{label:<16}{r['add']['p50_ms']:9.1f}{r['add']['p95_ms']:9.1f}{r['del']['p50_ms']:9.1f}"
               f"{r['del']['p95_ms']:9.1f}{r['add']['p50_ms'] / ref['add']['p50_ms']:9.2f}"
               f"{r['del']['p50_ms'] / ref['del']['p50_ms']:9.2f}")
-    write_results("plugin_latency", {"n": args.n, "results": results})
+    from bench.floors import python_import
+
+    floor = python_import()
+    ref_add = ref["add"]["p50_ms"] / 1000
+    print(f"floor of a cold exec'd Python plugin (bench.floors.python_import, p50): interpreter "
+          f"{floor['interpreter_s'] * 1000:.1f} ms, with pydantic and one model "
+          f"{floor['interpreter_pydantic_s'] * 1000:.1f} ms = reference ADD x {floor['interpreter_pydantic_s'] / ref_add:.1f}")
+    write_results("plugin_latency", {"n": args.n, "results": results, "floor_s": floor})
     return 0
 
 

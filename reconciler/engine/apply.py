@@ -24,7 +24,7 @@ from reconciler.engine.observe import Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
 from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
-from reconciler.engine.workers import WorkerFailed, fork_map
+from reconciler.engine.workers import WorkerFailed, default_count, fork_map
 from reconciler.errors import CNIError, SpecError
 from reconciler.kernel import durable, namespaces
 from reconciler.kernel.firewall.batch import batched_writes
@@ -134,7 +134,7 @@ class Engine:
         self.vanishing: set[str] = set()  # host veths the kernel removes with namespaces deleted this pass
         self.claimed: set[str] = set()  # namespaces this pass claimed before creating them
         self.keep_journal = False  # a worker died: leave the pass's journal batch for the next recovery
-        self.workers = int(os.environ.get("RECONCILER_WORKERS") or min(os.cpu_count() or 1, 4))
+        self.workers = default_count()
         self.observe_per_worker = max(1, int(os.environ.get("RECONCILER_OBSERVE_PER_WORKER") or OBSERVE_PER_WORKER))
 
     # ---- reading

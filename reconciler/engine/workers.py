@@ -21,6 +21,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def default_count() -> int:
+    """How many processes a pass uses: RECONCILER_WORKERS, else one per CPU up to 4."""
+    return int(os.environ.get("RECONCILER_WORKERS") or min(os.cpu_count() or 1, 4))
+
+
 class WorkerFailed(str):
     """Why a worker's slice has no result (it raised, died, or answered garbage)."""
 
