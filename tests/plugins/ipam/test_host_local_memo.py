@@ -40,7 +40,7 @@ def test_memo_is_kept_and_follows_the_reference(tmp_path: Path, ref_bin: Path, f
 
     assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.2"
     net = str(tmp_path / "rcnnet")
-    assert set(disk._MEMO[net].owners) == {"10.9.0.2"}  # kept for the next ADD
+    assert set(disk._MEMO[net].scan.owners) == {"10.9.0.2"}  # kept for the next ADD
     ref("ADD", "r1")  # .3, behind our back
     ref("DEL", "c1")  # ours released by the reference
     assert addr(call(hl, "ADD", conf, "c2")) == "10.9.0.4"
@@ -64,7 +64,7 @@ def test_memo_rereads_the_callers_own_reservations(tmp_path: Path) -> None:
     assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.2"  # this one read it back: inode recorded
     held = tmp_path / "rcnnet" / "10.9.0.2"
     ino = held.stat().st_ino
-    assert disk._MEMO[str(tmp_path / "rcnnet")].inodes == {"10.9.0.2": ino}
+    assert disk._MEMO[str(tmp_path / "rcnnet")].scan.inodes == {"10.9.0.2": ino}
     with open(held, "r+b") as f:  # same inode, another holder: what recycling would look like
         f.write(b"other\r\neth0")
     assert held.stat().st_ino == ino
@@ -79,7 +79,7 @@ def test_memo_forgets_own_del_and_half_written_files_are_reclaimed(tmp_path: Pat
     assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.2"
     call(hl, "DEL", conf, "c1")
     kept = disk._MEMO.get(str(net))  # DEL keeps its scan for the next call, minus what it released
-    assert kept is None or "10.9.0.2" not in kept.owners
+    assert kept is None or "10.9.0.2" not in kept.scan.owners
     (net / "10.9.0.3").write_bytes(b"")  # a reference killed between create and write
     (net / "last_reserved_ip.0").write_bytes(b"10.9.0.2")
     assert addr(call(hl, "ADD", conf, "c2")) == "10.9.0.3"  # the empty file was not trusted
@@ -174,3 +174,67 @@ def test_check_reads_only_prev_results_reservations_and_falls_back(tmp_path: Pat
     assert addr(call(hl, "ADD", conf, "c1")) == "10.9.0.3"
     with pytest.raises(CNIError, match="10.9.0.2 in prevResult is not reserved for c1/eth0"):
         call(hl, "CHECK", dict(conf, prevResult=prev), "c1")
+
+
+def _listings(monkeypatch: Any) -> list[int]:
+    """Count full directory listings (DiskStore._list), calling through to the real one."""
+    calls: list[int] = []
+    real = disk.DiskStore._list
+
+    def counted(self: disk.DiskStore, memo: Any, *, locked: bool) -> Any:
+        calls.append(1)
+        return real(self, memo, locked=locked)
+
+    monkeypatch.setattr(disk.DiskStore, "_list", counted)
+    return calls
+
+
+def test_repeated_adds_follow_changes_without_listing_the_store(
+    tmp_path: Path, ref_bin: Path, fake_netns: str, monkeypatch: Any
+) -> None:
+    """From the third ADD on, the memo is brought up to date from the watch's change list alone, and
+    still sees what others did: a reservation released and re-created for someone else (its inode
+    number may be recycled), the reference's ADDs, and its own files."""
+    conf = hl_conf(tmp_path, V4)
+    net = tmp_path / "rcnnet"
+    listings = _listings(monkeypatch)
+    for i in range(3):
+        call(hl, "ADD", conf, f"c{i}")  # .2 .3 .4; the second ADD armed the watch
+    assert disk._MEMO[str(net)].watch is not None
+    before = len(listings)
+    (net / "10.9.0.3").unlink()  # c1's reservation now belongs to x2
+    (net / "10.9.0.3").write_bytes(b"x2\r\neth0")
+    assert addr(call(hl, "ADD", conf, "x2")) == "10.9.0.3"  # ADD is idempotent: found, not a new one
+    stdin = json.dumps(conf).encode()
+    proc = subprocess.run([str(ref_bin)], input=stdin, env=env_for("ADD", "r1", fake_netns), capture_output=True)
+    assert json.loads(proc.stdout)["ips"][0]["address"] == "10.9.0.5/28"
+    assert addr(call(hl, "ADD", conf, "r1")) == "10.9.0.5"
+    assert addr(call(hl, "ADD", conf, "c3")) == "10.9.0.6"
+    assert len(listings) == before  # no listing since the watch was armed
+    assert reservations(net) == {
+        "10.9.0.2": ("c0", "eth0"), "10.9.0.3": ("x2", "eth0"), "10.9.0.4": ("c2", "eth0"),
+        "10.9.0.5": ("r1", "eth0"), "10.9.0.6": ("c3", "eth0"),
+    }
+
+
+def test_a_forked_child_does_not_take_the_parents_changes(tmp_path: Path, ref_bin: Path, fake_netns: str) -> None:
+    """The engine's workers are forks of a process with a watch: a child lists the store itself, and
+    the parent still learns of everything the child and others did."""
+    conf = hl_conf(tmp_path, V4)
+    for i in range(3):
+        call(hl, "ADD", conf, f"p{i}")  # .2 .3 .4, watch armed
+    pid = os.fork()
+    if pid == 0:
+        try:
+            got = [addr(call(hl, "ADD", conf, f"k{i}")) for i in range(3)]
+            os._exit(0 if got == ["10.9.0.5", "10.9.0.6", "10.9.0.7"] else 1)
+        except BaseException:  # noqa: BLE001 - any failure is the child's exit code
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    stdin = json.dumps(conf).encode()
+    proc = subprocess.run([str(ref_bin)], input=stdin, env=env_for("ADD", "r1", fake_netns), capture_output=True)
+    assert json.loads(proc.stdout)["ips"][0]["address"] == "10.9.0.8/28"
+    assert addr(call(hl, "ADD", conf, "k1")) == "10.9.0.6"  # the child's, found by its owner
+    assert addr(call(hl, "ADD", conf, "r1")) == "10.9.0.8"
+    assert addr(call(hl, "ADD", conf, "p3")) == "10.9.0.9"

@@ -19,9 +19,13 @@ that goes down before that sync has its ADDs undone by the next pass.
 Reading: the reference reads every reservation under the lock on every ADD
 (to find the caller's existing one). Our ADD looks before it takes the lock
 (`DiskStore.snapshot`): a process that allocates repeatedly keeps its last
-scan (`_MEMO`) and reads only entries whose name or inode number is new. Under
-the lock it re-reads only the caller's own reservations, links, and writes the
-round-robin hint. DEL, CHECK, GC and STATUS read everything under the lock.
+scan (`_MEMO`). Its second ADD lists the directory once more, reading only
+entries whose name or inode number is new, and arms an inotify watch first
+(`kernel.dirwatch`); every later ADD re-reads just the names the watch
+reports changed, without listing (a listing costs O(reservations), the watch
+O(changes)). Under the lock it re-reads only the caller's own reservations,
+links, and writes the round-robin hint. DEL, CHECK, GC and STATUS read
+everything under the lock.
 
 Path safety: the network name is validated, the network directory is opened
 with ``O_NOFOLLOW`` and every file is opened relative to it, again without
@@ -44,7 +48,7 @@ from functools import lru_cache
 from typing import Any
 
 from reconciler.errors import INVALID_NETWORK_CONFIG, IO_FAILURE, CNIError
-from reconciler.kernel import durable
+from reconciler.kernel import dirwatch, durable
 
 log = logging.getLogger("reconciler.ipam.host-local")
 
@@ -134,8 +138,22 @@ class Scan:
             self._index[(owner.container_id, owner.ifname)].remove(name)
 
 
-# Per process: network directory path -> this process's scan at the end of its last ADD there.
-_MEMO: dict[str, Scan] = {}
+@dataclass
+class Memo:
+    """This process's scan at the end of its last ADD in a directory, and the watch armed before the
+    listing it came from (None after a first ADD: the next one arms it and lists once more)."""
+
+    scan: Scan
+    watch: dirwatch.Watch | None
+
+
+# Per process: network directory path -> its memo.
+_MEMO: dict[str, Memo] = {}
+
+
+def _dev_ino(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def validate_network(name: str) -> None:
@@ -153,6 +171,7 @@ class DiskStore:
         self._dirty = False
         self._prepared: dict[Owner, list[int]] = {}  # O_TMPFILE fds holding an owner's content, synced
         self.current: Scan | None = None  # the locked transaction's scan
+        self._watch: dirwatch.Watch | None = None  # armed before this store's listings, if any
 
     @classmethod
     def open(cls, data_dir: str, network: str, *, create: bool = True) -> DiskStore | None:
@@ -222,7 +241,7 @@ class DiskStore:
             self.current = hint if hint is not None else self.scan()
             yield self.current
             if remember:
-                _MEMO[self.path] = self.current
+                _MEMO[self.path] = Memo(self.current, self._watch)
         except BaseException:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             raise
@@ -248,11 +267,16 @@ class DiskStore:
     def snapshot(self) -> Scan | None:
         """ADD's view of the directory, taken without the lock; None if only a locked scan will do.
 
-        It starts from this process's scan after its previous ADD here (`_MEMO`): one listing,
-        and entries whose name and inode number are unchanged keep their recorded holder; the
-        rest are read. Reservation files are never rewritten in place (both implementations
-        create them once, under the lock), so an unchanged inode means unchanged content unless
-        the name was deleted and re-created with a recycled inode number. Being unlocked, the
+        It starts from this process's scan after its previous ADD here (`_MEMO`). With the watch
+        armed before that scan's listing, the names it reports changed (created, deleted, moved,
+        written) are re-read and nothing else: the kernel queues the event before the change's
+        system call returns, so every change completed before this call is in the list. Without
+        one (the second ADD, or the watch lost track: queue overflow, the directory moved, a
+        forked process), one listing, where entries whose name and inode number are unchanged
+        keep their recorded holder and the rest are read. Reservation files are never rewritten
+        in place (both implementations create them once, under the lock), so an unchanged inode
+        means unchanged content unless the name was deleted and re-created with a recycled inode
+        number. Being unlocked, the
         view may also miss changes made while it is taken. None of this can hand an address out
         twice (`link(2)` under the lock refuses existing names; a stale "taken" only skips an
         address, and the allocation is retried on a full scan before any error is returned)
@@ -262,7 +286,15 @@ class DiskStore:
         `confirm` re-reads them under the lock. Temporaries and empty or garbled reservations
         (crash leftovers, or the reference writing right now) give None: the locked scan judges.
         """
-        return self._list(_MEMO.pop(self.path, None), locked=False)
+        memo = _MEMO.pop(self.path, None)
+        if memo is None:
+            return self._list(None, locked=False)  # a first ADD here (a cold plugin's only one): no watch
+        names = memo.watch.changes() if memo.watch is not None else None
+        if names is not None and memo.watch is not None and memo.watch.dev_ino == _dev_ino(self.fd):
+            self._watch = memo.watch
+            return self._update(memo.scan, names)
+        self._watch = dirwatch.Watch.arm(self.fd)  # before the listing: it sees every later change
+        return self._list(memo.scan, locked=False)
 
     def confirm(self, scan: Scan, owner: Owner) -> bool:
         """Under the lock: do `owner`'s reservations in `scan` still hold exactly that?"""
@@ -291,37 +323,53 @@ class DiskStore:
             for name in [n for n in scan.ips if n not in known or listing.get(n) != known[n]]:
                 scan.forget(name)  # gone, replaced, or never read (ours, linked without its inode)
         for name, ino in listing.items():
-            if name in scan.ips:
-                continue
-            if name.startswith(TMP_PREFIX):
-                if not locked:
-                    return None
-                self._unlink(name)
-                log.warning("removed temporary file %s left by a killed process", name)
-                continue
-            ip = ip_name(name)
-            if ip is None:
-                continue
-            data = self._read(name, missing=b"" if locked else None)
-            if data is None:
-                if not locked and not self._exists(name):
-                    continue  # released since the listing
-                scan.foreign.add(name)
-                scan.ips[name] = ip
-                scan.inodes[name] = ino
-                continue
-            holder = parse_owner(data)
-            if holder is None:
-                if not locked:
-                    return None
-                log.warning(
-                    "reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64]
-                )
-                self._unlink(name)
-                continue
-            scan.add(name, holder, ip)
-            scan.inodes[name] = ino
+            if name not in scan.ips and not self._admit(scan, name, ino, locked=locked):
+                return None
         return scan
+
+    def _update(self, scan: Scan, names: set[str]) -> Scan | None:
+        """`scan` brought up to date by re-reading `names`, every entry changed since it was taken."""
+        for name in names:
+            if ip_name(name) is None and not name.startswith(TMP_PREFIX):
+                continue  # the lock, round-robin hints, foreign files
+            scan.forget(name)  # re-read whatever happened to it: a recycled inode number looks unchanged
+            try:
+                ino = os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                continue
+            if not self._admit(scan, name, ino, locked=False):
+                return None
+        return scan
+
+    def _admit(self, scan: Scan, name: str, ino: int, *, locked: bool) -> bool:
+        """Add entry `name` (not in `scan`) to it; False if only a locked scan may judge it."""
+        if name.startswith(TMP_PREFIX):
+            if not locked:
+                return False
+            self._unlink(name)
+            log.warning("removed temporary file %s left by a killed process", name)
+            return True
+        ip = ip_name(name)
+        if ip is None:
+            return True
+        data = self._read(name, missing=b"" if locked else None)
+        if data is None:
+            if not locked and not self._exists(name):
+                return True  # released since the listing
+            scan.foreign.add(name)
+            scan.ips[name] = ip
+            scan.inodes[name] = ino
+            return True
+        holder = parse_owner(data)
+        if holder is None:
+            if not locked:
+                return False
+            log.warning("reclaiming half-written reservation %s/%s (content %r)", self.path, name, data[:64])
+            self._unlink(name)
+            return True
+        scan.add(name, holder, ip)
+        scan.inodes[name] = ino
+        return True
 
     def _exists(self, name: str) -> bool:
         try:
