@@ -169,18 +169,20 @@ def create_veth(
 ) -> tuple[Link, Link]:
     """A veth pair: `name` in `netns`, `peer` in `peer_netns`. Returns (link, peer).
 
-    `name` can be created up and enslaved to `master` (an ifindex) in the same request."""
+    `name` can be created up and enslaved to `master` (an ifindex) in the same request. The returned
+    `link` is the kernel's announcement of its creation where it echoes one: its index, name and MAC
+    are final, its `master` may not be set yet."""
     fd = None
     if not nsmod.same(netns, peer_netns):
         fd = _open_netns(peer_netns)
     try:
         with _errors(netns, "create veth", name, creating=True):
-            rtnl.create_veth(netns, name, peer, peer_netns_fd=fd, mtu=mtu, mac=mac, peer_mac=peer_mac,
-                             master=master, up=up)
+            created = rtnl.create_veth(netns, name, peer, peer_netns_fd=fd, mtu=mtu, mac=mac, peer_mac=peer_mac,
+                                       master=master, up=up)
     finally:
         if fd is not None:
             os.close(fd)
-    return get(name, netns), get(peer, peer_netns)
+    return created or get(name, netns), get(peer, peer_netns)
 
 
 def _open_netns(netns: str | None) -> int:

@@ -30,7 +30,7 @@ from reconciler.kernel.netns import KernelError
 
 NETLINK_ROUTE = 0
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x2, 0x4, 0x8
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -372,9 +372,13 @@ def create_link(netns: str | None, name: str, kind: str, *, mtu: int | None = No
 
 
 def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int | None,
-                mtu: int | None, mac: str | None, peer_mac: str | None, master: int = 0, up: bool = False) -> None:
+                mtu: int | None, mac: str | None, peer_mac: str | None, master: int = 0,
+                up: bool = False) -> Any:
     """RTM_NEWLINK (create, exclusive) of a veth pair; the peer goes to `peer_netns_fd` in the same call.
-    `master` (an ifindex) and `up` apply to `name` only, as part of its creation."""
+    `master` (an ifindex) and `up` apply to `name` only, as part of its creation.
+
+    Returns `name` as created (its index and MAC) where the kernel echoes it (NLM_F_ECHO, Linux 6.3
+    and later; it is announced before the master is set), else None."""
     peer_body = _link_body(peer, mtu, peer_mac)
     if peer_netns_fd is not None:
         peer_body += attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
@@ -386,7 +390,11 @@ def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int |
         body += attr_u32(IFLA_MASTER, master)
     body += attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
     with connect(netns) as sock:
-        sock.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+        answers = sock.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body)
+    for data, start, end, kind in answers:
+        if kind == RTM_NEWLINK and (link := decode_link(data, start, end)) is not None and link.name == name:
+            return link
+    return None
 
 
 def dump_addrs(netns: str | None, index: int = 0, family: int = 0) -> list[Any]:

@@ -42,6 +42,8 @@ def test_veth_across_namespaces(two):
         assert host.kind == cont.kind == "veth" and host.mtu == cont.mtu == 1400
         assert cont.mac == "0a:58:00:00:00:07"
         assert host.link == cont.index and cont.link == host.index
+        fresh = links.get("rcnv0", hp)  # the creation's echo (Linux >= 6.3) says what a lookup says
+        assert (host.index, host.name, host.mac, host.mtu) == (fresh.index, fresh.name, fresh.mac, fresh.mtu)
         assert links.peer_index("eth0", cp) == host.index
         with pytest.raises(LinkExists):
             links.create_veth("rcnv0", "eth1", netns=hp, peer_netns=cp)

@@ -342,6 +342,44 @@ def test_in_process_with_host_netns_argument(world, monkeypatch):
     assert [lk["kind"] for lk in links_state(world.host)] == ["bridge"] and allocated(world) == []
 
 
+def test_in_process_bridge_mac_stays_pinned_and_a_recreated_bridge_is_pinned_again(world):
+    """A long-lived process pins a bridge's MAC once and remembers the pin (bridge.host.pin_mac); a bridge
+    deleted and re-created under the same name, unpinned, is pinned again: a port with a lower MAC
+    joining afterwards changes neither."""
+    from reconciler.cni.args import CmdArgs
+    from reconciler.cni.skel import dispatch, load_module
+
+    module = load_module("bridge")
+    c = conf(world, isGateway=True)
+    host = f"/run/netns/{world.host}"
+
+    def add(cid: str) -> dict:
+        _, ns = world.container()
+        return dispatch(module, CmdArgs.build("ADD", json.dumps(c).encode(), container_id=cid, netns=ns,
+                                              ifname="eth0", path=world.cni_path, host_netns=host))
+
+    def bridge_mac() -> str:
+        return next(lk["address"] for lk in _links(world.host) if lk["ifname"] == BR)
+
+    def low_port(name: str) -> None:  # a port whose MAC is lower than any random one: an unpinned bridge takes it
+        run("ip", "-n", world.host, "link", "add", name, "address", "02:00:00:00:00:01", "type", "veth")
+        run("ip", "-n", world.host, "link", "set", name, "master", BR, "up")
+
+    for generation in range(2):
+        if generation:  # re-created by someone else, unpinned: the process's memory of the pin must not hold
+            run("ip", "-n", world.host, "link", "del", BR)
+            run("ip", "-n", world.host, "link", "add", BR, "type", "bridge")
+        macs = {add(f"g{generation}c{i}")["interfaces"][0]["mac"] for i in range(3)}
+        assert macs == {bridge_mac()}
+        low_port(f"rcnlow{generation}")
+        assert bridge_mac() == macs.pop() != "02:00:00:00:00:01"
+
+
+def _links(ns: str) -> list[dict]:
+    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
 def test_enabledad_and_disable_container_interface(world):
     (n1, p1), (n2, p2) = world.container(), world.container()
     dad = world.run(ours(world), "ADD", conf(world, isGateway=True, enabledad=True, ipam={

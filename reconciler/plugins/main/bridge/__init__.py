@@ -36,6 +36,7 @@ from reconciler.plugins.main.bridge.host import (
     firewall,
     gateways,
     gc_spoofchk,
+    pin_mac,
     setup_port,
 )
 
@@ -92,8 +93,7 @@ def add(args: CmdArgs) -> Result:
                 for gw in family_addrs:
                     ensure_gateway_addr(conf, vlan_gw.name if vlan_gw else conf.bridge, gw, host,
                                         index=vlan_gw.index if vlan_gw else br.index)
-            bridge_mac = links.get(conf.bridge, host).mac
-            links.set_mac(conf.bridge, bridge_mac, host)  # pin the MAC: stop it following port churn
+            bridge_mac = pin_mac(br, host)  # stop it following port churn
             if 4 in gw_addrs:
                 host_sysctls["net/ipv4/ip_forward"] = 1
             if 6 in gw_addrs:

@@ -43,6 +43,7 @@ def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack
         # Pin the MAC now: an unpinned bridge takes its lowest port's MAC and changes it as containers
         # come and go, which makes every other attachment's CHECK fail (the reference pins only with isGateway).
         links.set_mac(conf.bridge, br.mac, host)
+        _remember_pin(host, br.index, br.mac)
     if conf.promisc_mode and not br.promisc:
         links.set_promisc(conf.bridge, True, host)
     host_sysctls[f"net/ipv6/conf/{conf.bridge}/accept_ra"] = 0
@@ -50,6 +51,29 @@ def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack
         links.set_up(conf.bridge, host)
         br = links.get(conf.bridge, host)
     return br
+
+
+# (host namespace identity, bridge ifindex) -> the MAC this process pinned there. Setting a device's MAC
+# pins it for the device's lifetime (the kernel stops deriving it from the ports), and a re-created bridge
+# gets a new ifindex: while the index and the MAC read are the ones pinned, the pin holds.
+_PINNED: dict[tuple[tuple[int, int] | None, int], str] = {}
+
+
+def _remember_pin(host: str | None, index: int, mac: str) -> None:
+    _PINNED[(nsmod.identity(host), index)] = mac
+
+
+def pin_mac(br: links.Link, host: str | None) -> str:
+    """Pin the bridge's MAC (set it to itself) unless this process already did; return it.
+
+    `br` may have been read before a port joined: an unpinned bridge can change its MAC then, so
+    anything but a pin this process made and still sees is read again and pinned."""
+    if _PINNED.get((nsmod.identity(host), br.index)) == br.mac:
+        return br.mac
+    mac = links.get(br.name, host).mac
+    links.set_mac(br.name, mac, host)
+    _remember_pin(host, br.index, mac)
+    return mac
 
 
 def delete_if_unused(name: str, host: str | None) -> None:
