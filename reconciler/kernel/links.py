@@ -355,7 +355,8 @@ def wait_oper_up(name: str, netns: str | None = None,
                  delays_ms: tuple[int, ...] = (0, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 1000)) -> bool:
     """Poll until the link's operstate is UP; False if it never got there."""
     for delay in delays_ms:
-        time.sleep(delay / 1000)
+        if delay:
+            time.sleep(delay / 1000)
         link = find(name, netns)
         if link is not None and link.operstate == "UP":
             return True
