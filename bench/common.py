@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,25 @@ def netns(prefix: str = "rcnb") -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def parallel_rate(target: Callable[..., object], args: list[tuple], total: int) -> float:
+    """Operations/s of `target(*a, barrier)` in one forked process per `a`, timed between the barrier's two
+    waits (each target waits once before its work and once after), `total` operations in all."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(len(args) + 1)
+    procs = [ctx.Process(target=target, args=(*a, barrier)) for a in args]
+    for proc in procs:
+        proc.start()
+    barrier.wait()
+    start = time.perf_counter()
+    barrier.wait()
+    elapsed = time.perf_counter() - start
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"{getattr(target, '__name__', target)} failed in a writer: exit {proc.exitcode}")
+    return total / elapsed
 
 
 def write_results(name: str, data: dict) -> Path:

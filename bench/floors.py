@@ -18,13 +18,12 @@ missed target can be told apart from a slow implementation:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, percentile
+from bench.common import PYTHON, ROOT, parallel_rate, percentile
 
 SITE_PACKAGES = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"), None)
 
@@ -126,15 +125,4 @@ def durable_reservations(directory: str, writers: int, count: int) -> float:
         start = time.perf_counter()
         _durable_writes(str(work), per)
         return per / (time.perf_counter() - start)
-    ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(writers + 1)
-    procs = [ctx.Process(target=_durable_writes, args=(str(work), per, barrier)) for _ in range(writers)]
-    for proc in procs:
-        proc.start()
-    barrier.wait()
-    start = time.perf_counter()
-    barrier.wait()
-    elapsed = time.perf_counter() - start
-    for proc in procs:
-        proc.join()
-    return writers * per / elapsed
+    return parallel_rate(_durable_writes, [(str(work), per)] * writers, writers * per)

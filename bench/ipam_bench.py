@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import PYTHON, REFERENCE, ROOT, cni_env, exec_timed, write_results  # noqa: E402
+from bench.common import PYTHON, REFERENCE, ROOT, cni_env, exec_timed, parallel_rate, write_results  # noqa: E402
 
 WRITERS = (1, 4)
 COLD_MAX = 16
@@ -60,22 +59,7 @@ def run_inproc(conf: dict, writers: int, per_writer: int) -> float:
         start = time.perf_counter()
         inproc_worker(conf, "s", per_writer)
         return per_writer / (time.perf_counter() - start)
-    ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(writers + 1)
-    procs = [
-        ctx.Process(target=inproc_worker, args=(conf, f"w{k}", per_writer, barrier)) for k in range(writers)
-    ]
-    for p in procs:
-        p.start()
-    barrier.wait()
-    start = time.perf_counter()
-    barrier.wait()
-    elapsed = time.perf_counter() - start
-    for p in procs:
-        p.join()
-        if p.exitcode != 0:
-            raise RuntimeError(f"in-process writer failed: {p.exitcode}")
-    return writers * per_writer / elapsed
+    return parallel_rate(inproc_worker, [(conf, f"w{k}", per_writer) for k in range(writers)], writers * per_writer)
 
 
 def run_exec(binary: str, conf: dict, writers: int, per_writer: int, netns_path: str, sock: str) -> float:
