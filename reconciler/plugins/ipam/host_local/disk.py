@@ -276,15 +276,15 @@ class DiskStore:
         keep their recorded holder and the rest are read. Reservation files are never rewritten
         in place (both implementations create them once, under the lock), so an unchanged inode
         means unchanged content unless the name was deleted and re-created with a recycled inode
-        number. Being unlocked, the
-        view may also miss changes made while it is taken. None of this can hand an address out
-        twice (`link(2)` under the lock refuses existing names; a stale "taken" only skips an
-        address, and the allocation is retried on a full scan before any error is returned)
-        or lose one (nothing is removed on its evidence). What it must get right is the
-        caller's own reservations (ADD returns them): a completed ADD's file is in every later
-        listing, the runtime never runs two operations for one attachment in parallel, and
-        `confirm` re-reads them under the lock. Temporaries and empty or garbled reservations
-        (crash leftovers, or the reference writing right now) give None: the locked scan judges.
+        number. Being unlocked, the view may also miss changes made while it is taken. None of
+        this can hand an address out twice (`link(2)` under the lock refuses existing names; a
+        stale "taken" only skips an address, and the allocation is retried on a full scan before
+        any error is returned) or lose one (nothing is removed on its evidence). What it must get
+        right is the caller's own reservations (ADD returns them): a completed ADD's file is in
+        every later listing and change list, the runtime never runs two operations for one
+        attachment in parallel, and `confirm` re-reads them under the lock. Temporaries and empty
+        or garbled reservations (crash leftovers, or the reference writing right now) give None:
+        the locked scan judges.
         """
         memo = _MEMO.pop(self.path, None)
         if memo is None:
