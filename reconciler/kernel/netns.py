@@ -20,6 +20,7 @@ import errno
 import os
 import pickle
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -211,6 +212,14 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+_SWITCHED = threading.local()  # .depth: how many `entered` blocks have moved this thread
+
+
+def switched() -> bool:
+    """Is this thread inside an `entered` block that moved it to another namespace?"""
+    return getattr(_SWITCHED, "depth", 0) > 0
+
+
 @contextlib.contextmanager
 def entered(netns: str | None) -> Iterator[None]:
     """Run the block with this thread inside `netns`, then switch it back.
@@ -236,9 +245,11 @@ def entered(netns: str | None) -> Iterator[None]:
             _setns(target)
         except OSError as exc:
             raise NetnsNotFound(path, f"not a network namespace ({exc})") from exc
+        _SWITCHED.depth = getattr(_SWITCHED, "depth", 0) + 1
         try:
             yield
         finally:
+            _SWITCHED.depth -= 1
             _setns(own)  # if this failed the thread would stay in the wrong namespace: let it raise
     finally:
         os.close(own)
