@@ -70,3 +70,20 @@ def test_a_forked_child_never_reads_the_parents_events(watched: tuple[Path, Watc
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert watch.changes() == {"from-child"}  # still queued for the parent
+
+
+def test_an_overflowed_queue_is_unknown(watched: tuple[Path, Watch]) -> None:
+    """More events than the kernel queues (fs.inotify.max_queued_events) while nobody reads: the watch
+    cannot say what changed, so it says None and the caller lists the directory."""
+    directory, watch = watched
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 100_000:
+        pytest.skip(f"fs.inotify.max_queued_events is {limit}: too many files to overflow it here")
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(limit // 2 + 10):  # each: IN_CREATE and IN_CLOSE_WRITE
+            os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    assert watch.changes() is None
+    assert watch.changes() is None  # stays unknown
