@@ -12,8 +12,8 @@ directory in full and arms a new watch.
 One inotify instance per process holds every watch (instances are limited per
 user, 128 by default, shared with every other root daemon; watches far less),
 and only long-lived processes arm one (the engine, the warm daemon's workers).
-`ctypes` is imported on first use: a process that never arms a watch pays
-nothing. When inotify is unavailable `arm` returns None and callers list.
+`ctypes` (through `netns.libc`) is loaded on first use: a process that never
+arms a watch pays nothing. When inotify is unavailable `arm` returns None and callers list.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class _Instance:
     def __init__(self) -> None:
         import ctypes
 
-        self.libc = ctypes.CDLL(None, use_errno=True)
+        from reconciler.kernel.netns import libc
+
+        self.libc = libc()
         fd = self.libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")

@@ -39,11 +39,11 @@ def fsync(fd: int) -> None:
 
 def syncfs(path: str) -> None:
     """Flush every write to `path`'s filesystem at once (sync(2) where syncfs(2) fails)."""
-    import ctypes
+    from reconciler.kernel.netns import libc  # not at import: it loads ctypes, which plugins rarely need
 
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+        if libc().syncfs(fd) != 0:
             os.sync()
     finally:
         os.close(fd)

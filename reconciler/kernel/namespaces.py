@@ -101,7 +101,7 @@ MS_BIND = 0x1000
 
 def _unshare_and_mount(path: str) -> None:
     """On this thread: unshare a new netns, bind it at `path`, set lo up, return to the old netns."""
-    libc = nsmod._libc()
+    libc = nsmod.libc()
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.unshare(CLONE_NEWNET) != 0:

@@ -199,7 +199,8 @@ _LIBC: Any = None
 MNT_DETACH = 2
 
 
-def _libc() -> Any:
+def libc() -> Any:
+    """The C library (errno kept), loaded once: the one handle the kernel layer calls it through."""
     global _LIBC
     if _LIBC is None:
         _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -207,7 +208,7 @@ def _libc() -> Any:
 
 
 def _setns(fd: int) -> None:
-    if _libc().setns(fd, CLONE_NEWNET) != 0:
+    if libc().setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -314,7 +315,7 @@ def remove(netns: str) -> None:
     path = resolve(netns)
     assert path is not None
     forget(path)
-    if _libc().umount2(path.encode(), MNT_DETACH) != 0:
+    if libc().umount2(path.encode(), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):  # not a mount point / no such file: nothing mounted
             raise OSError(err, f"umount {path}: {os.strerror(err)}")

@@ -289,9 +289,10 @@ class DiskStore:
         memo = _MEMO.pop(self.path, None)
         if memo is None:
             return self._list(None, locked=False)  # a first ADD here (a cold plugin's only one): no watch
-        names = memo.watch.changes() if memo.watch is not None else None
-        if names is not None and memo.watch is not None and memo.watch.dev_ino == _dev_ino(self.fd):
-            self._watch = memo.watch
+        watch = memo.watch
+        names = watch.changes() if watch is not None and watch.dev_ino == _dev_ino(self.fd) else None
+        if names is not None:
+            self._watch = watch
             return self._update(memo.scan, names)
         self._watch = dirwatch.Watch.arm(self.fd)  # before the listing: it sees every later change
         return self._list(memo.scan, locked=False)
