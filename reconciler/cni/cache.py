@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,17 +76,7 @@ def write(cache_dir: str | Path, entry: CacheEntry) -> Path:
     directory = results_dir(cache_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = entry_path(cache_dir, entry.network_name, entry.container_id, entry.ifname)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(entry.to_json()))  # json.dumps: the C encoder (json.dump is pure Python)
-            fh.flush()
-            durable.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    durable.replace_file(path, json.dumps(entry.to_json()).encode(), deferrable=True)  # the C encoder
     return path
 
 

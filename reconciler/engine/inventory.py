@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,8 @@ def write_json(path: Path, data: Any, deferrable: bool = False, pretty: bool = T
     `pretty=False` writes it on one line: json's C encoder, several times faster than the indented
     form (for the files written per attachment)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=1 if pretty else None, sort_keys=True))
-            fh.flush()
-            (durable.fsync if deferrable else os.fsync)(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(data, indent=1 if pretty else None, sort_keys=True)
+    durable.replace_file(path, text.encode(), deferrable=deferrable)
 
 
 def read_json(path: Path, default: Any) -> Any:

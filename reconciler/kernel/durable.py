@@ -1,4 +1,5 @@
-"""fsync, and the one way to defer it: to a single syncfs of the whole filesystem.
+"""fsync, the one way to defer it (to a single syncfs of the whole filesystem), and the atomic
+file replacement the result cache and the reconciler's own files share (`replace_file`).
 
 A caller that first records durably what it is about to do, and syncs the filesystem before it
 forgets that record (the reconciler's pass: one fsync'd journal batch, then `syncfs`), may run a
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import tempfile
 from collections.abc import Iterator
 
 _DEFERRED: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
@@ -35,6 +37,26 @@ def fsync(fd: int) -> None:
     if devices and os.fstat(fd).st_dev in devices:
         return
     os.fsync(fd)
+
+
+def replace_file(path: str | os.PathLike[str], data: bytes, *, deferrable: bool = False) -> None:
+    """Atomically replace `path` with `data`: an owner-only temporary beside it, fsync'd (unless
+    `deferrable` and inside `deferred`), renamed over it. A crash leaves the old file or the new one."""
+    directory = os.path.dirname(os.fspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            (fsync if deferrable else os.fsync)(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def syncfs(path: str) -> None:
