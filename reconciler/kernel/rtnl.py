@@ -149,10 +149,6 @@ def decode_link(data: bytes, start: int, end: int) -> Any:
     )
 
 
-def ip_text(family: int, raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if family == socket.AF_INET else socket.AF_INET6, raw)
-
-
 # ipaddress types per family, built from packed bytes: 2-4x faster than from text (no parsing)
 _V4 = (ipaddress.IPv4Address, ipaddress.IPv4Network, ipaddress.IPv4Interface)
 _V6 = (ipaddress.IPv6Address, ipaddress.IPv6Network, ipaddress.IPv6Interface)
