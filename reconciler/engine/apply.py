@@ -210,6 +210,7 @@ class Engine:
                 log.warning("recovery of %s: DEL failed: %s", intent.key, err)
                 continue
             self.inventory.drop(intent.key)
+            self.inventory.save()  # the record goes before its intent
             records.pop(intent.key, None)
             if intent.netns_name and not any(r.netns == intent.netns_name for r in records.values()):
                 self.drop_namespace(intent.netns_name)
@@ -322,9 +323,11 @@ class Engine:
             log.error("%s: verification failed, rolled back: %s", key, "; ".join(drift[key]))
 
     def _accept(self, pending: Pending) -> None:
-        """Record a verified ADD and drop its intent."""
+        """Record a verified ADD and drop its intent (the pass saves the records of its batch once)."""
         assert pending.record is not None
         self.inventory.put(pending.record)
+        if pending.att.key not in self.journaled:  # its own intent: the record is saved before it goes
+            self.inventory.save()
         self.journal.clear(pending.att.key)
 
     def _judging_workers(self, count: int) -> int:
@@ -383,6 +386,8 @@ class Engine:
         network, cid, ifname = key.split("/")
         cache.delete(self.state_dir, network, cid, ifname)
         self.inventory.drop(key)
+        if key not in self.journaled:  # its own intent: the record goes before it
+            self.inventory.save()
         self.journal.clear(key)
 
     def _delete_run(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[Outcome]:
@@ -452,8 +457,11 @@ class Engine:
         # every step of a pass is journaled first (one fsync'd batch) and the pass runs syncfs on the
         # state directory before it drops the batch: the result cache, records and host-local
         # reservations written on that filesystem meanwhile need no fsync each
-        with namespaces.session(), durable.deferred(self.state_dir):
-            return self._apply(recovered)
+        try:
+            with namespaces.session(), durable.deferred(self.state_dir):
+                return self._apply(recovered)
+        finally:
+            self.inventory.discard()  # saved by a pass that finished; undone from the journal otherwise
 
     def _apply(self, recovered: list[str]) -> PassReport:
         specs = self.load()
@@ -491,6 +499,7 @@ class Engine:
             self._verify(self.batch)
         self.batch = []
         self.inventory.release_namespaces(doomed)
+        self.inventory.save()
         if batch_file is not None:
             self.inventory.sync()  # records and result caches written without fsync reach the disk before their intents go
         if not self.keep_journal:
@@ -560,7 +569,8 @@ class Engine:
     def _add_slice(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[SliceResult]:
         """One worker's ADDs, their firewall writes committed once per table at the end, then one
         verifying CHECK of each over a single fresh read of their namespaces; those in sync
-        (verdict []) are recorded here, the parent retries the others (`_verify`)."""
+        (verdict []) are accepted here (the parent saves their records), the parent retries the
+        others (`_verify`)."""
         def one(step: Step) -> tuple[Outcome, Pending | None]:
             self.batch = []
             return self._execute(step, specs, records, {}), self.batch[0] if self.batch else None
@@ -572,7 +582,7 @@ class Engine:
         if fresh:
             with namespaces.shared([None, *(p.rt.netns for p in fresh)]):
                 verdicts = self._judge_here([p.record for p in fresh if p.record is not None])
-        for pending in fresh:  # a verified ADD is recorded here, in parallel with the other workers
+        for pending in fresh:  # a verified ADD is accepted here; the parent saves the records
             if verdicts.get(pending.att.key) == []:
                 self._accept(pending)
         return [(o, p.record if p else None, p.created_netns if p else False,
@@ -582,10 +592,10 @@ class Engine:
         """ADD `steps` split over `self.workers` processes (this one included), each verifying its own.
 
         Each forked worker (engine.workers) runs its slice with its own netlink handles, CHECKs its
-        ADDs over one read of their namespaces, records those in sync, and sends back the outcomes,
-        records and verdicts. The others join this pass's batch, which `_verify` retries and rolls
-        back. A worker that dies leaves its slice failed and the pass's journal batch in
-        place, so the next pass undoes whatever it did.
+        ADDs over one read of their namespaces, and sends back the outcomes, records and verdicts;
+        the records of those in sync are staged here, saved with the pass's. The others join this
+        pass's batch, which `_verify` retries and rolls back. A worker that dies leaves its slice
+        failed and the pass's journal batch in place, so the next pass undoes whatever it did.
         """
         verify_later, self.batch = self.batch, []
         count = min(self.workers, len(steps))
@@ -601,7 +611,9 @@ class Engine:
         self.batch = verify_later
         out: list[tuple[Step, Outcome]] = []
         for step, (outcome, record, created, verdict) in results:
-            if record is not None and outcome.result != "failed" and verdict != []:  # [] : recorded by its worker
+            if record is not None and outcome.result != "failed" and verdict == []:  # verified by its worker
+                self.inventory.put(record)
+            elif record is not None and outcome.result != "failed":
                 att = specs.attachments[step.key]
                 netlist = self._netlist(att, specs)
                 self.batch.append(Pending(att, netlist, self._runtime(att), created, record, outcome))

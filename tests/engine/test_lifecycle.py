@@ -36,6 +36,12 @@ def assert_clean_converged(rig, n: int) -> None:
     assert not list((rig.state / "reconciler" / "journal").glob("*.json"))
 
 
+def recorded(rig) -> dict:
+    """The reconciler's records (`reconciler/attachments.json`), by attachment key."""
+    path = rig.state / "reconciler" / "attachments.json"
+    return json.loads(path.read_text())["attachments"] if path.exists() else {}
+
+
 def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,7 +221,10 @@ def test_interrupted_add_is_undone_then_redone(rig):
     rig.attachments(atts(rig, 2))
     assert rig.run("apply").returncode == 0
     entry = json.loads((rig.state / "results" / "net1-c1-eth0").read_text())
-    (rig.state / "reconciler" / "attachments" / "net1-c1-eth0.json").unlink()
+    records_file = rig.state / "reconciler" / "attachments.json"
+    records = json.loads(records_file.read_text())
+    del records["attachments"]["net1/c1/eth0"]
+    records_file.write_text(json.dumps(records))
     journal = rig.state / "reconciler" / "journal"
     journal.mkdir(exist_ok=True)
     (journal / "net1-c1-eth0.json").write_text(json.dumps({
@@ -230,6 +239,29 @@ def test_interrupted_add_is_undone_then_redone(rig):
     assert "add net1/c1/eth0: ok" in out.stdout
     assert_clean_converged(rig, 2)
 
+
+
+def test_records_of_the_one_file_per_record_layout_are_kept(rig):
+    """A state written by an older version (`reconciler/attachments/<key>.json`, one file per record):
+    nothing is re-applied, and the next save folds the files into attachments.json."""
+    rig.network()
+    rig.attachments(atts(rig, 3))
+    assert rig.run("apply").returncode == 0
+    records_file = rig.state / "reconciler" / "attachments.json"
+    legacy = rig.state / "reconciler" / "attachments"
+    legacy.mkdir()
+    for key, record in recorded(rig).items():
+        (legacy / (key.replace("/", "-") + ".json")).write_text(json.dumps(record))
+    records_file.unlink()
+    plan = rig.run("plan")
+    assert plan.returncode == 0, plan.stdout + plan.stderr  # in sync: the old records were read
+    rig.attachments(atts(rig, 2))  # c2 goes: its record comes from the old layout
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "delete net1/c2/eth0: ok" in out.stdout, out.stdout
+    assert sorted(recorded(rig)) == ["net1/c0/eth0", "net1/c1/eth0"]
+    assert not legacy.exists()
+    assert_clean_converged(rig, 2)
 
 
 def test_interrupted_batch_of_deletions_is_finished(rig):
@@ -300,7 +332,7 @@ def test_adds_split_over_worker_processes(rig):
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count(": ok") >= 9, out.stdout
     assert_clean_converged(rig, 9)
-    assert len(list((rig.state / "reconciler" / "attachments").glob("*.json"))) == 9
+    assert len(recorded(rig)) == 9
     assert rig.run("plan").returncode == 0
     rig.attachments([])
     assert rig.run("apply").returncode == 0
@@ -362,7 +394,7 @@ def test_teardown_commits_every_masquerade_deletion_at_once(rig):
                            text=True).stdout
     assert not any(ip in rules for ip in ips), rules
     assert rig.allocations() == [] and not list((rig.state / "results").iterdir())
-    assert not list((rig.state / "reconciler" / "attachments").iterdir())
+    assert recorded(rig) == {}
     again = rig.run("apply")
     assert again.returncode == 0 and "delete" not in again.stdout, again.stdout
 
@@ -405,7 +437,7 @@ elif command == "DEL" and os.environ["CNI_CONTAINERID"] == "c3":  # and on one D
                            text=True).stdout
     assert not any(ip in rules for ip in ips), rules
     assert rig.allocations() == [] and rig.our_namespaces() == [] and not list((rig.state / "results").iterdir())
-    assert not list((rig.state / "reconciler" / "attachments").iterdir())
+    assert recorded(rig) == {}
     assert not list((rig.state / "reconciler" / "journal").glob("*.json"))
 
 
