@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ from reconciler.engine.observe import Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
 from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
-from reconciler.engine.workers import WorkerFailed, default_count, fork_map
+from reconciler.engine.workers import WorkerFailed, default_count, fork_map, fork_queue
 from reconciler.errors import CNIError, SpecError
 from reconciler.kernel import durable, namespaces
 from reconciler.kernel.firewall.batch import batched_writes
@@ -556,7 +556,7 @@ class Engine:
         return rest if len(rest) >= PARALLEL_MIN else set()
 
     @staticmethod
-    def _adds_batched(steps: list[Step], run: Callable[[Step], T]) -> list[T]:
+    def _adds_batched(steps: Iterable[Step], run: Callable[[Step], T]) -> list[T]:
         """`run(step)` for each ADD, their firewall writes committed once per table at the end. A
         write that did not land is logged: the verifying CHECKs find what is missing, and those
         ADDs are retried or rolled back."""
@@ -566,8 +566,9 @@ class Engine:
             log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
         return out
 
-    def _add_slice(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[SliceResult]:
-        """One worker's ADDs, their firewall writes committed once per table at the end, then one
+    def _add_slice(self, steps: Iterable[Step], specs: Specs, records: dict[str, Record]) -> list[SliceResult]:
+        """One worker's ADDs (taken from the pass's queue as it goes), their firewall writes committed
+        once per table at the end, then one
         verifying CHECK of each over a single fresh read of their namespaces; those in sync
         (verdict []) are accepted here (the parent saves their records), the parent retries the
         others (`_verify`)."""
@@ -589,25 +590,24 @@ class Engine:
                  verdicts.get(p.att.key) if p else None) for o, p in done]
 
     def _add_in_workers(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[tuple[Step, Outcome]]:
-        """ADD `steps` split over `self.workers` processes (this one included), each verifying its own.
+        """ADD `steps` over `self.workers` processes (this one included), each verifying its own.
 
-        Each forked worker (engine.workers) runs its slice with its own netlink handles, CHECKs its
-        ADDs over one read of their namespaces, and sends back the outcomes, records and verdicts;
-        the records of those in sync are staged here, saved with the pass's. The others join this
-        pass's batch, which `_verify` retries and rolls back. A worker that dies leaves its slice
-        failed and the pass's journal batch in place, so the next pass undoes whatever it did.
+        The processes take the steps one at a time from a shared queue (`workers.fork_queue`). Each
+        forked worker runs its share with its own netlink handles, CHECKs its ADDs over one read of
+        their namespaces, and sends back the outcomes, records and verdicts; the records of those in
+        sync are staged here, saved with the pass's. The others join this pass's batch, which
+        `_verify` retries and rolls back. A worker that dies leaves its steps failed and the pass's
+        journal batch in place, so the next pass undoes whatever it did.
         """
         verify_later, self.batch = self.batch, []
         count = min(self.workers, len(steps))
-        slices = [steps[i::count] for i in range(count)]
         results: list[tuple[Step, SliceResult]] = []
-        for part, got in zip(slices, fork_map(slices, lambda part: self._add_slice(part, specs, records)), strict=True):
+        for step, got in zip(steps, fork_queue(steps, count, lambda mine: self._add_slice(mine, specs, records)),
+                             strict=True):
             if isinstance(got, WorkerFailed):
                 self.keep_journal = True
-                results += [(s, (Outcome(s.key, s.kind, "failed", error=f"worker failed: {got}"), None, False, None))
-                            for s in part]
-            else:
-                results += list(zip(part, got, strict=True))
+                got = (Outcome(step.key, step.kind, "failed", error=f"worker failed: {got}"), None, False, None)
+            results.append((step, got))
         self.batch = verify_later
         out: list[tuple[Step, Outcome]] = []
         for step, (outcome, record, created, verdict) in results:

@@ -1,5 +1,9 @@
 """Run one function over several slices of work at once: this process takes the first, forked workers the rest.
 
+`fork_queue` hands the items out one at a time instead, from a queue the processes share (a pipe
+of item numbers), so a process that runs slower (a forked worker's first copy-on-write faults,
+an unlucky share of the kernel's locks) takes fewer and none waits long for the others.
+
 A pass's ADDs and CHECKs are CPU-bound Python; threads would share one interpreter lock, forked
 processes use every CPU. A worker inherits everything the parent read before the fork (the
 pass's snapshots, parsed specs), opens its own netlink handles (`namespaces.fresh_session`),
@@ -10,9 +14,10 @@ at the fork stays held forever in the child.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from reconciler.kernel import namespaces
@@ -73,3 +78,61 @@ def _collect(pid: int, rd: int) -> R | WorkerFailed:  # type: ignore[type-var]
     except Exception as err:  # noqa: BLE001
         return WorkerFailed(f"unreadable answer from worker {pid}: {err}")
     return value if ok else WorkerFailed(value)
+
+
+_TOKEN = 4  # bytes per queued item number
+
+
+def fork_queue(items: Sequence[T], count: int, fn: Callable[[Iterator[T]], list[R]]) -> list[R | WorkerFailed]:
+    """One result per item, in the items' order: `fn` runs in `count` processes (this one included),
+    each over the items it takes from a shared queue, and returns one result per item it took.
+
+    Each take is one read(2) of a pipe filled before the fork: reads of whole item numbers from a
+    pipe holding a multiple of their size never split one. The items of a worker that failed get
+    its `WorkerFailed`; an exception here propagates, as in `fork_map`.
+    """
+    rd, wr = os.pipe()
+    try:
+        size = len(items) * _TOKEN
+        if size > fcntl.fcntl(wr, fcntl.F_GETPIPE_SZ):
+            fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, size)
+        os.write(wr, b"".join(i.to_bytes(_TOKEN, "little") for i in range(len(items))))
+    except OSError:  # more items than a pipe may hold: fixed slices
+        os.close(rd)
+        os.close(wr)
+        return _fixed_slices(items, count, fn)
+    os.close(wr)  # before the fork: at the end of the queue every reader gets EOF
+    taken: list[int] = []  # what this process took (each process has its own copy)
+
+    def take() -> Iterator[T]:
+        while raw := os.read(rd, _TOKEN):
+            index = int.from_bytes(raw, "little")
+            taken.append(index)
+            yield items[index]
+
+    def run(_: int) -> list[tuple[int, R]]:
+        results = fn(take())
+        return list(zip(taken, results, strict=True))
+
+    try:
+        answers = fork_map(range(count), run)
+    finally:
+        os.close(rd)
+    out: list[R | WorkerFailed | None] = [None] * len(items)
+    failed = WorkerFailed("not taken by any worker")
+    for answer in answers:
+        if isinstance(answer, WorkerFailed):
+            failed = answer
+            continue
+        for index, result in answer:
+            out[index] = result
+    return [failed if r is None else r for r in out]
+
+
+def _fixed_slices(items: Sequence[T], count: int, fn: Callable[[Iterator[T]], list[R]]) -> list[R | WorkerFailed]:
+    indices = [list(range(len(items)))[i::count] for i in range(count)]
+    out: list[R | WorkerFailed] = [WorkerFailed("not run")] * len(items)
+    for part, got in zip(indices, fork_map(indices, lambda part: fn(iter([items[i] for i in part]))), strict=True):
+        for n, index in enumerate(part):
+            out[index] = got if isinstance(got, WorkerFailed) else got[n]
+    return out
