@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -566,12 +566,13 @@ class Engine:
             log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
         return out
 
-    def _add_slice(self, steps: Iterable[Step], specs: Specs, records: dict[str, Record]) -> list[SliceResult]:
+    def _add_slice(self, steps: Iterable[Step], specs: Specs, records: dict[str, Record],
+                   carried: Sequence[Pending] = ()) -> list[SliceResult]:
         """One worker's ADDs (taken from the pass's queue as it goes), their firewall writes committed
-        once per table at the end, then one
-        verifying CHECK of each over a single fresh read of their namespaces; those in sync
-        (verdict []) are accepted here (the parent saves their records), the parent retries the
-        others (`_verify`)."""
+        once per table at the end, then one verifying CHECK of each, and of the `carried` ADDs (done
+        before the workers started), over a single fresh read of their namespaces. Those in sync
+        (verdict []) are accepted here (the parent saves their records); the carried ones left
+        in `self.batch`, and the workers' others, are retried by `_verify`."""
         def one(step: Step) -> tuple[Outcome, Pending | None]:
             self.batch = []
             return self._execute(step, specs, records, {}), self.batch[0] if self.batch else None
@@ -580,12 +581,17 @@ class Engine:
         self.batch = []
         fresh = [p for _, p in done if p is not None]
         verdicts: dict[str, list[str]] = {}
-        if fresh:
-            with namespaces.shared([None, *(p.rt.netns for p in fresh)]):
-                verdicts = self._judge_here([p.record for p in fresh if p.record is not None])
+        if fresh or carried:
+            with namespaces.shared([None, *(p.rt.netns for p in [*fresh, *carried])]):
+                verdicts = self._judge_here([p.record for p in [*fresh, *carried] if p.record is not None])
         for pending in fresh:  # a verified ADD is accepted here; the parent saves the records
             if verdicts.get(pending.att.key) == []:
                 self._accept(pending)
+        for pending in carried:
+            if verdicts.get(pending.att.key) == []:
+                self._accept(pending)
+            else:
+                self.batch.append(pending)
         return [(o, p.record if p else None, p.created_netns if p else False,
                  verdicts.get(p.att.key) if p else None) for o, p in done]
 
@@ -599,16 +605,20 @@ class Engine:
         `_verify` retries and rolls back. A worker that dies leaves its steps failed and the pass's
         journal batch in place, so the next pass undoes whatever it did.
         """
-        verify_later, self.batch = self.batch, []
+        carried, self.batch = self.batch, []  # verified with this process's share
         count = min(self.workers, len(steps))
+        parent = os.getpid()
+
+        def share(mine: Iterator[Step]) -> list[SliceResult]:
+            return self._add_slice(mine, specs, records, carried if os.getpid() == parent else [])
+
         results: list[tuple[Step, SliceResult]] = []
-        for step, got in zip(steps, fork_queue(steps, count, lambda mine: self._add_slice(mine, specs, records)),
-                             strict=True):
+        for step, got in zip(steps, fork_queue(steps, count, share), strict=True):
             if isinstance(got, WorkerFailed):
                 self.keep_journal = True
                 got = (Outcome(step.key, step.kind, "failed", error=f"worker failed: {got}"), None, False, None)
             results.append((step, got))
-        self.batch = verify_later
+        # self.batch: the carried ADDs not verified yet
         out: list[tuple[Step, Outcome]] = []
         for step, (outcome, record, created, verdict) in results:
             if record is not None and outcome.result != "failed" and verdict == []:  # verified by its worker
