@@ -15,6 +15,7 @@ at the fork stays held forever in the child.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
@@ -41,22 +42,26 @@ def fork_map(parts: Sequence[T], fn: Callable[[T], R]) -> list[R | WorkerFailed]
     """[fn(part) for part in parts], parts[1:] each in a forked worker; an exception here propagates."""
     children: list[tuple[int, int]] = []
     try:
-        for part in parts[1:]:
-            rd, wr = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # worker
-                os.close(rd)
-                try:
-                    with namespaces.fresh_session():
-                        payload = pickle.dumps((True, fn(part)))
-                except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
-                    payload = pickle.dumps((False, f"{type(err).__name__}: {err}"))
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(wr, view):]
-                os._exit(0)
-            os.close(wr)
-            children.append((pid, rd))
+        gc.freeze()  # the workers' collections skip what exists now: no copy-on-write of it for that
+        try:
+            for part in parts[1:]:
+                rd, wr = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # worker
+                    os.close(rd)
+                    try:
+                        with namespaces.fresh_session():
+                            payload = pickle.dumps((True, fn(part)))
+                    except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
+                        payload = pickle.dumps((False, f"{type(err).__name__}: {err}"))
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(wr, view):]
+                    os._exit(0)
+                os.close(wr)
+                children.append((pid, rd))
+        finally:
+            gc.unfreeze()  # here, in the parent
         out: list[R | WorkerFailed] = [fn(parts[0])] if parts else []
     finally:
         answers = [_collect(pid, rd) for pid, rd in children]
