@@ -563,7 +563,7 @@ class Engine:
         with batched_writes() as firewall_errors:
             out = [run(step) for step in steps]
         if firewall_errors:
-            log.warning("firewall writes of %d ADDs not applied: %s", len(steps), "; ".join(firewall_errors))
+            log.warning("firewall writes of %d ADDs not applied: %s", len(out), "; ".join(firewall_errors))
         return out
 
     def _add_slice(self, steps: Iterable[Step], specs: Specs, records: dict[str, Record],

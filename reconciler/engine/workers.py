@@ -101,7 +101,9 @@ def fork_queue(items: Sequence[T], count: int, fn: Callable[[Iterator[T]], list[
         size = len(items) * _TOKEN
         if size > fcntl.fcntl(wr, fcntl.F_GETPIPE_SZ):
             fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, size)
-        os.write(wr, b"".join(i.to_bytes(_TOKEN, "little") for i in range(len(items))))
+        queue = memoryview(b"".join(i.to_bytes(_TOKEN, "little") for i in range(len(items))))
+        while queue:  # fits the pipe: never blocks
+            queue = queue[os.write(wr, queue):]
     except OSError:  # more items than a pipe may hold: fixed slices
         os.close(rd)
         os.close(wr)

@@ -144,3 +144,28 @@ def test_teardowns_in_a_block_are_deleted_together_at_its_end(hostns: str, backe
     assert not any(addr.split("/")[0] in after for _, addr in NETS), after
     if backend == "nftables":
         assert "dport 1809" not in nft_table(hostns, "ip", "cni_hostport")
+
+
+def test_engine_adds_from_a_queue_log_a_write_that_did_not_land(hostns: str, caplog) -> None:
+    """The reconciler's workers give `_adds_batched` their share of the pass's queue as a generator:
+    a write that does not land is logged with the number of ADDs, and every ADD's outcome is kept."""
+    import logging
+
+    from reconciler.engine.apply import Engine
+
+    bogus = {"delete": {"rule": {"family": "inet", "table": "cni_plugins_masquerade", "chain": "masq_checks",
+                                 "handle": 999999}}}
+
+    def add(item: tuple[str, str]) -> str:
+        cid, addr = item
+        masquerade.setup("rcnnet", cid, "eth0", [ipaddress.ip_interface(addr)], "nftables", netns=hostns)
+        if cid == "ctr2":
+            nftables.transact(hostns, lambda nft: nft.run([bogus]))
+        return cid
+
+    with caplog.at_level(logging.WARNING, logger="reconciler.engine.apply"):
+        done = Engine._adds_batched((item for item in NETS), add)
+    assert done == ["ctr1", "ctr2", "ctr3"]
+    assert "firewall writes of 3 ADDs not applied" in caplog.text, caplog.text
+    for cid, addr in NETS:
+        masquerade.check("rcnnet", cid, "eth0", [ipaddress.ip_interface(addr)], backend="nftables", netns=hostns)
