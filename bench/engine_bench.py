@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,18 @@ SETTLE_S = 3.0  # the kernel's namespace cleanup after a teardown of hundreds (s
 ROUNDS = 3  # converge / no-op / teardown cycles of each size but the largest; medians are reported
 
 
-def keep_median(res: dict, key: str, samples: list[float]) -> None:
-    """res[key] = the median of `samples`; the samples go to res["samples"][key]."""
-    res[key] = statistics.median(samples)
-    res.setdefault("samples", {})[key] = [round(x, 3) for x in samples]
+def cycles(res: dict, label: str, n: int, rounds: int, phases: list[tuple[str, str, Callable[[], float]]]) -> None:
+    """Run `phases` (key, what to print, a timed run returning seconds) `rounds` times over and keep,
+    per phase, res[f"{key}_{n}"] = the median and res["samples"][...] = every round."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for key, what, run in phases:
+            secs = run()
+            samples.setdefault(f"{key}_{n}", []).append(secs)
+            print(f"  {label}: {what} {n}: {secs:.2f}s", flush=True)
+    for key, values in samples.items():
+        res[key] = statistics.median(values)
+        res.setdefault("samples", {})[key] = [round(x, 3) for x in values]
 
 
 def timed(fn) -> tuple[float, object]:
@@ -100,20 +109,15 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
         res[f"masq_teardown_{masq_size}"] = teardown()
         print(f"  {label}: teardown {masq_size} with ipMasq: {res[f'masq_teardown_{masq_size}']:.2f}s", flush=True)
 
+    def noop() -> float:
+        secs, report = timed(engine().apply)
+        assert not report.outcomes, "the no-op pass did something"
+        return secs
+
     for n in sizes:
-        rounds: dict[str, list[float]] = {}
-        for _ in range(ROUNDS if n != big else 1):
-            rounds.setdefault(f"converge_{n}", []).append(converge(n))
-            print(f"  {label}: converge {n}: {rounds[f'converge_{n}'][-1]:.2f}s", flush=True)
-            secs, report = timed(engine().apply)
-            assert not report.outcomes, "the no-op pass did something"
-            rounds.setdefault(f"noop_{n}", []).append(secs)
-            print(f"  {label}: no-op pass over {n}: {secs:.2f}s", flush=True)
-            if n != big:
-                rounds.setdefault(f"teardown_{n}", []).append(teardown())
-                print(f"  {label}: teardown {n}: {rounds[f'teardown_{n}'][-1]:.2f}s", flush=True)
-        for key, samples in rounds.items():
-            keep_median(res, key, samples)
+        phases = [("converge", "converge", lambda n=n: converge(n)), ("noop", "no-op pass over", noop)]
+        cycles(res, label, n, ROUNDS if n != big else 1,
+               phases + ([("teardown", "teardown", teardown)] if n != big else []))
     victim = f"{prefix}{big // 2}"
     def global_addrs() -> list[str]:
         return [a for a in namespaces.snapshot(f"/run/netns/{victim}")["eth0"].addresses if not a.startswith("fe80")]
@@ -170,22 +174,16 @@ def reference_side(work: Path, sizes: list[int], big: int, masq_size: int = 0) -
         print(f"  reference: converge {masq_size} with ipMasq: {res[f'masq_converge_{masq_size}']:.2f}s", flush=True)
         res[f"masq_teardown_{masq_size}"], _ = timed(lambda: teardown(masq_size, masq_list))
         print(f"  reference: teardown {masq_size} with ipMasq: {res[f'masq_teardown_{masq_size}']:.2f}s", flush=True)
+    def check_all_timed(n: int) -> float:
+        secs, bad = timed(lambda: check_all(n))
+        assert bad == [], bad
+        return secs
+
     for n in sizes:
-        rounds: dict[str, list[float]] = {}
-        for _ in range(ROUNDS if n != big else 1):
-            secs, _ = timed(lambda n=n: converge(n))
-            rounds.setdefault(f"converge_{n}", []).append(secs)
-            print(f"  reference: converge {n}: {secs:.2f}s", flush=True)
-            secs, bad = timed(lambda n=n: check_all(n))
-            assert bad == [], bad
-            rounds.setdefault(f"noop_{n}", []).append(secs)
-            print(f"  reference: CHECK all {n}: {secs:.2f}s", flush=True)
-            if n != big:
-                secs, _ = timed(lambda n=n: teardown(n))
-                rounds.setdefault(f"teardown_{n}", []).append(secs)
-                print(f"  reference: teardown {n}: {secs:.2f}s", flush=True)
-        for key, samples in rounds.items():
-            keep_median(res, key, samples)
+        phases = [("converge", "converge", lambda n=n: timed(lambda: converge(n))[0]),
+                  ("noop", "CHECK all", lambda n=n: check_all_timed(n))]
+        teardown_phase = [("teardown", "teardown", lambda n=n: timed(lambda: teardown(n))[0])]
+        cycles(res, "reference", n, ROUNDS if n != big else 1, phases + (teardown_phase if n != big else []))
     victim = big // 2
     subprocess.run(["ip", "-n", f"{prefix}{victim}", "link", "del", "eth0"], check=True)
 

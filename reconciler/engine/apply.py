@@ -326,9 +326,14 @@ class Engine:
         """Record a verified ADD and drop its intent (the pass saves the records of its batch once)."""
         assert pending.record is not None
         self.inventory.put(pending.record)
-        if pending.att.key not in self.journaled:  # its own intent: the record is saved before it goes
+        self._clear_intent(pending.att.key)
+
+    def _clear_intent(self, key: str) -> None:
+        """Drop `key`'s own intent entry, its staged record change saved first. An intent in the
+        pass's batch stays until the pass has saved every record and synced (`_apply`)."""
+        if key not in self.journaled:
             self.inventory.save()
-        self.journal.clear(pending.att.key)
+        self.journal.clear(key)
 
     def _judging_workers(self, count: int) -> int:
         """How many processes judge `count` attachments (forking needs a single-threaded process)."""
@@ -386,9 +391,7 @@ class Engine:
         network, cid, ifname = key.split("/")
         cache.delete(self.state_dir, network, cid, ifname)
         self.inventory.drop(key)
-        if key not in self.journaled:  # its own intent: the record goes before it
-            self.inventory.save()
-        self.journal.clear(key)
+        self._clear_intent(key)
 
     def _delete_run(self, steps: list[Step], specs: Specs, records: dict[str, Record]) -> list[Outcome]:
         """A run of DELs with their firewall writes in one commit per table.
@@ -578,20 +581,15 @@ class Engine:
             return self._execute(step, specs, records, {}), self.batch[0] if self.batch else None
 
         done = self._adds_batched(steps, one)
-        self.batch = []
-        fresh = [p for _, p in done if p is not None]
+        checked = [*(p for _, p in done if p is not None), *carried]
         verdicts: dict[str, list[str]] = {}
-        if fresh or carried:
-            with namespaces.shared([None, *(p.rt.netns for p in [*fresh, *carried])]):
-                verdicts = self._judge_here([p.record for p in [*fresh, *carried] if p.record is not None])
-        for pending in fresh:  # a verified ADD is accepted here; the parent saves the records
+        if checked:
+            with namespaces.shared([None, *(p.rt.netns for p in checked)]):
+                verdicts = self._judge_here([p.record for p in checked if p.record is not None])
+        for pending in checked:  # a verified ADD is accepted here; the parent saves the records
             if verdicts.get(pending.att.key) == []:
                 self._accept(pending)
-        for pending in carried:
-            if verdicts.get(pending.att.key) == []:
-                self._accept(pending)
-            else:
-                self.batch.append(pending)
+        self.batch = [p for p in carried if verdicts.get(p.att.key) != []]  # for `_verify`
         return [(o, p.record if p else None, p.created_netns if p else False,
                  verdicts.get(p.att.key) if p else None) for o, p in done]
 
@@ -605,12 +603,11 @@ class Engine:
         `_verify` retries and rolls back. A worker that dies leaves its steps failed and the pass's
         journal batch in place, so the next pass undoes whatever it did.
         """
-        carried, self.batch = self.batch, []  # verified with this process's share
+        carried, self.batch = self.batch, []  # verified with this process's share (index 0)
         count = min(self.workers, len(steps))
-        parent = os.getpid()
 
-        def share(mine: Iterator[Step]) -> list[SliceResult]:
-            return self._add_slice(mine, specs, records, carried if os.getpid() == parent else [])
+        def share(mine: Iterator[Step], index: int) -> list[SliceResult]:
+            return self._add_slice(mine, specs, records, carried if index == 0 else ())
 
         results: list[tuple[Step, SliceResult]] = []
         for step, got in zip(steps, fork_queue(steps, count, share), strict=True):
@@ -618,7 +615,7 @@ class Engine:
                 self.keep_journal = True
                 got = (Outcome(step.key, step.kind, "failed", error=f"worker failed: {got}"), None, False, None)
             results.append((step, got))
-        # self.batch: the carried ADDs not verified yet
+        # self.batch: the carried ADDs that did not verify (set by this process's share)
         out: list[tuple[Step, Outcome]] = []
         for step, (outcome, record, created, verdict) in results:
             if record is not None and outcome.result != "failed" and verdict == []:  # verified by its worker

@@ -88,58 +88,65 @@ def _collect(pid: int, rd: int) -> R | WorkerFailed:  # type: ignore[type-var]
 _TOKEN = 4  # bytes per queued item number
 
 
-def fork_queue(items: Sequence[T], count: int, fn: Callable[[Iterator[T]], list[R]]) -> list[R | WorkerFailed]:
-    """One result per item, in the items' order: `fn` runs in `count` processes (this one included),
-    each over the items it takes from a shared queue, and returns one result per item it took.
+def fork_queue(items: Sequence[T], count: int, fn: Callable[[Iterator[T], int], list[R]]) -> list[R | WorkerFailed]:
+    """One result per item, in the items' order: `fn(mine, index)` runs in `count` processes (index 0
+    is this one), each over the items it takes from a shared queue, and returns one result per item
+    it took.
 
     Each take is one read(2) of a pipe filled before the fork: reads of whole item numbers from a
-    pipe holding a multiple of their size never split one. The items of a worker that failed get
-    its `WorkerFailed`; an exception here propagates, as in `fork_map`.
+    pipe holding a multiple of their size never split one. With more items than a pipe may hold,
+    process `index` takes every `count`-th item from `index` on instead. The items of a worker that
+    failed get its `WorkerFailed`; an exception here propagates, as in `fork_map`.
     """
-    rd, wr = os.pipe()
-    try:
-        size = len(items) * _TOKEN
-        if size > fcntl.fcntl(wr, fcntl.F_GETPIPE_SZ):
-            fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, size)
-        queue = memoryview(b"".join(i.to_bytes(_TOKEN, "little") for i in range(len(items))))
-        while queue:  # fits the pipe: never blocks
-            queue = queue[os.write(wr, queue):]
-    except OSError:  # more items than a pipe may hold: fixed slices
-        os.close(rd)
-        os.close(wr)
-        return _fixed_slices(items, count, fn)
-    os.close(wr)  # before the fork: at the end of the queue every reader gets EOF
-    taken: list[int] = []  # what this process took (each process has its own copy)
+    queue = _filled_queue(len(items))
 
-    def take() -> Iterator[T]:
-        while raw := os.read(rd, _TOKEN):
-            index = int.from_bytes(raw, "little")
-            taken.append(index)
-            yield items[index]
+    def run(index: int) -> list[tuple[int, R]]:
+        taken: list[int] = []
 
-    def run(_: int) -> list[tuple[int, R]]:
-        results = fn(take())
+        def take() -> Iterator[T]:
+            numbers = _drain(queue) if queue is not None else iter(range(index, len(items), count))
+            for number in numbers:
+                taken.append(number)
+                yield items[number]
+
+        results = fn(take(), index)
         return list(zip(taken, results, strict=True))
 
     try:
         answers = fork_map(range(count), run)
     finally:
-        os.close(rd)
+        if queue is not None:
+            os.close(queue)
     out: list[R | WorkerFailed | None] = [None] * len(items)
     failed = WorkerFailed("not taken by any worker")
     for answer in answers:
         if isinstance(answer, WorkerFailed):
             failed = answer
             continue
-        for index, result in answer:
-            out[index] = result
+        for number, result in answer:
+            out[number] = result
     return [failed if r is None else r for r in out]
 
 
-def _fixed_slices(items: Sequence[T], count: int, fn: Callable[[Iterator[T]], list[R]]) -> list[R | WorkerFailed]:
-    indices = [list(range(len(items)))[i::count] for i in range(count)]
-    out: list[R | WorkerFailed] = [WorkerFailed("not run")] * len(items)
-    for part, got in zip(indices, fork_map(indices, lambda part: fn(iter([items[i] for i in part]))), strict=True):
-        for n, index in enumerate(part):
-            out[index] = got if isinstance(got, WorkerFailed) else got[n]
-    return out
+def _filled_queue(count: int) -> int | None:
+    """The read end of a pipe holding the numbers 0..count-1, its write end closed (so every reader
+    gets EOF at the end); None when the pipe cannot be made to hold them all."""
+    rd, wr = os.pipe()
+    try:
+        size = count * _TOKEN
+        if size > fcntl.fcntl(wr, fcntl.F_GETPIPE_SZ):
+            fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, size)
+        data = memoryview(b"".join(i.to_bytes(_TOKEN, "little") for i in range(count)))
+        while data:  # fits the pipe: never blocks
+            data = data[os.write(wr, data):]
+    except OSError:
+        os.close(rd)
+        return None
+    finally:
+        os.close(wr)
+    return rd
+
+
+def _drain(queue: int) -> Iterator[int]:
+    while raw := os.read(queue, _TOKEN):
+        yield int.from_bytes(raw, "little")
