@@ -105,8 +105,8 @@ def _durable_writes(directory: str, count: int, barrier: object | None = None) -
             fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
             try:
                 os.write(fd, data)
-                os.fsync(fd)
                 os.link(f"/proc/self/fd/{fd}", f"{os.getpid()}-{i}", dst_dir_fd=dir_fd)
+                os.fsync(fd)
             finally:
                 os.close(fd)
             os.fsync(dir_fd)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -374,3 +379,38 @@ def test_store_reserve_paths_never_overwrite(tmp_path: Path) -> None:
     net = tmp_path / "rcnnet"
     assert files_of(net) == {"10.9.0.2": b"a\r\neth0", "10.9.0.3": b"b\r\neth0"}
     assert sorted(p.name for p in net.iterdir()) == ["10.9.0.2", "10.9.0.3", "lock"]
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed")
+def test_add_links_first_then_syncs_file_and_directory_after_the_lock(tmp_path: Path) -> None:
+    """The durable protocol, as the kernel sees it (a real ADD of two ranges under strace): each
+    reservation is linked under the lock, then, after the lock is released and before ADD returns,
+    its file is fsync'd, then the directory. No open descriptor is left behind."""
+    conf = hl_conf(tmp_path, V4, V6)
+    script = (
+        "import json, os, sys\n"
+        "from reconciler.plugins.ipam import host_local as hl\n"
+        "from tests.plugins.ipam.ipamtest import call\n"
+        "before = set(os.listdir('/proc/self/fd'))\n"
+        "call(hl, 'ADD', json.loads(sys.argv[1]), 'c1')\n"
+        "print('ADD-DONE', flush=True)\n"
+        "leaked = set(os.listdir('/proc/self/fd')) - before\n"
+        "assert not leaked, leaked\n"
+    )
+    trace = tmp_path / "trace"
+    proc = subprocess.run(
+        ["strace", "-qq", "-e", "trace=linkat,fsync,flock,write", "-o", str(trace),
+         sys.executable, "-c", script, json.dumps(conf)],
+        cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = trace.read_text().splitlines()
+    end = next(i for i, line in enumerate(calls) if "ADD-DONE" in line)
+    links = [(i, m.group(1)) for i, line in enumerate(calls[:end])
+             if (m := re.match(r'linkat\(AT_FDCWD, "/proc/self/fd/(\d+)", \d+, "(?:10\.9|fd00:9)', line))]
+    assert len(links) == 2, calls[:end]
+    unlock = next(i for i, line in enumerate(calls[:end]) if "LOCK_UN" in line)
+    syncs = [(i, m.group(1)) for i, line in enumerate(calls[:end]) if (m := re.match(r"fsync\((\d+)\)", line))]
+    assert all(i > unlock for i, _ in syncs), "nothing is fsync'd before or under the lock"
+    assert [fd for _, fd in syncs[:2]] == [fd for _, fd in links], "each linked file, once, after the lock"
+    assert len(syncs) == 3, "then the directory, once"
