@@ -47,7 +47,7 @@ def write_specs(directory: Path, n: int, prefix: str, bridge: str, subnet: str, 
 
 
 SETTLE_S = 3.0  # the kernel's namespace cleanup after a teardown of hundreds (see kernel_floors)
-ROUNDS = 3  # converge / no-op / teardown cycles of each size but the largest; medians are reported
+ROUNDS = 5  # converge / no-op / teardown cycles of each size but the largest; medians are reported
 
 
 def cycles(res: dict, label: str, n: int, rounds: int, phases: list[tuple[str, str, Callable[[], float]]]) -> None:

@@ -189,11 +189,11 @@ def main() -> int:
     parser.add_argument(
         "--count",
         type=int,
-        help=f"allocations per run, split across writers (default 240, quick 40; cold exec'd at most {COLD_MAX})",
+        help=f"allocations per run, split across writers (default 480, quick 40; cold exec'd at most {COLD_MAX})",
     )
     parser.add_argument("--impl", choices=IMPLS, action="append", help="default: all")
     opts = parser.parse_args()
-    count = opts.count or (40 if opts.quick else 240)
+    count = opts.count or (40 if opts.quick else 480)
     writer_counts = [int(w) for w in opts.writers.split(",") if w.strip()]
     impls = [impl for impl in IMPLS if impl in (opts.impl or IMPLS)]
     results: dict[str, dict] = {}
