@@ -111,11 +111,11 @@ def counts_for(impl: str, count: int, writers: int) -> int:
     return max(1, total // writers)
 
 
-def measure(base: str, count: int, writer_counts: list[int], impls: list[str]) -> dict[str, dict[str, float]]:
-    """allocations/s per implementation and writer count, each on a fresh store under `base`."""
+def measure(tmp: str, count: int, writer_counts: list[int], impls: list[str]) -> dict[str, dict[str, float]]:
+    """allocations/s per implementation and writer count, each on a fresh store in directory `tmp`
+    (which the caller removes)."""
     rates: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ipambench", dir=base))
         sock = stack.enter_context(warm_daemon(tmp)) if "ours exec'd warm" in impls else None
         netns_path = os.path.join(tmp, "netns")
         Path(netns_path).touch()
@@ -157,13 +157,13 @@ def durable_floor(base: str, count: int, writer_counts: list[int], ref: dict[str
     from bench.floors import durable_reservations
 
     floor: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="ipamfloor", dir=base) as tmp:
-        for writers in writer_counts:
-            key = f"{writers}w"
-            floor[key] = round(durable_reservations(tmp, writers, count), 1)
-            versus = f" = reference x {floor[key] / ref[key]:.1f}" if ref.get(key) else ""
-            print(f"  floor: durable reservation writes alone, {writers} writer(s): {floor[key]:9.1f}/s{versus}",
-                  flush=True)
+    directory = tempfile.mkdtemp(prefix="floor", dir=base)  # removed with `base`
+    for writers in writer_counts:
+        key = f"{writers}w"
+        floor[key] = round(durable_reservations(directory, writers, count), 1)
+        versus = f" = reference x {floor[key] / ref[key]:.1f}" if ref.get(key) else ""
+        print(f"  floor: durable reservation writes alone, {writers} writer(s): {floor[key]:9.1f}/s{versus}",
+              flush=True)
     return floor
 
 
@@ -201,11 +201,15 @@ def main() -> int:
         if not os.path.isdir(STORES[store]):
             continue
         print(f"store on {store} ({STORES[store]}): {count} allocations per run, writers {writer_counts}")
-        rates = measure(STORES[store], count, writer_counts, impls)
-        ratios = ratios_of(rates)
-        for label, value in ratios.items():
-            print(f"  {label:40} {value:8.3f}x")
-        floor = durable_floor(STORES[store], count, writer_counts, rates.get("reference exec'd", {}))
+        # One directory for the store's runs and its floor, removed after both: on a journal-less
+        # ext4 (this VM's root) every file created in the minutes after many were deleted costs
+        # more (bench/README.md), so nothing is deleted between the runs and the floor.
+        with tempfile.TemporaryDirectory(prefix="ipambench", dir=STORES[store]) as tmp:
+            rates = measure(tmp, count, writer_counts, impls)
+            ratios = ratios_of(rates)
+            for label, value in ratios.items():
+                print(f"  {label:40} {value:8.3f}x")
+            floor = durable_floor(tmp, count, writer_counts, rates.get("reference exec'd", {}))
         results[store] = {"allocations_per_second": rates, "ratios_to_reference": ratios,
                           "floor_allocations_per_second": floor}
     path = write_results(
