@@ -12,7 +12,7 @@ missed target can be told apart from a slow implementation:
   imports pydantic with a model class: what any cold exec'd plugin built on
   pydantic pays before it reads stdin.
 - `durable_reservations`: host-local's durable write alone, per allocation
-  (an O_TMPFILE written and fsync'd, linked to its name, the directory
+  (an O_TMPFILE written, linked to its name and fsync'd, the directory
   fsync'd), in the store's directory, 1 or more processes.
 """
 
