@@ -189,12 +189,17 @@ class Engine:
 
     # ---- recovery
     def recover(self) -> list[str]:
-        """Finish or undo whatever a killed process left half-done (before planning anything)."""
+        """Finish or undo whatever a killed process left half-done (before planning anything).
+
+        The records of the intents undone are dropped in one save, before the intents are
+        forgotten in one pass over the journal: a kill in between leaves intents whose DEL is
+        done again (DEL is idempotent)."""
         done: list[str] = []
         pending = self.journal.pending()
         if not pending:
             return done
         records = self.inventory.records()
+        undone: list[str] = []
         for intent in pending:
             rt = RuntimeConf(
                 intent.container_id, intent.netns, intent.ifname,
@@ -210,13 +215,14 @@ class Engine:
                 log.warning("recovery of %s: DEL failed: %s", intent.key, err)
                 continue
             self.inventory.drop(intent.key)
-            self.inventory.save()  # the record goes before its intent
             records.pop(intent.key, None)
             if intent.netns_name and not any(r.netns == intent.netns_name for r in records.values()):
                 self.drop_namespace(intent.netns_name)
-            self.journal.forget(intent.key)
+            undone.append(intent.key)
             done.append(f"{intent.key}: undid interrupted {intent.action} ({intent.phase})")
             log.info("recovered %s: undid interrupted %s", intent.key, intent.action)
+        self.inventory.save()  # the records go before their intents
+        self.journal.forget(undone)
         return done
 
     # ---- steps

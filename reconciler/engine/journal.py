@@ -16,6 +16,7 @@ import base64
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,14 @@ class Journal:
         write_json(path, {"batch": [asdict(i) for i in intents]}, pretty=False)
         return path
 
-    def forget(self, key: str) -> None:
-        """Clear `key`'s own entry and take it out of any batch file (recovery)."""
-        self.clear(key)
+    def forget(self, keys: Iterable[str]) -> None:
+        """Clear each key's own entry and take the keys out of every batch file, each rewritten at
+        most once (recovery)."""
+        gone = set(keys)
+        for key in gone:
+            self.clear(key)
+        if not gone:
+            return
         try:
             names = sorted(n for n in os.listdir(self.dir) if n.startswith("batch-") and n.endswith(".json"))
         except FileNotFoundError:
@@ -91,7 +97,7 @@ class Journal:
             items = data.get("batch") if isinstance(data, dict) else None
             if not isinstance(items, list):
                 continue
-            rest = [i for i in items if not (isinstance(i, dict) and i.get("key") == key)]
+            rest = [i for i in items if not (isinstance(i, dict) and str(i.get("key")) in gone)]
             if not rest:
                 (self.dir / name).unlink(missing_ok=True)
             elif len(rest) != len(items):

@@ -212,7 +212,6 @@ class DiskStore:
             for fd in fds:
                 os.close(fd)
         self._prepared.clear()
-        self._close_linked(sync=False)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
