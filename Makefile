@@ -35,7 +35,17 @@ run: setup
 
 VM_PYTEST_ARGS ?=
 
-test: setup lint test-host test-vm
+# The VM job has its own kernel (no namespace, link or firewall state is shared with the host suite),
+# so it boots in the background while the host suite runs; its output follows the host suite's.
+test: setup lint
+	@vmlog=$$(mktemp /tmp/rcn-vm-job.XXXXXX); \
+	setsid env VM_QUIET=1 tests/vm/run.sh $(VM_PYTEST_ARGS) >"$$vmlog" 2>&1 & vm=$$!; \
+	trap 'kill -- -$$vm 2>/dev/null; rm -f "$$vmlog"' EXIT; \
+	$(PY) -m pytest $(PYTEST_ARGS); host=$$?; \
+	echo "--- host suite: exit $$host; waiting for the VM job (started with it)"; \
+	wait $$vm; vmrc=$$?; cat "$$vmlog"; \
+	echo "--- host suite: exit $$host; VM job: exit $$vmrc"; \
+	[ $$host -eq 0 ] && [ $$vmrc -eq 0 ]
 
 lint:
 	$(VENV)/bin/ruff check reconciler tests bench
