@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
-import os
 import socket
 import struct
 import threading
@@ -32,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.kernel import netns as nsmod
+
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFHWADDR = 0x8927
@@ -43,45 +42,34 @@ IFF_UP = 0x1
 ETH_P_ALL = 3
 BOUND_STATES = ("BOUND", "RENEWING", "REBINDING")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 class DHCPKernelError(OSError):
     """A namespace or interface problem while running a DHCP client."""
 
 
 def netns_identity(path: str) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of a netns file, None if it is gone."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
+    """(st_dev, st_ino) of a netns file, None if it is gone (or no path is given)."""
+    return nsmod.identity(path) if path else None
 
 
 def open_packet_socket(netns: str, ifname: str) -> int:
     """A raw AF_PACKET socket bound to `ifname` inside `netns` (link set up first); returns its fd.
 
-    The socket is made by a throw-away thread that enters the namespace and
-    then ends, so no long-lived thread of ours (the event loop's included)
+    The socket is made by a throw-away thread that enters the namespace (`netns.entered`)
+    and then ends, so no long-lived thread of ours (the event loop's included)
     ever changes namespace. The socket keeps its namespace for its lifetime.
     """
     outcome: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            outcome["error"] = DHCPKernelError(exc.errno, f"cannot open netns {netns}: {exc.strerror}")
+            with nsmod.entered(netns):
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        except nsmod.NetnsNotFound as exc:
+            outcome["error"] = DHCPKernelError(exc.code, f"cannot enter netns {netns}: {exc.msg}")
             return
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                outcome["error"] = DHCPKernelError(err, f"cannot enter netns {netns}: {os.strerror(err)}")
-                return
-        finally:
-            os.close(target)
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        except OSError as exc:
+            outcome["error"] = DHCPKernelError(exc.errno, f"no packet socket in {netns}: {exc.strerror}")
+            return
         try:
             _set_link_up(sock, ifname)
             sock.bind((ifname, ETH_P_ALL))
