@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # Debian packages needed at run time and by the tests (the reference plugins are the test oracle;
 # the full Debian kernel, qemu and busybox-static boot the virtme-ng VM for kernel-feature tests).
 APT_PACKAGES := iproute2 iptables nftables libnftables1 conntrack containernetworking-plugins \
-	dnsmasq-base graphviz procps kmod psmisc systemd strace \
+	dnsmasq-base graphviz procps kmod psmisc systemd strace e2fsprogs \
 	linux-image-amd64 qemu-system-x86 busybox-static gcc libc6-dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
