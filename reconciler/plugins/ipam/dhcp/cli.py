@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import re
@@ -96,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         broadcast=args.broadcast,
         hostprefix=args.hostprefix,
     )
+    import asyncio  # here, not at the top: every `reconciler` command imports this module's add_arguments
+
     try:
         asyncio.run(serve(daemon, pidfile=args.pidfile or None))
     except RuntimeError as exc:
