@@ -57,3 +57,31 @@ def exec_plugin(
         cmd = ["ip", "netns", "exec", netns_exec, *cmd]
     proc = subprocess.run(cmd, input=stdin, env=env, capture_output=True, timeout=timeout)
     return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def in_vm() -> bool:
+    """Inside the virtme-ng VM job (tests/vm/run.sh)."""
+    return bool(os.environ.get("RCN_IN_VM"))
+
+
+def run_in_process(
+    plugin_type: str,
+    command: str,
+    config: dict,
+    *,
+    netns: str,
+    host_netns: str,
+    ifname: str = "eth0",
+    container_id: str = "ctr1",
+    cni_path: str | Path = "",
+    cni_args: str = "",
+) -> PluginRun:
+    """Our `plugin_type` through skel.run in this process, its host-side work aimed at the namespace
+    named `host_netns` (RECONCILER_HOST_NETNS): the code an exec'd plugin runs, minus the interpreter's
+    start-up, which takes tens of seconds per exec under the VM job's CPU emulation."""
+    from reconciler.cni import skel
+
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
+           "CNI_PATH": str(cni_path), "CNI_ARGS": cni_args, "RECONCILER_HOST_NETNS": f"/run/netns/{host_netns}"}
+    code, out = skel.run(plugin_type, env, json.dumps(config).encode())
+    return PluginRun(code, out, "")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cnitest import PluginRun, exec_plugin
+from tests.cnitest import PluginRun, exec_plugin, in_vm, run_in_process
 from tests.conftest import unique
 
 REFERENCE = Path("/usr/lib/cni")
@@ -72,14 +71,9 @@ class World:
         skel.run with RECONCILER_HOST_NETNS: the same code without interpreter start-up, which takes tens
         of seconds per exec under CPU emulation."""
         path = cni_path or self.cni_path
-        if os.environ.get("RCN_IN_VM") and not str(binary).startswith(str(REFERENCE)):
-            from reconciler.cni import skel
-
-            env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-                   "CNI_IFNAME": ifname, "CNI_PATH": path, "CNI_ARGS": cni_args,
-                   "RECONCILER_HOST_NETNS": f"/run/netns/{self.host}"}
-            code, out = skel.run(Path(binary).name, env, json.dumps(conf).encode())
-            return PluginRun(code, out, "")
+        if in_vm() and not str(binary).startswith(str(REFERENCE)):
+            return run_in_process(Path(binary).name, command, conf, netns=netns, host_netns=self.host, ifname=ifname,
+                                  container_id=container_id, cni_path=path, cni_args=cni_args)
         return exec_plugin(binary, command, conf, netns=netns, ifname=ifname, container_id=container_id,
                            cni_path=path, cni_args=cni_args, netns_exec=self.host, timeout=600)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.cnitest import exec_plugin
-from tests.conftest import run, unique
+from tests.cnitest import exec_plugin, in_vm, run_in_process
+from tests.conftest import REFERENCE_DIR, run, unique
 
 pytestmark = pytest.mark.timeout(1800)  # generous: the VM job runs under emulation (no KVM)
 EXEC_TIMEOUT = 600
@@ -61,7 +61,11 @@ class Ctr:
         return {"cniVersion": version, "name": NET, "type": "vrf", **fields, "prevResult": self.prev[ifname]}
 
     def run(self, binary: Path, verb: str, conf: dict[str, Any], ifname: str = "eth0", **kw: Any):
+        """Exec `binary` in the host namespace; in the VM job ours runs in-process (`run_in_process`)."""
         kw.setdefault("netns", self.path)
+        if in_vm() and not str(binary).startswith(str(REFERENCE_DIR)):
+            return run_in_process(binary.name, verb, conf, netns=kw["netns"], host_netns=self.host, ifname=ifname,
+                                  container_id=CTR, cni_path=binary.parent)
         kw.setdefault("timeout", EXEC_TIMEOUT)
         return exec_plugin(binary, verb, conf, container_id=CTR, ifname=ifname, netns_exec=self.host, **kw)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cnitest import PluginRun, exec_plugin
+from tests.cnitest import PluginRun, exec_plugin, in_vm, run_in_process
 from tests.conftest import unique
 
 REFERENCE = Path("/usr/lib/cni")
@@ -110,13 +110,8 @@ class Env:
         if prev is not None:
             conf = {**conf, "prevResult": prev}
         if not reference and in_process():
-            from reconciler.cni import skel
-
-            env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-                   "CNI_IFNAME": ifname, "CNI_PATH": str(self.ours), "CNI_ARGS": cni_args,
-                   "RECONCILER_HOST_NETNS": f"/run/netns/{self.host}"}
-            code, out = skel.run(conf["type"], env, json.dumps(conf).encode())
-            return PluginRun(code, out, "")
+            return run_in_process(conf["type"], command, conf, netns=netns, host_netns=self.host, ifname=ifname,
+                                  container_id=container_id, cni_path=self.ours, cni_args=cni_args)
         base = REFERENCE if reference else self.ours
         binary = base / conf["type"]
         return exec_plugin(binary, command, conf, netns=netns, ifname=ifname, container_id=container_id,
@@ -183,10 +178,6 @@ def sysctl_in(ns: str, key: str) -> str | None:
     path = "/proc/sys/" + key.replace(".", "/")
     proc = subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def in_vm() -> bool:
-    return bool(os.environ.get("RCN_IN_VM"))
 
 
 def in_process() -> bool:
