@@ -1,8 +1,9 @@
 """host-local when the disk fails under it: a reservation that cannot be made durable is not kept.
 
-The failure is real: ext4 on a loop device whose backing file lives on a small tmpfs. Once the
-tmpfs is full, the kernel cannot write the loop device's new blocks back, so fsync returns EIO
-while the filesystem above still shows free space (thin provisioning run dry).
+The failure is real: ext4 on a loop device whose backing image is then cut to its first 64 KiB
+and the device resized to match. Every later write past that point (bitmaps, inode tables, data)
+fails in the block layer, so fsync returns EIO, whichever blocks ext4 picks, while what is cached
+stays readable: a disk that stopped taking writes under a mounted filesystem.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,54 +33,45 @@ def _run(*cmd: str | Path) -> str:
 
 
 @pytest.fixture
-def thin_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(mountpoint, backing tmpfs): ext4 (no journal, errors=continue) on a loop device over a sparse
-    64 MiB image on an 8 MiB tmpfs. Filling the tmpfs makes every later writeback fail. Unmounted
-    and detached at teardown, even on failure."""
-    backing, mnt = tmp_path / "backing", tmp_path / "mnt"
-    backing.mkdir()
+def failing_disk(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """(mountpoint, fail): ext4 (no journal, errors=continue) on a loop device over a sparse 64 MiB
+    image; fail() cuts the image to 64 KiB and shrinks the device to match. Unmounted and detached
+    at teardown, even on failure."""
+    image, mnt = tmp_path / "image", tmp_path / "mnt"
     mnt.mkdir()
-    _run("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "rcn-thin", backing)
-    loop = ""
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    loop = _run("losetup", "--find", "--show", image)
+    mounted = False
     try:
-        image = backing / "image"
-        with open(image, "wb") as f:
-            f.truncate(64 << 20)
-        loop = _run("losetup", "--find", "--show", image)
         _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-N", "512", "-E", "lazy_itable_init=1,nodiscard", loop)
         _run("mount", "-o", "errors=continue", loop, mnt)
-        yield mnt, backing
+        mounted = True
+
+        def fail() -> None:
+            os.truncate(image, 64 << 10)
+            _run("losetup", "--set-capacity", loop)
+
+        yield mnt, fail
     finally:
-        subprocess.run(["umount", mnt], capture_output=True)
-        if loop:
-            subprocess.run(["losetup", "-d", loop], capture_output=True)
-        subprocess.run(["umount", backing], capture_output=True)
-
-
-def _fill(backing: Path) -> None:
-    """Use up the tmpfs under the image."""
-    with open(backing / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        except OSError:
-            pass
+        if mounted:
+            subprocess.run(["umount", mnt], capture_output=True)
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
 
 
 def _reservations(files: dict[str, bytes]) -> dict[str, bytes]:
     return {name: data for name, data in files.items() if not name.startswith("last_reserved_ip")}
 
 
-def test_add_whose_reservation_cannot_be_synced_fails_and_keeps_nothing(thin_disk) -> None:
-    mnt, backing = thin_disk
+def test_add_whose_reservation_cannot_be_synced_fails_and_keeps_nothing(failing_disk) -> None:
+    mnt, fail = failing_disk
     conf = hl_conf(mnt, [{"subnet": "10.9.0.0/29"}], [{"subnet": "fd00:9::/125"}])
     first = call(hl, "ADD", conf, "c1")
     assert [ip.address for ip in first.ips] == ["10.9.0.2/29", "fd00:9::2/125"]
     os.sync()
     before = files_of(mnt / "rcnnet")
 
-    _fill(backing)
+    fail()
     with pytest.raises(CNIError) as err:
         call(hl, "ADD", conf, "c2")
     assert err.value.code == IO_FAILURE
