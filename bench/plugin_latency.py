@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def inner(n: int) -> dict:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=20)
+        shutil.rmtree(tmp, ignore_errors=True)  # the installed plugins, the daemon's socket, the stores
     return results
 
 
