@@ -59,13 +59,16 @@ def exec_plugin(
     return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
+REFERENCE_DIR = Path("/usr/lib/cni")
+
+
 def in_vm() -> bool:
     """Inside the virtme-ng VM job (tests/vm/run.sh)."""
     return bool(os.environ.get("RCN_IN_VM"))
 
 
-def run_in_process(
-    plugin_type: str,
+def run_plugin(
+    binary: str | Path,
     command: str,
     config: dict,
     *,
@@ -75,13 +78,23 @@ def run_in_process(
     container_id: str = "ctr1",
     cni_path: str | Path = "",
     cni_args: str = "",
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 600,
+    in_process: bool | None = None,
 ) -> PluginRun:
-    """Our `plugin_type` through skel.run in this process, its host-side work aimed at the namespace
-    named `host_netns` (RECONCILER_HOST_NETNS): the code an exec'd plugin runs, minus the interpreter's
-    start-up, which takes tens of seconds per exec under the VM job's CPU emulation."""
-    from reconciler.cni import skel
+    """Run `binary` for the namespace named `host_netns` (the host stand-in): exec'd inside it, or,
+    for our plugins when `in_process` (default: inside the VM job), through skel.run in this process
+    with the host-side work aimed there (RECONCILER_HOST_NETNS). That is the code an exec'd plugin
+    runs, minus the interpreter's start-up, which takes tens of seconds per exec under the VM job's
+    CPU emulation. The reference binaries are always exec'd."""
+    cni_path = str(cni_path or Path(binary).parent)
+    if (in_vm() if in_process is None else in_process) and not str(binary).startswith(str(REFERENCE_DIR)):
+        from reconciler.cni import skel
 
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
-           "CNI_PATH": str(cni_path), "CNI_ARGS": cni_args, "RECONCILER_HOST_NETNS": f"/run/netns/{host_netns}"}
-    code, out = skel.run(plugin_type, env, json.dumps(config).encode())
-    return PluginRun(code, out, "")
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
+               "CNI_PATH": cni_path, "CNI_ARGS": cni_args, "RECONCILER_HOST_NETNS": f"/run/netns/{host_netns}"}
+        code, out = skel.run(Path(binary).name, env, json.dumps(config).encode())
+        return PluginRun(code, out, "")
+    return exec_plugin(binary, command, config, netns=netns, ifname=ifname, container_id=container_id,
+                       cni_path=cni_path, cni_args=cni_args, extra_env=extra_env, netns_exec=host_netns,
+                       timeout=timeout)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REFERENCE_DIR = Path("/usr/lib/cni")
+from tests.cnitest import REFERENCE_DIR
+
 # Exec'd plugins forward to a warm daemon when its socket exists: tests opt in explicitly, so a daemon
 # left on this machine (or started by another test) never changes what a cold plugin run means.
 os.environ.setdefault("RECONCILER_PLUGIN_SOCKET", "/run/rcn-tests-no-daemon/plugin.sock")

@@ -3,9 +3,9 @@
 Wraps pyroute2's asyncio DHCP client (`pyroute2.dhcp.client`): it does the
 packets, the state machine, and the T1/T2/expiry timers. What this module adds:
 
-- the raw socket is opened *inside* the container's netns by a throw-away
-  thread (the socket keeps its namespace afterwards), and the link is set
-  up there first;
+- the raw socket is created *inside* the container's netns (`netns.entered`
+  moves the calling thread there and back; the socket keeps its namespace
+  afterwards), and the link is set up there first;
 - arbitrary options to provide (code -> bytes), a fixed client identifier,
   the broadcast flag as configured;
 - lease persistence through a callback (the caller owns the store), and
@@ -24,7 +24,6 @@ import fcntl
 import logging
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,37 +53,24 @@ def netns_identity(path: str) -> tuple[int, int] | None:
 def open_packet_socket(netns: str, ifname: str) -> int:
     """A raw AF_PACKET socket bound to `ifname` inside `netns` (link set up first); returns its fd.
 
-    The socket is made by a throw-away thread that enters the namespace (`netns.entered`)
-    and then ends, so no long-lived thread of ours (the event loop's included)
-    ever changes namespace. The socket keeps its namespace for its lifetime.
+    Only the socket's creation happens inside the namespace (`netns.entered`, which moves the
+    calling thread there and back before it returns); the socket keeps that namespace for its
+    lifetime, so the ioctls and the bind that follow act there from any thread.
     """
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            with nsmod.entered(netns):
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        except nsmod.NetnsNotFound as exc:
-            outcome["error"] = DHCPKernelError(exc.code, f"cannot enter netns {netns}: {exc.msg}")
-            return
-        except OSError as exc:
-            outcome["error"] = DHCPKernelError(exc.errno, f"no packet socket in {netns}: {exc.strerror}")
-            return
-        try:
-            _set_link_up(sock, ifname)
-            sock.bind((ifname, ETH_P_ALL))
-        except OSError as exc:
-            sock.close()
-            outcome["error"] = DHCPKernelError(exc.errno, f"interface {ifname} in {netns}: {exc.strerror}")
-            return
-        outcome["fd"] = sock.detach()
-
-    thread = threading.Thread(target=work, name=f"dhcp-netns-{ifname}")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return int(outcome["fd"])
+    try:
+        with nsmod.entered(netns):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except nsmod.NetnsNotFound as exc:
+        raise DHCPKernelError(exc.code, f"cannot enter netns {netns}: {exc.msg}") from exc
+    except OSError as exc:
+        raise DHCPKernelError(exc.errno, f"no packet socket in {netns}: {exc.strerror}") from exc
+    try:
+        _set_link_up(sock, ifname)
+        sock.bind((ifname, ETH_P_ALL))
+    except OSError as exc:
+        sock.close()
+        raise DHCPKernelError(exc.errno, f"interface {ifname} in {netns}: {exc.strerror}") from exc
+    return sock.detach()
 
 
 def _ifreq(ifname: str, payload: bytes = b"") -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from reconciler.errors import IO_FAILURE, CNIError
 from reconciler.plugins.ipam import host_local as hl
+from tests.conftest import run
 from tests.plugins.ipam.ipamtest import call, files_of, hl_conf
 
 pytestmark = [
@@ -26,10 +26,6 @@ pytestmark = [
                        reason="losetup or mkfs.ext4 missing (util-linux, e2fsprogs)"),
     pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="this kernel has no loop devices"),
 ]
-
-
-def _run(*cmd: str | Path) -> str:
-    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
@@ -41,22 +37,22 @@ def failing_disk(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
     mnt.mkdir()
     with open(image, "wb") as f:
         f.truncate(64 << 20)
-    loop = _run("losetup", "--find", "--show", image)
+    loop = run("losetup", "--find", "--show", str(image)).stdout.strip()
     mounted = False
     try:
-        _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-N", "512", "-E", "lazy_itable_init=1,nodiscard", loop)
-        _run("mount", "-o", "errors=continue", loop, mnt)
+        run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-N", "512", "-E", "lazy_itable_init=1,nodiscard", loop)
+        run("mount", "-o", "errors=continue", loop, str(mnt))
         mounted = True
 
         def fail() -> None:
             os.truncate(image, 64 << 10)
-            _run("losetup", "--set-capacity", loop)
+            run("losetup", "--set-capacity", loop)
 
         yield mnt, fail
     finally:
         if mounted:
-            subprocess.run(["umount", mnt], capture_output=True)
-        subprocess.run(["losetup", "-d", loop], capture_output=True)
+            run("umount", str(mnt), check=False)
+        run("losetup", "-d", loop, check=False)
 
 
 def _reservations(files: dict[str, bytes]) -> dict[str, bytes]:

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cnitest import PluginRun, exec_plugin, in_vm, run_in_process
+from tests.cnitest import REFERENCE_DIR, PluginRun, run_plugin
 from tests.conftest import unique
 
-REFERENCE = Path("/usr/lib/cni")
+REFERENCE = REFERENCE_DIR  # the name the main-plugin tests import
+
 
 PING = r"""
 import os, socket, struct, sys, time
@@ -70,13 +71,8 @@ class World:
         """Exec `binary` inside the host namespace. In the VM job (RCN_IN_VM) ours runs in-process through
         skel.run with RECONCILER_HOST_NETNS: the same code without interpreter start-up, which takes tens
         of seconds per exec under CPU emulation."""
-        path = cni_path or self.cni_path
-        if in_vm() and not str(binary).startswith(str(REFERENCE)):
-            return run_in_process(Path(binary).name, command, conf, netns=netns, host_netns=self.host, ifname=ifname,
-                                  container_id=container_id, cni_path=path, cni_args=cni_args)
-        return exec_plugin(binary, command, conf, netns=netns, ifname=ifname, container_id=container_id,
-                           cni_path=path, cni_args=cni_args, netns_exec=self.host, timeout=600)
-
+        return run_plugin(binary, command, conf, netns=netns, host_netns=self.host, ifname=ifname,
+                          container_id=container_id, cni_path=cni_path or self.cni_path, cni_args=cni_args)
 
 def ip_json(ns: str, *args: str) -> Any:
     out = subprocess.run(["ip", "-n", ns, "-j", "-d", *args], capture_output=True, text=True, check=True).stdout

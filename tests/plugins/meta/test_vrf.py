@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.cnitest import exec_plugin, in_vm, run_in_process
-from tests.conftest import REFERENCE_DIR, run, unique
+from tests.cnitest import exec_plugin, run_plugin
+from tests.conftest import run, unique
 
 pytestmark = pytest.mark.timeout(1800)  # generous: the VM job runs under emulation (no KVM)
 EXEC_TIMEOUT = 600
@@ -61,13 +61,10 @@ class Ctr:
         return {"cniVersion": version, "name": NET, "type": "vrf", **fields, "prevResult": self.prev[ifname]}
 
     def run(self, binary: Path, verb: str, conf: dict[str, Any], ifname: str = "eth0", **kw: Any):
-        """Exec `binary` in the host namespace; in the VM job ours runs in-process (`run_in_process`)."""
+        """Our `binary` or the reference's, for this container (`cnitest.run_plugin`)."""
         kw.setdefault("netns", self.path)
-        if in_vm() and not str(binary).startswith(str(REFERENCE_DIR)):
-            return run_in_process(binary.name, verb, conf, netns=kw["netns"], host_netns=self.host, ifname=ifname,
-                                  container_id=CTR, cni_path=binary.parent)
         kw.setdefault("timeout", EXEC_TIMEOUT)
-        return exec_plugin(binary, verb, conf, container_id=CTR, ifname=ifname, netns_exec=self.host, **kw)
+        return run_plugin(binary, verb, conf, host_netns=self.host, container_id=CTR, ifname=ifname, **kw)
 
     def state(self) -> dict[str, Any]:
         links = json.loads(run("ip", "-n", self.name, "-j", "-d", "link", "show").stdout)

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cnitest import PluginRun, exec_plugin, in_vm, run_in_process
+from tests.cnitest import REFERENCE_DIR as REFERENCE
+from tests.cnitest import PluginRun, in_vm, run_plugin
 from tests.conftest import unique
 
-REFERENCE = Path("/usr/lib/cni")
 COLD = {"RECONCILER_PLUGIN_SOCKET": "/nonexistent/rcn-test.sock"}  # never forward to a warm daemon
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -109,14 +109,10 @@ class Env:
         which costs tens of seconds per call under the VM job's CPU emulation."""
         if prev is not None:
             conf = {**conf, "prevResult": prev}
-        if not reference and in_process():
-            return run_in_process(conf["type"], command, conf, netns=netns, host_netns=self.host, ifname=ifname,
-                                  container_id=container_id, cni_path=self.ours, cni_args=cni_args)
         base = REFERENCE if reference else self.ours
-        binary = base / conf["type"]
-        return exec_plugin(binary, command, conf, netns=netns, ifname=ifname, container_id=container_id,
-                           cni_path=str(base), cni_args=cni_args, netns_exec=self.host,
-                           extra_env={**COLD, "CNI_NETNS_OVERRIDE": "1"}, timeout=600)
+        return run_plugin(base / conf["type"], command, conf, netns=netns, host_netns=self.host, ifname=ifname,
+                          container_id=container_id, cni_path=base, cni_args=cni_args,
+                          extra_env={**COLD, "CNI_NETNS_OVERRIDE": "1"}, in_process=in_process())
 
     def allocated(self) -> list[str]:
         """Addresses host-local holds in this test's dataDir."""
