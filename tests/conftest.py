@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +25,16 @@ ROOT = os.geteuid() == 0
 
 def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
+    """Poll `pred` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
 
 
 def unique(prefix: str = "rcn") -> str:

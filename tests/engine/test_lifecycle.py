@@ -15,6 +15,8 @@ import uuid
 
 import pytest
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -40,15 +42,6 @@ def recorded(rig) -> dict:
     """The reconciler's records (`reconciler/attachments.json`), by attachment key."""
     path = rig.state / "reconciler" / "attachments.json"
     return json.loads(path.read_text())["attachments"] if path.exists() else {}
-
-
-def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import run, wait_until
 from tests.plugins.main.maintest import (
     REFERENCE,
     World,
@@ -163,7 +163,9 @@ def test_del_after_netns_deleted_releases_address(world):
     d = world.run(ours(world), "DEL", {**c, "prevResult": r.json}, ns)
     assert d.code == 0, d.stdout + d.stderr
     assert allocated(world) == []
-    assert [lk["kind"] for lk in links_state(world.host)] == ["bridge"]
+    # the kernel removes a deleted namespace's veth pairs asynchronously, which an in-process DEL can outrun
+    assert wait_until(lambda: [lk["kind"] for lk in links_state(world.host)] == ["bridge"], timeout=10), \
+        links_state(world.host)
     d2 = world.run(ours(world), "DEL", c, "")
     assert d2.code == 0, d2.stdout
 
