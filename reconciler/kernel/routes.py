@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.kernel import netns as nsmod
+from reconciler.kernel import rtnl
 from reconciler.kernel.links import get as get_link
 from reconciler.kernel.netns import KernelError, LinkNotFound
 
@@ -72,8 +73,6 @@ def list_routes(netns: str | None = None, *, family: int | None = None, table: i
 
     families = [socket.AF_INET, socket.AF_INET6] if family is None else [
         socket.AF_INET if family == 4 else socket.AF_INET6]
-    from reconciler.kernel import rtnl
-
     out: list[RouteEntry] = []
     for fam in families:
         out.extend(entry for entry in rtnl.dump_routes(netns, fam)
@@ -81,34 +80,18 @@ def list_routes(netns: str | None = None, *, family: int | None = None, table: i
     return out
 
 
-def _spec(dst: IPNetwork | str, gateway: IPAddress | str | None, ifname: str | None, netns: str | None,
+RTAX_MTU, RTAX_ADVMSS = 2, 8
+
+
+def _body(dst: IPNetwork | str, gateway: IPAddress | str | None, ifname: str | None, netns: str | None,
           table: int | None, scope: int | None, metric: int | None, src: IPAddress | str | None,
-          mtu: int | None = None, advmss: int | None = None, proto: int | None = None) -> dict[str, Any]:
-    net = ipaddress.ip_network(dst, strict=False)
-    spec: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen,
-                            "family": 2 if net.version == 4 else 10}
-    if proto is not None:
-        spec["proto"] = proto
-    if gateway:
-        spec["gateway"] = str(gateway)
-    if ifname:
-        spec["oif"] = get_link(ifname, netns).index
-    if table is not None and table != TABLE_MAIN:
-        spec["table"] = table
-    if scope is not None:
-        spec["scope"] = scope
-    if metric is not None:
-        spec["priority"] = metric
-    if src:
-        spec["prefsrc"] = str(src)
-    metrics: dict[str, int] = {}
-    if mtu:
-        metrics["RTAX_MTU"] = mtu
-    if advmss:
-        metrics["RTAX_ADVMSS"] = advmss
-    if metrics:
-        spec["metrics"] = metrics
-    return spec
+          mtu: int | None = None, advmss: int | None = None, proto: int = 0, rtype: int = 0) -> bytes:
+    """The RTM_NEWROUTE / RTM_DELROUTE request for these fields (kernel.rtnl); `ifname` resolved here."""
+    metrics = {kind: value for kind, value in ((RTAX_MTU, mtu), (RTAX_ADVMSS, advmss)) if value}
+    return rtnl.route_body(
+        ipaddress.ip_network(dst, strict=False), gateway=gateway or None,
+        oif=get_link(ifname, netns).index if ifname else None, table=TABLE_MAIN if table is None else table,
+        proto=proto, scope=scope or 0, rtype=rtype, priority=metric, prefsrc=src or None, metrics=metrics)
 
 
 def add(dst: IPNetwork | str, *, gateway: IPAddress | str | None = None, ifname: str | None = None,
@@ -116,20 +99,17 @@ def add(dst: IPNetwork | str, *, gateway: IPAddress | str | None = None, ifname:
         metric: int | None = None, src: IPAddress | str | None = None, mtu: int | None = None,
         advmss: int | None = None, replace: bool = False, proto: int = RTPROT_BOOT) -> bool:
     """Add a route (protocol `boot`, as `ip route add`); False if an identical route exists (EEXIST)."""
-    from pyroute2 import NetlinkError
-
-    spec = _spec(dst, gateway, ifname, netns, table, scope, metric, src, mtu, advmss, proto)
-    with nsmod.ipr(netns) as ipr:
-        try:
-            ipr.route("replace" if replace else "add", **spec)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return False
-            if exc.code == errno.ENODEV and ifname:
-                raise LinkNotFound(ifname, netns) from exc
-            via = f" via {gateway}" if gateway else ""
-            dev = f" dev {ifname}" if ifname else ""
-            raise KernelError(exc.code, f"route add {dst}{via}{dev}: {os.strerror(exc.code)}") from exc
+    body = _body(dst, gateway, ifname, netns, table, scope, metric, src, mtu, advmss, proto, RTN_UNICAST)
+    try:
+        rtnl.add_route(netns, body, replace=replace)
+    except rtnl.NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        if exc.code == errno.ENODEV and ifname:
+            raise LinkNotFound(ifname, netns) from exc
+        via = f" via {gateway}" if gateway else ""
+        dev = f" dev {ifname}" if ifname else ""
+        raise KernelError(exc.code, f"route add {dst}{via}{dev}: {os.strerror(exc.code)}") from exc
     return True
 
 
@@ -137,21 +117,16 @@ def delete(dst: IPNetwork | str, *, gateway: IPAddress | str | None = None, ifna
            netns: str | None = None, table: int | None = None, scope: int | None = None,
            metric: int | None = None) -> bool:
     """Delete a route; False if it (or its link / namespace) is already gone."""
-    from pyroute2 import NetlinkError
-
     try:
-        # scope "nowhere" and protocol 0 match any, as `ip route del` sends them
-        spec = _spec(dst, gateway, ifname, netns, table, SCOPE_NOWHERE if scope is None else scope, metric, None,
-                     proto=0)
+        # scope "nowhere", protocol and type 0 match any, as `ip route del` sends them
+        body = _body(dst, gateway, ifname, netns, table, SCOPE_NOWHERE if scope is None else scope, metric, None)
+        rtnl.del_route(netns, body)
     except (LinkNotFound, nsmod.NetnsNotFound):
         return False
-    with nsmod.ipr(netns) as ipr:
-        try:
-            ipr.route("del", **spec)
-        except NetlinkError as exc:
-            if exc.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                return False
-            raise KernelError(exc.code, f"route del {dst}: {os.strerror(exc.code)}") from exc
+    except rtnl.NetlinkError as exc:
+        if exc.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+            return False
+        raise KernelError(exc.code, f"route del {dst}: {os.strerror(exc.code)}") from exc
     return True
 
 

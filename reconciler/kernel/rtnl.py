@@ -3,12 +3,16 @@
 pyroute2 0.9 runs each request through an asyncio loop and decodes every
 attribute of every answer: ~0.4 ms per request before any work, ~24 requests
 per bridge ADD. This module sends the hot requests (get, dump, change and
-delete links; create veth pairs; list and add addresses; list routes) on a plain
+delete links; create veth pairs; list and add addresses; list, add and delete
+routes) on a plain
 NETLINK_ROUTE socket, encodes them with `struct`, and decodes only what
 `Link`, `Address` and `RouteEntry` expose (~0.05 ms a request; a namespace's
 whole snapshot in well under a millisecond). A link's kind-specific data
 (`Link.info`) is still decoded by pyroute2, from the raw message, on first use.
-Everything else (other link kinds, routes, rules) stays with pyroute2.
+Everything else (other link kinds, address deletion, route lookups, rules, tc)
+stays with pyroute2, whose handle costs ~1 ms to open in a namespace: a route
+added through it in a fresh container namespace took 1.4 ms, against 0.2 ms
+here.
 
 Sockets are opened inside the target namespace by the calling thread
 (`netns.entered`) and cached per namespace inside a `netns.session()`.
@@ -31,11 +35,11 @@ from reconciler.kernel.netns import KernelError
 NETLINK_ROUTE = 0
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x2, 0x4, 0x8
-NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x200, 0x400, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 20, 28, 37
@@ -43,6 +47,8 @@ IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
 VETH_INFO_PEER = 1
 IFLA_BR_VLAN_FILTERING = 7
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
+RT_TABLE_MAIN, RTN_UNICAST, IP6_RT_PRIO_USER = 254, 1, 1024
 IFF_UP, IFF_PROMISC = 0x1, 0x100
 NLA_F_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
 
@@ -425,3 +431,40 @@ def add_addr(netns: str | None, index: int, iface: Any, *, flags: int = 0, broad
         body += attr_u32(IFA_FLAGS, flags)
     with connect(netns) as sock:
         sock.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+
+def route_body(dst: Any, *, gateway: Any = None, oif: int | None = None, table: int = RT_TABLE_MAIN,
+               proto: int = 0, scope: int = 0, rtype: int = 0, priority: int | None = None, prefsrc: Any = None,
+               metrics: dict[int, int] | None = None) -> bytes:
+    """An rtmsg and its attributes for `dst` (an ip_network), as `ip route` and pyroute2 encode them:
+    no RTA_DST for a default route, RTA_TABLE only off the main table, metrics nested (RTAX_*)."""
+    family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    body = RTMSG.pack(family, dst.prefixlen, 0, 0, table if table < 256 else 0, proto, scope, rtype, 0)
+    if dst.prefixlen:
+        body += attr(RTA_DST, dst.network_address.packed)
+    if oif:
+        body += attr_u32(RTA_OIF, oif)
+    if gateway is not None:
+        body += attr(RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+    if table != RT_TABLE_MAIN:
+        body += attr_u32(RTA_TABLE, table)
+    if priority is not None:
+        body += attr_u32(RTA_PRIORITY, IP6_RT_PRIO_USER if family == socket.AF_INET6 and priority == 0 else priority)
+    if prefsrc is not None:
+        body += attr(RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
+    if metrics:
+        body += attr(RTA_METRICS, b"".join(attr_u32(kind, value) for kind, value in metrics.items()))
+    return body
+
+
+def add_route(netns: str | None, body: bytes, *, replace: bool = False) -> None:
+    """RTM_NEWROUTE: create (exclusive), or create-or-replace."""
+    flags = NLM_F_ACK | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    with connect(netns) as sock:
+        sock.request(RTM_NEWROUTE, flags, body)
+
+
+def del_route(netns: str | None, body: bytes) -> None:
+    """RTM_DELROUTE of the route `body` matches (zero fields match any)."""
+    with connect(netns) as sock:
+        sock.request(RTM_DELROUTE, NLM_F_ACK, body)

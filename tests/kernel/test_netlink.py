@@ -139,6 +139,77 @@ def test_routes_tables_rules_lookup(two):
     assert routes.default_route_ifname(cp) is None
 
 
+# Route requests, as keyword arguments of routes.add / routes.delete: default and not, both
+# families, gateway or device only, explicit scope, source, tables below and above 255, metrics.
+ROUTE_CASES = [
+    dict(dst="0.0.0.0/0", gateway="10.66.0.254", ifname="rcnrt0"),
+    dict(dst="10.67.0.0/16", gateway="10.66.0.254"),
+    dict(dst="10.68.0.0/24", ifname="rcnrt0"),
+    dict(dst="10.66.0.9/32", ifname="rcnrt0", scope=routes.SCOPE_LINK, src="10.66.0.1"),
+    dict(dst="10.69.0.0/16", gateway="10.66.0.254", ifname="rcnrt0", table=100, metric=50),
+    dict(dst="10.70.0.0/16", gateway="10.66.0.254", table=1000, mtu=1400, advmss=1360),
+    dict(dst="10.66.0.1/32", ifname="rcnrt0", scope=routes.SCOPE_HOST, table=101),
+    dict(dst="::/0", gateway="fd00:66::fe", ifname="rcnrt0"),
+    dict(dst="fd00:67::/64", gateway="fd00:66::fe", ifname="rcnrt0", table=100, metric=0),
+    dict(dst="fd00:68::/64", ifname="rcnrt0", metric=300, mtu=1300),
+]
+
+
+def _pyroute2_route(command: str, netns: str, dst: str, gateway=None, ifname=None, table=None, scope=None,
+                    metric=None, src=None, mtu=None, advmss=None, proto=None) -> None:
+    """The same request through pyroute2 (how routes.add and routes.delete sent it before kernel.rtnl
+    did; Go's netlink library, the reference plugins', fills the same defaults)."""
+    net = ipaddress.ip_network(dst)
+    spec = {"dst": str(net.network_address), "dst_len": net.prefixlen, "family": 2 if net.version == 4 else 10}
+    optional = {"proto": proto, "gateway": gateway, "scope": scope, "priority": metric, "prefsrc": src,
+                "oif": links.get(ifname, netns).index if ifname else None,
+                "table": table if table not in (None, routes.TABLE_MAIN) else None}
+    spec.update({key: value for key, value in optional.items() if value is not None})
+    if mtu or advmss:
+        spec["metrics"] = {key: value for key, value in (("RTAX_MTU", mtu), ("RTAX_ADVMSS", advmss)) if value}
+    with nsmod.ipr(netns) as ipr:
+        ipr.route(command, **spec)
+
+
+def _route_tables(name: str) -> list[str]:
+    return [run("ip", "-n", name, f"-{family}", "route", "show", "table", "all").stdout for family in (4, 6)]
+
+
+def test_routes_match_pyroute2(make_netns):
+    """routes.add / delete (raw rtnetlink, kernel.rtnl) leave the kernel exactly as pyroute2's requests do."""
+    (ours, ours_path), (theirs, theirs_path) = make_netns(), make_netns()
+    for name, path in ((ours, ours_path), (theirs, theirs_path)):
+        run("ip", "-n", name, "link", "add", "rcnrt0", "type", "bridge")
+        run("ip", "-n", name, "link", "set", "rcnrt0", "up")
+        addrs.add("rcnrt0", "10.66.0.1/24", path)
+        addrs.add("rcnrt0", "fd00:66::1/64", path, nodad=True)
+    for case in ROUTE_CASES:
+        assert routes.add(case["dst"], **{k: v for k, v in case.items() if k != "dst"}, netns=ours_path) is True
+        _pyroute2_route("add", theirs_path, proto=routes.RTPROT_BOOT, **case)
+        assert routes.add(case["dst"], **{k: v for k, v in case.items() if k != "dst"}, netns=ours_path) is False
+    assert _route_tables(ours) == _route_tables(theirs)
+    assert "10.70.0.0/16 via 10.66.0.254 dev rcnrt0 table 1000 mtu 1400 advmss 1360" in \
+        _route_tables(ours)[0]
+    replaced = dict(gateway="10.66.0.253", mtu=1280)
+    assert routes.add("10.67.0.0/16", **replaced, netns=ours_path, replace=True) is True
+    _pyroute2_route("replace", theirs_path, "10.67.0.0/16", proto=routes.RTPROT_BOOT, **replaced)
+    assert _route_tables(ours) == _route_tables(theirs)
+    for case in ROUTE_CASES[1:]:  # delete with what the callers pass: no source, MTU or advmss
+        keys = {k: v for k, v in case.items() if k in ("gateway", "ifname", "table", "scope", "metric")}
+        if case["dst"] == "10.67.0.0/16":
+            keys["gateway"] = "10.66.0.253"
+        assert routes.delete(case["dst"], **keys, netns=ours_path) is True, case
+        assert routes.delete(case["dst"], **keys, netns=ours_path) is False, case
+        _pyroute2_route("del", theirs_path, case["dst"], scope=keys.pop("scope", routes.SCOPE_NOWHERE), proto=0, **keys)
+    assert _route_tables(ours) == _route_tables(theirs)
+    assert "default via 10.66.0.254 dev rcnrt0" in _route_tables(ours)[0]
+    with pytest.raises(LinkNotFound):
+        routes.add("10.71.0.0/16", ifname="rcnnone", netns=ours_path)
+    with pytest.raises(KernelError, match="route add 10.71.0.0/16 via 10.99.0.1"):
+        routes.add("10.71.0.0/16", gateway="10.99.0.1", netns=ours_path)  # gateway not on link
+    assert routes.delete("10.71.0.0/16", netns="/run/netns/rcn-none-such") is False
+
+
 def test_sysctl_inside_the_right_namespace(two):
     hn, hp, cn, cp = two
     before = sysctl.read("net.ipv4.ip_forward")
