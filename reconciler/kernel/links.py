@@ -193,6 +193,11 @@ def _open_netns(netns: str | None) -> int:
         raise nsmod.NetnsNotFound(path) from exc
 
 
+# IFLA_INFO_DATA of the kinds stacked on a parent: (attribute type, struct format) per keyword
+_STACKED_DATA = {"macvlan_mode": (1, "=I"), "ipvlan_mode": (1, "=H"), "vlan_id": (1, "=H")}  # IFLA_{MACVLAN,IPVLAN}_MODE, IFLA_VLAN_ID
+MACVLAN_MODE_BITS = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
+
+
 def _create_on_parent(
     kind: str,
     name: str,
@@ -202,16 +207,23 @@ def _create_on_parent(
     target_netns: str | None,
     mtu: int | None,
     mac: str | None,
-    **data: Any,
+    **data: int,
 ) -> Link:
-    """Create a link stacked on `parent` (in `netns`) and move it to `target_netns` in the same call."""
-    spec: dict[str, Any] = {"ifname": name, "kind": kind, "link": _index(parent, netns), **_common(mtu, mac)}
-    spec.update(data)
+    """Create a link stacked on `parent` (in `netns`) directly in `target_netns` (one request)."""
+    import struct
+
+    info = b"".join(rtnl.attr(_STACKED_DATA[key][0], struct.pack(_STACKED_DATA[key][1], value))
+                    for key, value in data.items())
+    lower = _index(parent, netns)
     if target_netns == SAME:
         target_netns = netns
-    if not nsmod.same(netns, target_netns):
-        spec["net_ns_fd"] = nsmod.resolve(target_netns) or "/proc/self/ns/net"
-    _call(netns, f"create {kind}", name, "add", **spec)
+    fd = None if nsmod.same(netns, target_netns) else _open_netns(target_netns)
+    try:
+        with _errors(netns, f"create {kind}", name, creating=True):
+            rtnl.create_link(netns, name, kind, mtu=mtu, mac=mac, info_data=info, lower=lower, net_ns_fd=fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
     return get(name, target_netns)
 
 
@@ -223,7 +235,7 @@ def create_macvlan(
     if mode not in MACVLAN_MODES:
         raise KernelError(errno.EINVAL, f"unknown macvlan mode {mode!r}")
     return _create_on_parent("macvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
-                             mac=mac, macvlan_mode=mode)
+                             mac=mac, macvlan_mode=MACVLAN_MODE_BITS[mode])
 
 
 def create_ipvlan(
@@ -234,7 +246,7 @@ def create_ipvlan(
     if mode not in modes:
         raise KernelError(errno.EINVAL, f"unknown ipvlan mode {mode!r}")
     return _create_on_parent("ipvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
-                             mac=None, mode=modes[mode])
+                             mac=None, ipvlan_mode=modes[mode])
 
 
 def create_vlan(
@@ -247,7 +259,8 @@ def create_vlan(
 
 def create_dummy(name: str, *, netns: str | None = None, mtu: int | None = None,
                  mac: str | None = None) -> Link:
-    _call(netns, "create dummy", name, "add", ifname=name, kind="dummy", **_common(mtu, mac))
+    with _errors(netns, "create dummy", name, creating=True):
+        rtnl.create_link(netns, name, "dummy", mtu=mtu, mac=mac)
     return get(name, netns)
 
 
