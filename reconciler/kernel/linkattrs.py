@@ -2,16 +2,16 @@
 
 `links.py` covers creating and wiring links; this module reads and sets the
 handful of attributes the tuning plugin changes and restores, in one netlink
-read per call.
+read per call (over kernel.rtnl: a cold tuning call imports no pyroute2).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass
-from typing import Any
 
-from reconciler.kernel import netns as nsmod
+from reconciler.kernel import rtnl
 from reconciler.kernel.netns import KernelError, LinkNotFound
 
 IFF_UP = 0x1
@@ -29,25 +29,26 @@ class LinkAttrs:
     txqlen: int
 
 
-def _get(ipr: Any, name: str, netns: str | None) -> Any:
-    idx = ipr.link_lookup(ifname=name)
-    if not idx:
-        raise LinkNotFound(name, netns)
-    return ipr.get_links(idx[0])[0]
+def _raw(name: str, netns: str | None) -> tuple[int, int, dict[int, bytes]]:
+    try:
+        return rtnl.get_link_attrs(netns, name=name)  # type: ignore[no-any-return]
+    except rtnl.NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            raise LinkNotFound(name, netns) from exc
+        raise KernelError(exc.code, f"read {name!r}: {os.strerror(exc.code)}") from exc
 
 
 def read(name: str, netns: str | None = None) -> LinkAttrs:
     """The current attributes of `name`; raises LinkNotFound."""
-    with nsmod.ipr(netns) as ipr:
-        msg = _get(ipr, name, netns)
-    flags = int(msg["flags"])
+    index, flags, attrs = _raw(name, netns)
+    mac = attrs.get(rtnl.IFLA_ADDRESS)
     return LinkAttrs(
-        index=int(msg["index"]),
-        mac=str(msg.get("IFLA_ADDRESS") or "").lower(),
-        mtu=int(msg.get("IFLA_MTU") or 0),
+        index=index,
+        mac=":".join(f"{b:02x}" for b in mac) if mac else "",
+        mtu=rtnl.u32(attrs.get(rtnl.IFLA_MTU)) or 0,
         promisc=bool(flags & IFF_PROMISC),
         allmulti=bool(flags & IFF_ALLMULTI),
-        txqlen=int(msg.get("IFLA_TXQLEN") or 0),
+        txqlen=rtnl.u32(attrs.get(rtnl.IFLA_TXQLEN)) or 0,
     )
 
 
@@ -62,34 +63,31 @@ def update(
     txqlen: int | None = None,
 ) -> None:
     """Set the given attributes (None: leave alone). A MAC the device refuses while up is set down/up."""
-    from pyroute2 import NetlinkError
+    index, flags, attrs = _raw(name, netns)
 
-    with nsmod.ipr(netns) as ipr:
-        msg = _get(ipr, name, netns)
-        index = int(msg["index"])
+    def call(what: str, *, on: int = 0, change: int = 0, encoded: bytes = b"") -> None:
+        try:
+            rtnl.set_link(netns, index, on, change, encoded)
+        except rtnl.NetlinkError as exc:
+            raise KernelError(exc.code, f"set {what} of {name!r}: {os.strerror(exc.code)}") from exc
 
-        def call(what: str, **spec: Any) -> None:
-            try:
-                ipr.link("set", index=index, **spec)
-            except NetlinkError as exc:
-                raise KernelError(exc.code, f"set {what} of {name!r}: {exc}") from exc
-
-        if mac is not None and str(msg.get("IFLA_ADDRESS") or "").lower() != mac.lower():
-            try:
-                ipr.link("set", index=index, address=mac)
-            except NetlinkError as exc:
-                if exc.code != errno.EBUSY:
-                    raise KernelError(exc.code, f"set MAC of {name!r}: {exc}") from exc
-                was_up = bool(int(msg["flags"]) & IFF_UP)
-                call("state", state="down")
-                call("MAC", address=mac)
-                if was_up:
-                    call("state", state="up")
-        if mtu is not None:
-            call("MTU", mtu=mtu)
-        if promisc is not None:
-            call("promisc", flags=IFF_PROMISC if promisc else 0, change=IFF_PROMISC)
-        if allmulti is not None:
-            call("allmulti", flags=IFF_ALLMULTI if allmulti else 0, change=IFF_ALLMULTI)
-        if txqlen is not None:
-            call("txqueuelen", txqlen=txqlen)
+    current_mac = attrs.get(rtnl.IFLA_ADDRESS)
+    if mac is not None and (current_mac or b"") != rtnl.mac_bytes(mac):
+        encoded = rtnl.attr(rtnl.IFLA_ADDRESS, rtnl.mac_bytes(mac))
+        try:
+            rtnl.set_link(netns, index, 0, 0, encoded)
+        except rtnl.NetlinkError as exc:
+            if exc.code != errno.EBUSY:
+                raise KernelError(exc.code, f"set MAC of {name!r}: {os.strerror(exc.code)}") from exc
+            call("state", change=IFF_UP)
+            call("MAC", encoded=encoded)
+            if flags & IFF_UP:
+                call("state", on=IFF_UP, change=IFF_UP)
+    if mtu is not None:
+        call("MTU", encoded=rtnl.attr_u32(rtnl.IFLA_MTU, mtu))
+    if promisc is not None:
+        call("promisc", on=IFF_PROMISC if promisc else 0, change=IFF_PROMISC)
+    if allmulti is not None:
+        call("allmulti", on=IFF_ALLMULTI if allmulti else 0, change=IFF_ALLMULTI)
+    if txqlen is not None:
+        call("txqueuelen", encoded=rtnl.attr_u32(rtnl.IFLA_TXQLEN, txqlen))

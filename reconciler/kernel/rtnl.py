@@ -40,7 +40,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN = 1, 3, 4, 5, 10, 13
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 20, 28, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
 VETH_INFO_PEER = 1
@@ -293,15 +293,27 @@ def connect(netns: str | None) -> Iterator[Socket]:
 # --- requests ---------------------------------------------------------------------------------
 
 
-def get_link(netns: str | None, *, name: str | None = None, index: int = 0) -> Any:
-    """One link by name or index (a `links.Link`); raises NetlinkError (ENODEV) when it is not there."""
+def _get_link_message(netns: str | None, name: str | None, index: int) -> tuple[bytes, int, int]:
     body = IFINFO.pack(0, 0, index, 0, 0) + (attr_str(IFLA_IFNAME, name) if name else b"")
     with connect(netns) as sock:
         answers = sock.request(RTM_GETLINK, 0, body)
     for data, start, end, kind in answers:
         if kind == RTM_NEWLINK:
-            return decode_link(data, start, end)
+            return data, start, end
     raise NetlinkError(19, "no such device")  # ENODEV
+
+
+def get_link(netns: str | None, *, name: str | None = None, index: int = 0) -> Any:
+    """One link by name or index (a `links.Link`); raises NetlinkError (ENODEV) when it is not there."""
+    return decode_link(*_get_link_message(netns, name, index))
+
+
+def get_link_attrs(netns: str | None, *, name: str | None = None, index: int = 0) -> tuple[int, int, dict[int, bytes]]:
+    """One link's ifindex, flags (IFF_*) and raw attributes ({IFLA_*: payload}), by name or index;
+    raises NetlinkError (ENODEV) when it is not there."""
+    data, start, end = _get_link_message(netns, name, index)
+    _family, _type, found, flags, _change = IFINFO.unpack_from(data, start + 16)
+    return found, flags, attrs(data, start + 32, end)
 
 
 def dump_links(netns: str | None) -> list[Any]:
