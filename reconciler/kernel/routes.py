@@ -171,59 +171,51 @@ class Rule:
     oifname: str | None
 
 
-def _rule_from_msg(msg: Any) -> Rule:
-    family = 4 if msg["family"] == 2 else 6
-
-    def net(attr: str, length: int) -> IPNetwork | None:
-        value = msg.get_attr(attr)
-        return ipaddress.ip_network(f"{value}/{length}", strict=False) if value else None
-
-    table = msg.get_attr("FRA_TABLE")
-    return Rule(family, msg.get_attr("FRA_PRIORITY"), int(table if table is not None else msg["table"]),
-                net("FRA_SRC", msg["src_len"]), net("FRA_DST", msg["dst_len"]),
-                msg.get_attr("FRA_IIFNAME"), msg.get_attr("FRA_OIFNAME"))
+RULE_PRIORITY_DEFAULT = 32000  # what pyroute2 (the previous encoder) filled in for a rule without one
 
 
 def list_rules(netns: str | None = None, family: int = 4) -> list[Rule]:
+    """The policy rules of `family` (4 or 6), in the kernel's order."""
     import socket
 
-    with nsmod.ipr(netns) as ipr:
-        msgs = ipr.rule("dump", family=socket.AF_INET if family == 4 else socket.AF_INET6)
-        return [_rule_from_msg(m) for m in msgs]
+    out: list[Rule] = []
+    for fam, dst_len, src_len, table, a in rtnl.dump_rules(netns, socket.AF_INET if family == 4 else socket.AF_INET6):
+        network = ipaddress.IPv4Network if fam == socket.AF_INET else ipaddress.IPv6Network
+        src, dst, table_attr = a.get(rtnl.FRA_SRC), a.get(rtnl.FRA_DST), rtnl.u32(a.get(rtnl.FRA_TABLE))
+        out.append(Rule(
+            family=4 if fam == socket.AF_INET else 6,
+            priority=rtnl.u32(a.get(rtnl.FRA_PRIORITY)),
+            table=int(table_attr if table_attr is not None else table),
+            src=network((src, src_len), strict=False) if src else None,
+            dst=network((dst, dst_len), strict=False) if dst else None,
+            iifname=rtnl.string(a.get(rtnl.FRA_IIFNAME)) or None,
+            oifname=rtnl.string(a.get(rtnl.FRA_OIFNAME)) or None,
+        ))
+    return out
 
 
-def _rule_spec(table: int, priority: int | None, src: IPNetwork | str | None, dst: IPNetwork | str | None,
-               iifname: str | None, oifname: str | None, family: int) -> dict[str, Any]:
-    spec: dict[str, Any] = {"table": table, "family": 2 if family == 4 else 10, "action": "FR_ACT_TO_TBL"}
-    if priority is not None:
-        spec["priority"] = priority
-    for key, value in (("src", src), ("dst", dst)):
-        if value is not None:
-            net = ipaddress.ip_network(value, strict=False)
-            spec[key] = str(net.network_address)
-            spec[f"{key}_len"] = net.prefixlen
-            spec["family"] = 2 if net.version == 4 else 10
-    if iifname:
-        spec["iifname"] = iifname
-    if oifname:
-        spec["oifname"] = oifname
-    return spec
+def _rule_body(table: int, priority: int | None, src: IPNetwork | str | None, dst: IPNetwork | str | None,
+               iifname: str | None, oifname: str | None, family: int) -> bytes:
+    import socket
+
+    nets = {key: ipaddress.ip_network(value, strict=False) if value is not None else None
+            for key, value in (("src", src), ("dst", dst))}
+    version = next((net.version for net in nets.values() if net is not None), family)
+    return rtnl.rule_body(socket.AF_INET if version == 4 else socket.AF_INET6, table,
+                          priority=RULE_PRIORITY_DEFAULT if priority is None else priority,
+                          src=nets["src"], dst=nets["dst"], iifname=iifname, oifname=oifname)
 
 
 def rule_add(table: int, *, priority: int | None = None, src: IPNetwork | str | None = None,
              dst: IPNetwork | str | None = None, iifname: str | None = None, oifname: str | None = None,
              family: int = 4, netns: str | None = None) -> bool:
     """Add a policy rule `from SRC to DST lookup TABLE`; False if it exists."""
-    from pyroute2 import NetlinkError
-
-    spec = _rule_spec(table, priority, src, dst, iifname, oifname, family)
-    with nsmod.ipr(netns) as ipr:
-        try:
-            ipr.rule("add", **spec)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return False
-            raise KernelError(exc.code, f"rule add table {table}: {os.strerror(exc.code)}") from exc
+    try:
+        rtnl.add_rule(netns, _rule_body(table, priority, src, dst, iifname, oifname, family))
+    except rtnl.NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        raise KernelError(exc.code, f"rule add table {table}: {os.strerror(exc.code)}") from exc
     return True
 
 
@@ -231,14 +223,10 @@ def rule_del(table: int, *, priority: int | None = None, src: IPNetwork | str | 
              dst: IPNetwork | str | None = None, iifname: str | None = None, oifname: str | None = None,
              family: int = 4, netns: str | None = None) -> bool:
     """Delete a policy rule; False if none matched."""
-    from pyroute2 import NetlinkError
-
-    spec = _rule_spec(table, priority, src, dst, iifname, oifname, family)
-    with nsmod.ipr(netns) as ipr:
-        try:
-            ipr.rule("del", **spec)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENOENT, errno.ESRCH):
-                return False
-            raise KernelError(exc.code, f"rule del table {table}: {os.strerror(exc.code)}") from exc
+    try:
+        rtnl.del_rule(netns, _rule_body(table, priority, src, dst, iifname, oifname, family))
+    except rtnl.NetlinkError as exc:
+        if exc.code in (errno.ENOENT, errno.ESRCH):
+            return False
+        raise KernelError(exc.code, f"rule del table {table}: {os.strerror(exc.code)}") from exc
     return True

@@ -39,6 +39,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN = 1, 3, 4, 5, 10, 13
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 20, 28, 37
@@ -48,6 +49,8 @@ IFLA_BR_VLAN_FILTERING = 7
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
 RT_TABLE_MAIN, RTN_UNICAST, IP6_RT_PRIO_USER = 254, 1, 1024
+FRA_DST, FRA_SRC, FRA_IIFNAME, FRA_PRIORITY, FRA_TABLE, FRA_OIFNAME = 1, 2, 3, 6, 15, 17
+FR_ACT_TO_TBL, RT_TABLE_COMPAT = 1, 252
 IFF_UP, IFF_PROMISC = 0x1, 0x100
 NLA_F_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
 
@@ -486,3 +489,48 @@ def del_route(netns: str | None, body: bytes) -> None:
     """RTM_DELROUTE of the route `body` matches (zero fields match any)."""
     with connect(netns) as sock:
         sock.request(RTM_DELROUTE, NLM_F_ACK, body)
+
+
+# --- policy rules (fib_rule_hdr has rtmsg's layout: family, dst_len, src_len, tos, table, 2 x res, action, flags)
+
+
+def rule_body(family: int, table: int, *, priority: int | None = None, src: Any = None, dst: Any = None,
+              iifname: str | None = None, oifname: str | None = None) -> bytes:
+    """A `from SRC to DST [iif] [oif] lookup TABLE` rule (src/dst: ip_networks), as pyroute2 encodes
+    it: the table in the header below 256 (else RT_TABLE_COMPAT) and always in FRA_TABLE."""
+    body = RTMSG.pack(family, dst.prefixlen if dst is not None else 0, src.prefixlen if src is not None else 0,
+                      0, table if table < 256 else RT_TABLE_COMPAT, 0, 0, FR_ACT_TO_TBL, 0)
+    body += attr_u32(FRA_TABLE, table)
+    if priority is not None:
+        body += attr_u32(FRA_PRIORITY, priority)
+    if dst is not None:
+        body += attr(FRA_DST, dst.network_address.packed)
+    if src is not None:
+        body += attr(FRA_SRC, src.network_address.packed)
+    if iifname:
+        body += attr_str(FRA_IIFNAME, iifname)
+    if oifname:
+        body += attr_str(FRA_OIFNAME, oifname)
+    return body
+
+
+def add_rule(netns: str | None, body: bytes) -> None:
+    with connect(netns) as sock:
+        sock.request(RTM_NEWRULE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+
+def del_rule(netns: str | None, body: bytes) -> None:
+    with connect(netns) as sock:
+        sock.request(RTM_DELRULE, NLM_F_ACK, body)
+
+
+def dump_rules(netns: str | None, family: int) -> list[tuple[int, int, int, int, dict[int, bytes]]]:
+    """Every rule of `family`: (family, dst_len, src_len, header table, {FRA_*: payload})."""
+    with connect(netns) as sock:
+        answers = sock.request(RTM_GETRULE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+    out = []
+    for data, start, end, kind in answers:
+        if kind == RTM_NEWRULE:
+            fam, dst_len, src_len, _tos, table, _r1, _r2, _action, _flags = RTMSG.unpack_from(data, start + 16)
+            out.append((fam, dst_len, src_len, table, attrs(data, start + 28, end)))
+    return out

@@ -210,6 +210,56 @@ def test_routes_match_pyroute2(make_netns):
     assert routes.delete("10.71.0.0/16", netns="/run/netns/rcn-none-such") is False
 
 
+RULE_CASES = [
+    dict(table=100, src="10.66.0.2/32", priority=1000),
+    dict(table=101, src="fd00:66::2/128", family=6),  # no priority: 32000, as pyroute2 filled in
+    dict(table=1000, dst="10.72.0.0/16", iifname="lo", oifname="rcnrt9", priority=1001),
+    dict(table=102, src="10.73.0.0/24", dst="10.74.0.0/16", priority=1002),
+]
+
+
+def _pyroute2_rule(command: str, netns: str, table: int, priority=None, src=None, dst=None, iifname=None,
+                   oifname=None, family: int = 4) -> None:
+    """The same rule request through pyroute2 (how routes.rule_add / rule_del sent it before)."""
+    spec = {"table": table, "family": 2 if family == 4 else 10, "action": "FR_ACT_TO_TBL"}
+    if priority is not None:
+        spec["priority"] = priority
+    for key, value in (("src", src), ("dst", dst)):
+        if value is not None:
+            net = ipaddress.ip_network(value)
+            spec.update({key: str(net.network_address), f"{key}_len": net.prefixlen,
+                         "family": 2 if net.version == 4 else 10})
+    spec.update({key: value for key, value in (("iifname", iifname), ("oifname", oifname)) if value})
+    with nsmod.ipr(netns) as ipr:
+        ipr.rule(command, **spec)
+
+
+def _rule_tables(name: str) -> list[str]:
+    return [run("ip", "-n", name, f"-{family}", "rule", "show").stdout for family in (4, 6)]
+
+
+def test_rules_match_pyroute2(make_netns):
+    """routes.rule_add / rule_del / list_rules (kernel.rtnl) against pyroute2's requests and `ip rule`."""
+    (ours, ours_path), (theirs, theirs_path) = make_netns(), make_netns()
+    for case in RULE_CASES:
+        assert routes.rule_add(**case, netns=ours_path) is True
+        assert routes.rule_add(**case, netns=ours_path) is False
+        _pyroute2_rule("add", theirs_path, **case)
+    assert _rule_tables(ours) == _rule_tables(theirs)
+    found = {(r.family, r.priority, r.table, str(r.src) if r.src else None, str(r.dst) if r.dst else None,
+              r.iifname, r.oifname) for family in (4, 6) for r in routes.list_rules(ours_path, family)}
+    assert {(4, 1000, 100, "10.66.0.2/32", None, None, None), (6, 32000, 101, "fd00:66::2/128", None, None, None),
+            (4, 1001, 1000, None, "10.72.0.0/16", "lo", "rcnrt9"),
+            (4, 1002, 102, "10.73.0.0/24", "10.74.0.0/16", None, None),
+            (4, None, 255, None, None, None, None), (4, 32766, 254, None, None, None, None)} <= found
+    for case in RULE_CASES:
+        assert routes.rule_del(**case, netns=ours_path) is True
+        assert routes.rule_del(**case, netns=ours_path) is False
+        _pyroute2_rule("del", theirs_path, **case)
+    assert _rule_tables(ours) == _rule_tables(theirs)
+    assert "lookup 100" not in _rule_tables(ours)[0] and "lookup main" in _rule_tables(ours)[0]
+
+
 def test_sysctl_inside_the_right_namespace(two):
     hn, hp, cn, cp = two
     before = sysctl.read("net.ipv4.ip_forward")
