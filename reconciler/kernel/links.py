@@ -264,25 +264,6 @@ def create_dummy(name: str, *, netns: str | None = None, mtu: int | None = None,
     return get(name, netns)
 
 
-def create_tap(name: str, *, netns: str | None = None, multi_queue: bool = False,
-               uid: int | None = None, gid: int | None = None) -> Link:
-    """A persistent tap device (tun driver, IFF_TAP|IFF_VNET_HDR)."""
-    ifr = {"no_pi": True, "one_queue": False, "vnet_hdr": True, "multi_queue": multi_queue}
-    spec: dict[str, Any] = {"ifname": name, "kind": "tuntap", "mode": "tap", "ifr": ifr}
-    if uid is not None:
-        spec["uid"] = uid
-    if gid is not None:
-        spec["gid"] = gid
-    # tuntap is made by ioctls on /dev/net/tun, which pyroute2 issues from a worker thread: the whole
-    # process must be in the namespace, so do it in a forked child there.
-    nsmod.run_in(netns, _create_tap_here, name, spec)
-    return get(name, netns)
-
-
-def _create_tap_here(name: str, spec: dict[str, Any]) -> None:
-    _call(None, "create tap", name, "add", **spec)
-
-
 def delete(name: str, netns: str | None = None) -> bool:
     """Delete `name`; True if it existed. A missing link or namespace is success."""
     try:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from reconciler.kernel import addrs, bridge, links, routes, snapshot, sysctl
+from reconciler.kernel import addrs, bridge, devices, links, routes, snapshot, sysctl
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.links import LinkExists
 from reconciler.kernel.netns import KernelError, LinkNotFound, NetnsNotFound
@@ -306,7 +306,7 @@ def test_shared_snapshot_is_read_once_per_namespace(two):
 
 def test_tap_with_vnet_header_and_queues(make_netns):
     _, ns = make_netns()
-    tap = links.create_tap("rcntap0", netns=ns, multi_queue=True, uid=0, gid=0)
+    tap = devices.create_tap("rcntap0", ns, multi_queue=True, owner=0, group=0)
     assert tap.kind == "tun" and tap.info["IFLA_TUN_TYPE"] == 2
     assert tap.info["IFLA_TUN_VNET_HDR"] == 1 and tap.info["IFLA_TUN_MULTI_QUEUE"] == 1
     assert links.find("rcntap0") is None  # made in the target namespace, not ours
