@@ -12,8 +12,9 @@ import contextlib
 import errno
 import functools
 import os
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,14 +55,14 @@ class Link:
     linkinfo: Any = field(default=None, compare=False, repr=False)  # raw IFLA_LINKINFO, decoded on demand
 
     @functools.cached_property
-    def info(self) -> dict[str, Any]:
+    def info(self) -> Mapping[str, Any]:
         """IFLA_INFO_DATA (kind-specific attributes), decoded on first use: it is the costly part of a dump."""
-        return _nested(self.linkinfo, "IFLA_INFO_DATA")
+        return self.linkinfo.kind_data() if self.linkinfo is not None else {}
 
     @functools.cached_property
-    def slave_info(self) -> dict[str, Any]:
+    def slave_info(self) -> Mapping[str, Any]:
         """IFLA_INFO_SLAVE_DATA (bridge-port flags, ...)."""
-        return _nested(self.linkinfo, "IFLA_INFO_SLAVE_DATA")
+        return self.linkinfo.kind_data(port=True) if self.linkinfo is not None else {}
 
     @property
     def macvlan_mode(self) -> str:
@@ -74,13 +75,6 @@ class Link:
     @property
     def isolated(self) -> bool:
         return bool(self.slave_info.get("IFLA_BRPORT_ISOLATED", 0))
-
-
-def _nested(msg: Any, key: str) -> dict[str, Any]:
-    value = msg.get_attr(key) if msg is not None else None
-    if value is None or not hasattr(value, "get"):
-        return {}  # pyroute2 has no decoder for some kinds' data (e.g. a VRF slave's): raw string
-    return {name: val for name, val in value.get("attrs", [])}
 
 
 def list_links(netns: str | None = None) -> list[Link]:
@@ -146,15 +140,6 @@ def _index(name: str, netns: str | None) -> int:
     return get(name, netns).index
 
 
-def _common(mtu: int | None, mac: str | None) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    if mtu:
-        spec["mtu"] = mtu
-    if mac:
-        spec["address"] = mac
-    return spec
-
-
 def create_veth(
     name: str,
     peer: str,
@@ -193,8 +178,9 @@ def _open_netns(netns: str | None) -> int:
         raise nsmod.NetnsNotFound(path) from exc
 
 
-# IFLA_INFO_DATA of the kinds stacked on a parent: (attribute type, struct format) per keyword
-_STACKED_DATA = {"macvlan_mode": (1, "=I"), "ipvlan_mode": (1, "=H"), "vlan_id": (1, "=H")}  # IFLA_{MACVLAN,IPVLAN}_MODE, IFLA_VLAN_ID
+# IFLA_INFO_DATA of the kinds stacked on a parent, per keyword: (attribute type, struct format) of
+# IFLA_MACVLAN_MODE, IFLA_IPVLAN_MODE and IFLA_VLAN_ID
+_STACKED_DATA = {"macvlan_mode": (1, "=I"), "ipvlan_mode": (1, "=H"), "vlan_id": (1, "=H")}
 MACVLAN_MODE_BITS = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 
 
@@ -210,8 +196,6 @@ def _create_on_parent(
     **data: int,
 ) -> Link:
     """Create a link stacked on `parent` (in `netns`) directly in `target_netns` (one request)."""
-    import struct
-
     info = b"".join(rtnl.attr(_STACKED_DATA[key][0], struct.pack(_STACKED_DATA[key][1], value))
                     for key, value in data.items())
     lower = _index(parent, netns)

@@ -260,6 +260,72 @@ def test_rules_match_pyroute2(make_netns):
     assert "lookup 100" not in _rule_tables(ours)[0] and "lookup main" in _rule_tables(ours)[0]
 
 
+def _kind_data_seen(ns: str) -> set[tuple[str, bool]]:
+    """Compare Link.info / slave_info of every link in `ns` whose kind kernel.rtnl decodes with
+    pyroute2's decoding of the same message; (kind, port) of those compared."""
+    from reconciler.kernel import rtnl
+
+    seen = set()
+    for link in links.list_links(ns):
+        for port, table in ((False, rtnl.KIND_DATA), (True, rtnl.PORT_DATA)):
+            kind = link.slave_kind if port else link.kind
+            if kind not in table:
+                continue
+            ours = link.slave_info if port else link.info
+            wanted = [n for n, _ in table[kind].values()]
+            fast = {n: ours.get(n) for n in wanted}
+            assert link.linkinfo._decoded is None, link.name  # answered without pyroute2
+            theirs = link.linkinfo._pyroute2("IFLA_INFO_SLAVE_DATA" if port else "IFLA_INFO_DATA")
+            assert fast == {n: theirs.get(n) for n in wanted}, link.name
+            assert dict(ours) == theirs  # any other name, and iteration: pyroute2's decoding
+            seen.add((kind, port))
+    return seen
+
+
+def test_kind_data_decoded_as_pyroute2_does(make_netns):
+    """Link.info / slave_info: the kinds' attributes decoded by kernel.rtnl (without pyroute2) equal
+    pyroute2's decoding of the same messages; other names still come from pyroute2."""
+    name, ns = make_netns()
+    for i, mode in enumerate(links.MACVLAN_MODES):
+        run("ip", "-n", name, "link", "add", f"rcnq{i}", "type", "veth", "peer", "name", f"rcnr{i}")
+        links.create_macvlan(f"rcnmv{i}", f"rcnq{i}", mode, netns=ns)
+    run("ip", "-n", name, "link", "add", "rcnkbr0", "type", "bridge")
+    run("ip", "-n", name, "link", "set", "rcnr0", "master", "rcnkbr0")
+    run("ip", "-n", name, "link", "set", "rcnr0", "type", "bridge_slave", "hairpin", "on", "isolated", "on")
+    run("ip", "-n", name, "link", "set", "rcnr1", "master", "rcnkbr0")
+    devices.create_tap("rcnkt0", ns, multi_queue=True, owner=0, group=0)
+    devices.create_tap("rcnkt1", ns)
+    assert _kind_data_seen(ns) == {("macvlan", False), ("bridge", False), ("bridge", True), ("tun", False)}
+    by_name = {link.name: link for link in links.list_links(ns)}
+    assert [by_name[f"rcnmv{i}"].macvlan_mode for i in range(5)] == list(links.MACVLAN_MODES)
+    assert by_name["rcnr0"].hairpin and by_name["rcnr0"].isolated and not by_name["rcnr1"].hairpin
+    assert by_name["rcnkt0"].info["IFLA_TUN_MULTI_QUEUE"] == 1 and by_name["rcnkt0"].info["IFLA_TUN_OWNER"] == 0
+    assert by_name["rcnkt1"].info.get("IFLA_TUN_OWNER") is None  # not sent by the kernel: absent, no fallback
+    assert by_name["rcnkt1"].linkinfo._decoded is None
+
+
+@pytest.mark.kernelvm
+def test_kind_data_of_the_vm_kinds(make_netns):
+    """The same comparison for ipvlan (three modes), vlan, vrf and a VLAN-filtering bridge."""
+    from tests.plugins.vm.kernelkinds import kind_unavailable
+
+    for kind in ("ipvlan", "vlan", "vrf"):
+        if reason := kind_unavailable(kind):
+            pytest.skip(reason)
+    name, ns = make_netns()
+    for i, mode in enumerate(("l2", "l3", "l3s")):  # the mode is the parent's: one parent each
+        run("ip", "-n", name, "link", "add", f"rcnq{i}", "type", "veth", "peer", "name", f"rcnr{i}")
+        links.create_ipvlan(f"rcniv{i}", f"rcnq{i}", mode, netns=ns)
+    links.create_vlan("rcnvl0", "rcnr0", 42, netns=ns)
+    run("ip", "-n", name, "link", "add", "rcnvrf0", "type", "vrf", "table", "1042")
+    run("ip", "-n", name, "link", "add", "rcnkbr0", "type", "bridge", "vlan_filtering", "1")
+    assert _kind_data_seen(ns) == {("ipvlan", False), ("vlan", False), ("vrf", False), ("bridge", False)}
+    by_name = {link.name: link for link in links.list_links(ns)}
+    assert [by_name[f"rcniv{i}"].info["IFLA_IPVLAN_MODE"] for i in range(3)] == [0, 1, 2]
+    assert by_name["rcnvl0"].info["IFLA_VLAN_ID"] == 42 and by_name["rcnvrf0"].info["IFLA_VRF_TABLE"] == 1042
+    assert by_name["rcnkbr0"].info["IFLA_BR_VLAN_FILTERING"] == 1
+
+
 def test_sysctl_inside_the_right_namespace(two):
     hn, hp, cn, cp = two
     before = sysctl.read("net.ipv4.ip_forward")
