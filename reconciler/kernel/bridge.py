@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
 
-from reconciler.kernel import netns as nsmod
 from reconciler.kernel import rtnl
-from reconciler.kernel.links import Link, LinkExists, _call, _errors, _index, find, get
+from reconciler.kernel.links import Link, LinkExists, _errors, _index, find, get
 from reconciler.kernel.netns import KernelError
 
 
@@ -39,41 +37,41 @@ def ensure_bridge(
     if existing.kind != "bridge":
         raise KernelError(errno.EEXIST, f"{name!r} already exists but is not a bridge")
     if vlan_filtering and not existing.info.get("IFLA_BR_VLAN_FILTERING"):
-        _call(netns, "set vlan_filtering on", name, "set", index=existing.index, kind="bridge",
-              br_vlan_filtering=1)
+        with _errors(netns, "set vlan_filtering on", name):
+            rtnl.change_link_info(netns, existing.index, "bridge",
+                                  data=rtnl.attr(rtnl.IFLA_BR_VLAN_FILTERING, b"\x01"))
     return existing, created
+
+
+IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33
+BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 2, 4
+BRIDGE_VLAN_INFO_RANGE_BEGIN, BRIDGE_VLAN_INFO_RANGE_END = 8, 16
 
 
 def set_bridge_port(name: str, netns: str | None = None, *, hairpin: bool | None = None,
                     isolated: bool | None = None) -> None:
     """Bridge-port flags of an enslaved link (`bridge link set dev X hairpin/isolated on|off`)."""
-    spec: dict[str, Any] = {}
-    if hairpin is not None:
-        spec["mode"] = 1 if hairpin else 0
-    if isolated is not None:
-        spec["isolated"] = 1 if isolated else 0
-    if not spec:
+    flags = [(kind, value) for kind, value in ((IFLA_BRPORT_MODE, hairpin), (IFLA_BRPORT_ISOLATED, isolated))
+             if value is not None]
+    if not flags:
         return
-    _call(netns, "set bridge port", name, "set", index=_index(name, netns), kind="bridge_slave", **spec)
+    index = _index(name, netns)
+    with _errors(netns, "set bridge port", name):
+        rtnl.change_link_info(netns, index, "bridge_slave",
+                              port_data=b"".join(rtnl.attr(kind, bytes([int(value)])) for kind, value in flags))
 
 
 def bridge_vlan(name: str, vid: int, *, add: bool = True, pvid: bool = False, untagged: bool = False,
                 netns: str | None = None, vid_end: int | None = None) -> None:
     """Add/remove a VLAN (or range) on a bridge port (`bridge vlan add|del dev X vid N [pvid] [untagged]`)."""
-    from pyroute2 import NetlinkError
-
-    flags = (2 if pvid else 0) | (4 if untagged else 0)
     index = _index(name, netns)
-    entries: list[dict[str, Any]]
-    if vid_end is not None and vid_end != vid:
-        entries = [{"vid": f"{vid}-{vid_end}"}]  # one message carrying RANGE_BEGIN + RANGE_END (tagged)
+    if vid_end is not None and vid_end != vid:  # one message carrying RANGE_BEGIN + RANGE_END (tagged)
+        entries = [(BRIDGE_VLAN_INFO_RANGE_BEGIN, vid), (BRIDGE_VLAN_INFO_RANGE_END, vid_end)]
     else:
-        entries = [{"vid": vid, "flags": flags}]
-    with nsmod.ipr(netns) as ipr:
-        for entry in entries:
-            try:
-                ipr.vlan_filter("add" if add else "del", index=index, vlan_info=entry)
-            except NetlinkError as exc:
-                if not add and exc.code in (errno.ENOENT, errno.EINVAL):
-                    continue
-                raise KernelError(exc.code, f"bridge vlan {vid} on {name!r}: {os.strerror(exc.code)}") from exc
+        entries = [((BRIDGE_VLAN_INFO_PVID if pvid else 0) | (BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0), vid)]
+    try:
+        rtnl.bridge_vlans(netns, index, entries, add=add)
+    except rtnl.NetlinkError as exc:
+        if not add and exc.code in (errno.ENOENT, errno.EINVAL):
+            return
+        raise KernelError(exc.code, f"bridge vlan {vid} on {name!r}: {os.strerror(exc.code)}") from exc
