@@ -9,11 +9,13 @@ from reconciler.kernel import rtnl
 from reconciler.kernel.links import Link, LinkExists, _errors, _index, find, get
 from reconciler.kernel.netns import KernelError
 
+_VLAN_FILTERING_ON = rtnl.encode_kind_data(rtnl.KIND_DATA, "bridge", {"IFLA_BR_VLAN_FILTERING": 1})
+
 
 def create_bridge(
     name: str, *, netns: str | None = None, mtu: int | None = None, vlan_filtering: bool = False
 ) -> Link:
-    data = rtnl.attr(rtnl.IFLA_BR_VLAN_FILTERING, b"\x01") if vlan_filtering else b""
+    data = _VLAN_FILTERING_ON if vlan_filtering else b""
     with _errors(netns, "create bridge", name, creating=True):
         rtnl.create_link(netns, name, "bridge", mtu=mtu, info_data=data)
     return get(name, netns)
@@ -38,12 +40,10 @@ def ensure_bridge(
         raise KernelError(errno.EEXIST, f"{name!r} already exists but is not a bridge")
     if vlan_filtering and not existing.info.get("IFLA_BR_VLAN_FILTERING"):
         with _errors(netns, "set vlan_filtering on", name):
-            rtnl.change_link_info(netns, existing.index, "bridge",
-                                  data=rtnl.attr(rtnl.IFLA_BR_VLAN_FILTERING, b"\x01"))
+            rtnl.change_link_info(netns, existing.index, "bridge", data=_VLAN_FILTERING_ON)
     return existing, created
 
 
-IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 2, 4
 BRIDGE_VLAN_INFO_RANGE_BEGIN, BRIDGE_VLAN_INFO_RANGE_END = 8, 16
 
@@ -51,14 +51,14 @@ BRIDGE_VLAN_INFO_RANGE_BEGIN, BRIDGE_VLAN_INFO_RANGE_END = 8, 16
 def set_bridge_port(name: str, netns: str | None = None, *, hairpin: bool | None = None,
                     isolated: bool | None = None) -> None:
     """Bridge-port flags of an enslaved link (`bridge link set dev X hairpin/isolated on|off`)."""
-    flags = [(kind, value) for kind, value in ((IFLA_BRPORT_MODE, hairpin), (IFLA_BRPORT_ISOLATED, isolated))
-             if value is not None]
+    flags = {key: int(value) for key, value in (("IFLA_BRPORT_MODE", hairpin), ("IFLA_BRPORT_ISOLATED", isolated))
+             if value is not None}
     if not flags:
         return
     index = _index(name, netns)
     with _errors(netns, "set bridge port", name):
         rtnl.change_link_info(netns, index, "bridge_slave",
-                              port_data=b"".join(rtnl.attr(kind, bytes([int(value)])) for kind, value in flags))
+                              port_data=rtnl.encode_kind_data(rtnl.PORT_DATA, "bridge", flags))
 
 
 def bridge_vlan(name: str, vid: int, *, add: bool = True, pvid: bool = False, untagged: bool = False,

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import functools
 import os
-import struct
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from reconciler.kernel.netns import KernelError, LinkNotFound
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
 IFF_LOWER_UP = 0x10000
-MACVLAN_MODES = ("private", "vepa", "bridge", "passthru", "source")
+MACVLAN_MODE_BITS = {name: bit for bit, name in rtnl.MACVLAN_MODE_NAMES.items()}
+MACVLAN_MODES = tuple(MACVLAN_MODE_BITS)  # private, vepa, bridge, passthru, source
 SAME = "<same netns>"  # default target: create the link where its parent is
 
 
@@ -178,12 +178,6 @@ def _open_netns(netns: str | None) -> int:
         raise nsmod.NetnsNotFound(path) from exc
 
 
-# IFLA_INFO_DATA of the kinds stacked on a parent, per keyword: (attribute type, struct format) of
-# IFLA_MACVLAN_MODE, IFLA_IPVLAN_MODE and IFLA_VLAN_ID
-_STACKED_DATA = {"macvlan_mode": (1, "=I"), "ipvlan_mode": (1, "=H"), "vlan_id": (1, "=H")}
-MACVLAN_MODE_BITS = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
-
-
 def _create_on_parent(
     kind: str,
     name: str,
@@ -193,11 +187,11 @@ def _create_on_parent(
     target_netns: str | None,
     mtu: int | None,
     mac: str | None,
-    **data: int,
+    data: dict[str, int],
 ) -> Link:
-    """Create a link stacked on `parent` (in `netns`) directly in `target_netns` (one request)."""
-    info = b"".join(rtnl.attr(_STACKED_DATA[key][0], struct.pack(_STACKED_DATA[key][1], value))
-                    for key, value in data.items())
+    """Create a link stacked on `parent` (in `netns`) directly in `target_netns` (one request);
+    `data`: the kind's attributes by pyroute2's names (rtnl.KIND_DATA)."""
+    info = rtnl.encode_kind_data(rtnl.KIND_DATA, kind, data)
     lower = _index(parent, netns)
     if target_netns == SAME:
         target_netns = netns
@@ -219,7 +213,7 @@ def create_macvlan(
     if mode not in MACVLAN_MODES:
         raise KernelError(errno.EINVAL, f"unknown macvlan mode {mode!r}")
     return _create_on_parent("macvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
-                             mac=mac, macvlan_mode=MACVLAN_MODE_BITS[mode])
+                             mac=mac, data={"IFLA_MACVLAN_MODE": MACVLAN_MODE_BITS[mode]})
 
 
 def create_ipvlan(
@@ -230,7 +224,7 @@ def create_ipvlan(
     if mode not in modes:
         raise KernelError(errno.EINVAL, f"unknown ipvlan mode {mode!r}")
     return _create_on_parent("ipvlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
-                             mac=None, ipvlan_mode=modes[mode])
+                             mac=None, data={"IFLA_IPVLAN_MODE": modes[mode]})
 
 
 def create_vlan(
@@ -238,7 +232,7 @@ def create_vlan(
     target_netns: str | None = SAME, mtu: int | None = None,
 ) -> Link:
     return _create_on_parent("vlan", name, parent, netns=netns, target_netns=target_netns, mtu=mtu,
-                             mac=None, vlan_id=vlan_id)
+                             mac=None, data={"IFLA_VLAN_ID": vlan_id})
 
 
 def create_dummy(name: str, *, netns: str | None = None, mtu: int | None = None,

@@ -16,13 +16,13 @@ from reconciler.kernel.netns import KernelError, LinkNotFound
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-TABLE_MAIN = 254
+TABLE_MAIN = rtnl.RT_TABLE_MAIN
 TABLE_LOCAL = 255
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 SCOPE_HOST = 254
 SCOPE_NOWHERE = 255
-RTN_UNICAST = 1
+RTN_UNICAST = rtnl.RTN_UNICAST
 RTPROT_BOOT = 3
 RTPROT_KERNEL = 2
 
@@ -85,21 +85,25 @@ RTAX_MTU, RTAX_ADVMSS = 2, 8
 
 def _body(dst: IPNetwork | str, gateway: IPAddress | str | None, ifname: str | None, netns: str | None,
           table: int | None, scope: int | None, metric: int | None, src: IPAddress | str | None,
-          mtu: int | None = None, advmss: int | None = None, proto: int = 0, rtype: int = 0) -> bytes:
-    """The RTM_NEWROUTE / RTM_DELROUTE request for these fields (kernel.rtnl); `ifname` resolved here."""
+          mtu: int | None = None, advmss: int | None = None, proto: int = 0, rtype: int = 0,
+          index: int = 0) -> bytes:
+    """The RTM_NEWROUTE / RTM_DELROUTE request for these fields (kernel.rtnl); `ifname` resolved
+    here unless the caller knows its ifindex (`index`)."""
     metrics = {kind: value for kind, value in ((RTAX_MTU, mtu), (RTAX_ADVMSS, advmss)) if value}
+    oif = (index or get_link(ifname, netns).index) if ifname else None
     return rtnl.route_body(
         ipaddress.ip_network(dst, strict=False), gateway=gateway or None,
-        oif=get_link(ifname, netns).index if ifname else None, table=TABLE_MAIN if table is None else table,
+        oif=oif, table=TABLE_MAIN if table is None else table,
         proto=proto, scope=scope or 0, rtype=rtype, priority=metric, prefsrc=src or None, metrics=metrics)
 
 
 def add(dst: IPNetwork | str, *, gateway: IPAddress | str | None = None, ifname: str | None = None,
         netns: str | None = None, table: int | None = None, scope: int | None = None,
         metric: int | None = None, src: IPAddress | str | None = None, mtu: int | None = None,
-        advmss: int | None = None, replace: bool = False, proto: int = RTPROT_BOOT) -> bool:
-    """Add a route (protocol `boot`, as `ip route add`); False if an identical route exists (EEXIST)."""
-    body = _body(dst, gateway, ifname, netns, table, scope, metric, src, mtu, advmss, proto, RTN_UNICAST)
+        advmss: int | None = None, replace: bool = False, proto: int = RTPROT_BOOT, index: int = 0) -> bool:
+    """Add a route (protocol `boot`, as `ip route add`; `index`: `ifname`'s ifindex, when the caller
+    knows it); False if an identical route exists (EEXIST)."""
+    body = _body(dst, gateway, ifname, netns, table, scope, metric, src, mtu, advmss, proto, RTN_UNICAST, index)
     try:
         rtnl.add_route(netns, body, replace=replace)
     except rtnl.NetlinkError as exc:

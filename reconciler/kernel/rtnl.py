@@ -47,7 +47,6 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN = 1, 3,
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 20, 28, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
 VETH_INFO_PEER = 1
-IFLA_BR_VLAN_FILTERING = 7
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
 RT_TABLE_MAIN, RTN_UNICAST, IP6_RT_PRIO_USER = 254, 1, 1024
@@ -61,6 +60,7 @@ IFINFO = struct.Struct("=BxHiII")
 IFADDR = struct.Struct("=BBBBI")
 RTMSG = struct.Struct("=BBBBBBBBI")
 RTA = struct.Struct("=HH")
+U8 = struct.Struct("=B")
 U16 = struct.Struct("=H")
 U32 = struct.Struct("=I")
 I32 = struct.Struct("=i")
@@ -108,34 +108,45 @@ def u32(raw: bytes | None) -> int | None:
     return U32.unpack_from(raw)[0] if raw and len(raw) >= 4 else None
 
 
-def _u8(raw: bytes | None) -> int | None:
-    return raw[0] if raw else None
-
-
-def _u16(raw: bytes | None) -> int | None:
-    return U16.unpack_from(raw)[0] if raw and len(raw) >= 2 else None
-
-
 MACVLAN_MODE_NAMES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+VALUE_NAMES = {"IFLA_MACVLAN_MODE": MACVLAN_MODE_NAMES}  # values pyroute2 gives by name
 
-# The kind-specific attributes (IFLA_INFO_DATA, and IFLA_INFO_SLAVE_DATA of bridge ports) decoded
-# here, by kind: {attribute type: (pyroute2's name, decoder)}, values as pyroute2 gives them.
-KIND_DATA: dict[str, dict[int, tuple[str, Callable[[bytes], Any]]]] = {
-    "macvlan": {1: ("IFLA_MACVLAN_MODE", lambda raw: MACVLAN_MODE_NAMES.get(u32(raw) or 0, u32(raw)))},
-    "ipvlan": {1: ("IFLA_IPVLAN_MODE", _u16)},
-    "vlan": {1: ("IFLA_VLAN_ID", _u16)},
-    "vrf": {1: ("IFLA_VRF_TABLE", u32)},
-    "bridge": {7: ("IFLA_BR_VLAN_FILTERING", _u8)},
-    "tun": {1: ("IFLA_TUN_OWNER", u32), 2: ("IFLA_TUN_GROUP", u32), 3: ("IFLA_TUN_TYPE", _u8),
-            4: ("IFLA_TUN_PI", _u8), 5: ("IFLA_TUN_VNET_HDR", _u8), 6: ("IFLA_TUN_PERSIST", _u8),
-            7: ("IFLA_TUN_MULTI_QUEUE", _u8), 8: ("IFLA_TUN_NUM_QUEUES", u32),
-            9: ("IFLA_TUN_NUM_DISABLED_QUEUES", u32)},
+# The kind-specific attributes this module encodes and decodes: IFLA_INFO_DATA by link kind, and
+# IFLA_INFO_SLAVE_DATA of bridge ports; pyroute2's name -> (attribute type, struct).
+KindTable = dict[str, dict[str, tuple[int, struct.Struct]]]
+KIND_DATA: KindTable = {
+    "macvlan": {"IFLA_MACVLAN_MODE": (1, U32)},
+    "ipvlan": {"IFLA_IPVLAN_MODE": (1, U16)},
+    "vlan": {"IFLA_VLAN_ID": (1, U16)},
+    "vrf": {"IFLA_VRF_TABLE": (1, U32)},
+    "bridge": {"IFLA_BR_VLAN_FILTERING": (7, U8)},
+    "tun": {"IFLA_TUN_OWNER": (1, U32), "IFLA_TUN_GROUP": (2, U32), "IFLA_TUN_TYPE": (3, U8),
+            "IFLA_TUN_PI": (4, U8), "IFLA_TUN_VNET_HDR": (5, U8), "IFLA_TUN_PERSIST": (6, U8),
+            "IFLA_TUN_MULTI_QUEUE": (7, U8), "IFLA_TUN_NUM_QUEUES": (8, U32),
+            "IFLA_TUN_NUM_DISABLED_QUEUES": (9, U32)},
 }
-PORT_DATA: dict[str, dict[int, tuple[str, Callable[[bytes], Any]]]] = {
-    "bridge": {4: ("IFLA_BRPORT_MODE", _u8), 33: ("IFLA_BRPORT_ISOLATED", _u8)},
+PORT_DATA: KindTable = {
+    "bridge": {"IFLA_BRPORT_MODE": (4, U8), "IFLA_BRPORT_ISOLATED": (33, U8)},
 }
 IFLA_INFO_SLAVE_DATA = 5
 IFLA_AF_SPEC, IFLA_BRIDGE_VLAN_INFO, AF_BRIDGE = 26, 2, 7
+
+
+def encode_kind_data(table: KindTable, kind: str, values: dict[str, int]) -> bytes:
+    """Attributes of `kind` in `table` (KIND_DATA or PORT_DATA), by pyroute2's names, encoded."""
+    spec = table[kind]
+    return b"".join(attr(spec[name][0], spec[name][1].pack(value)) for name, value in values.items())
+
+
+def _decode_kind_data(table: KindTable, kind: str, data: bytes) -> dict[str, Any]:
+    by_type = {kind_type: (name, fmt) for name, (kind_type, fmt) in table.get(kind, {}).items()}
+    out: dict[str, Any] = {}
+    for kind_type, raw in attrs(data, 0, len(data)).items():
+        if kind_type in by_type and len(raw) >= by_type[kind_type][1].size:
+            name, fmt = by_type[kind_type]
+            value = fmt.unpack_from(raw)[0]
+            out[name] = VALUE_NAMES.get(name, {}).get(value, value)
+    return out
 
 
 class KindData(Mapping[str, Any]):
@@ -167,13 +178,14 @@ class KindData(Mapping[str, Any]):
 
 
 class LazyLinkinfo:
-    """A link's raw IFLA_LINKINFO (with the whole message): kind data decoded on demand, by this
-    module for the kinds it knows (`KindData`), else by pyroute2."""
+    """A link's raw IFLA_LINKINFO (and the whole message, for pyroute2): kind data decoded on
+    demand, by this module for the kinds it knows (`KindData`), else by pyroute2."""
 
-    __slots__ = ("_raw", "_decoded")
+    __slots__ = ("_raw", "_info", "_decoded")
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, info: bytes) -> None:
         self._raw = raw
+        self._info = info
         self._decoded: Any = None
 
     def get_attr(self, key: str) -> Any:
@@ -194,14 +206,12 @@ class LazyLinkinfo:
 
     def kind_data(self, port: bool = False) -> KindData:
         """IFLA_INFO_DATA (`port`: IFLA_INFO_SLAVE_DATA) as a KindData."""
-        info = attrs(self._raw, 32, len(self._raw)).get(IFLA_LINKINFO, b"")
-        nested = attrs(info, 0, len(info))
+        nested = attrs(self._info, 0, len(self._info))
         kind = string(nested.get(IFLA_INFO_SLAVE_KIND if port else IFLA_INFO_KIND))
-        table = (PORT_DATA if port else KIND_DATA).get(kind, {})
-        data = nested.get(IFLA_INFO_SLAVE_DATA if port else IFLA_INFO_DATA, b"")
-        known = {table[t][0]: table[t][1](raw) for t, raw in attrs(data, 0, len(data)).items() if t in table}
+        table = PORT_DATA if port else KIND_DATA
+        known = _decode_kind_data(table, kind, nested.get(IFLA_INFO_SLAVE_DATA if port else IFLA_INFO_DATA, b""))
         key = "IFLA_INFO_SLAVE_DATA" if port else "IFLA_INFO_DATA"
-        return KindData(known, frozenset(name for name, _ in table.values()), lambda: self._pyroute2(key))
+        return KindData(known, frozenset(table.get(kind, {})), lambda: self._pyroute2(key))
 
 
 def decode_link(data: bytes, start: int, end: int) -> Any:
@@ -233,7 +243,7 @@ def decode_link(data: bytes, start: int, end: int) -> Any:
         link_netnsid=I32.unpack_from(netnsid)[0] if netnsid and len(netnsid) >= 4 else None,
         slave_kind=slave_kind,
         alias=string(a.get(IFLA_IFALIAS)),
-        linkinfo=LazyLinkinfo(bytes(data[start:end])) if info is not None else None,
+        linkinfo=LazyLinkinfo(bytes(data[start:end]), info) if info is not None else None,
     )
 
 

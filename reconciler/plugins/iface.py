@@ -131,7 +131,7 @@ def configure_iface(netns: str, ifname: str, result: Result, index: int = 0) -> 
             gw = rt.gw or gws.get(net.version)
             try:
                 routes.add(net, gateway=gw, ifname=ifname, netns=netns, table=rt.table, scope=rt.scope,
-                           metric=rt.priority)
+                           metric=rt.priority, index=index)
             except KernelError as exc:
                 raise CNIError(INTERNAL, f"failed to add route '{net} via {gw} dev {ifname}': {exc}") from exc
 

@@ -272,7 +272,7 @@ def _kind_data_seen(ns: str) -> set[tuple[str, bool]]:
             if kind not in table:
                 continue
             ours = link.slave_info if port else link.info
-            wanted = [n for n, _ in table[kind].values()]
+            wanted = list(table[kind])
             fast = {n: ours.get(n) for n in wanted}
             assert link.linkinfo._decoded is None, link.name  # answered without pyroute2
             theirs = link.linkinfo._pyroute2("IFLA_INFO_SLAVE_DATA" if port else "IFLA_INFO_DATA")
