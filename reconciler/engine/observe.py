@@ -84,7 +84,7 @@ def judge(rec: Record, obs: Observation, runner: Runner, deep: bool = True) -> l
     else:
         if not link.up:
             drift.append(f"interface {rec.ifname} in netns {rec.netns} is down")
-        have = {str(ipaddress.ip_interface(a)) for a in link.addresses}
+        have = set(link.addresses)  # already in ip_interface's normal form
         for addr in expected_addresses(entry.result, rec.ifname):
             if addr not in have:
                 drift.append(f"address {addr} missing on {rec.ifname} in netns {rec.netns}")

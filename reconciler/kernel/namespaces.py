@@ -160,7 +160,7 @@ class LinkState:
     name: str
     up: bool
     kind: str = ""
-    addresses: list[str] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)  # str(ip_interface): normalised, comparable
 
 
 def snapshot(path: str | None = None) -> dict[str, LinkState]:

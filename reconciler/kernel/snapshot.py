@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,13 +19,23 @@ from reconciler.kernel.routes import RouteEntry
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Links, addresses and routes (all tables) of one namespace, read once."""
+    """Links and addresses of one namespace, read once; its routes (all tables) read on first use.
+
+    Most CHECKs look at no route (a result without routes has none to find), and the route dump is
+    the largest of the three (the local table's entries alone are several per address), so a pass
+    that reads hundreds of namespaces reads routes only where a CHECK asks for them.
+    """
 
     netns: str | None
     links: tuple[Link, ...] = ()
     addresses: tuple[Address, ...] = ()
-    routes: tuple[RouteEntry, ...] = ()
     _by_name: dict[str, Link] = field(default_factory=dict, compare=False, repr=False)
+
+    @functools.cached_property
+    def routes(self) -> tuple[RouteEntry, ...]:
+        """Every route of the namespace, IPv4 then IPv6 (OSError if it is gone by now)."""
+        with nsmod.session():
+            return tuple(rtnl.dump_routes(self.netns))
 
     def link(self, name: str) -> Link | None:
         return self._by_name.get(name)
@@ -90,9 +101,8 @@ def snapshot(netns: str | None = None) -> Snapshot:
 
 
 def read(netns: str | None = None) -> Snapshot:
-    """Dump links, addresses and routes of `netns` over one netlink socket (kernel.rtnl)."""
+    """Dump links and addresses of `netns` over one netlink socket (kernel.rtnl); routes on first use."""
     with nsmod.session():
         links = tuple(sorted(rtnl.dump_links(netns), key=lambda lk: lk.index))
         addresses = tuple(rtnl.dump_addrs(netns))
-        routes = tuple(rtnl.dump_routes(netns))  # IPv4 then IPv6
-    return Snapshot(netns, links, addresses, routes, {lk.name: lk for lk in links})
+    return Snapshot(netns, links, addresses, {lk.name: lk for lk in links})

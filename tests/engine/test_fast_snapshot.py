@@ -82,6 +82,19 @@ def test_prime_fills_the_shared_block_and_skips_gone_namespaces(make_netns):
         assert snapshot.snapshot(path) is got[path]  # the plugins' CHECKs reuse the primed read
 
 
+def test_routes_are_read_on_first_use_and_then_kept(make_netns):
+    name, path = make_netns("rcn-fs-")
+    sh(f"ip -n {name} link add rcnd0 type veth peer name rcnd1; ip -n {name} link set rcnd0 up")
+    sh(f"ip -n {name} link set rcnd1 up; ip -n {name} addr add 10.98.0.1/24 dev rcnd0")
+    snap = snapshot.read(path)
+    sh(f"ip -n {name} route add 10.97.0.0/16 via 10.98.0.2")  # after the links and addresses were read
+    wanted = ipaddress.ip_network("10.97.0.0/16")
+    assert any(r.dst == wanted for r in snap.routes)  # the route dump happens here, on first use
+    sh(f"ip -n {name} route del 10.97.0.0/16")
+    assert any(r.dst == wanted for r in snap.routes)  # and is kept: one dump per snapshot
+    assert not any(r.dst == wanted for r in snapshot.read(path).routes)
+
+
 def test_namespace_created_in_process_like_ip_netns_add():
     import os
     import uuid
