@@ -81,20 +81,17 @@ def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, no
 
 def delete(ifname: str, address: IPInterface | str, netns: str | None = None) -> bool:
     """Remove `address` from `ifname`; False if it (or the link) was not there."""
-    from pyroute2 import NetlinkError
-
     iface = ipaddress.ip_interface(address)
     try:
         index = get_link(ifname, netns).index
     except (LinkNotFound, nsmod.NetnsNotFound):
         return False
-    with nsmod.ipr(netns) as ipr:
-        try:
-            ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        except NetlinkError as exc:
-            if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
-                return False
-            raise KernelError(exc.code, f"delete {iface} from {ifname!r}: {os.strerror(exc.code)}") from exc
+    try:
+        rtnl.del_addr(netns, index, iface)
+    except rtnl.NetlinkError as exc:
+        if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+            return False
+        raise KernelError(exc.code, f"delete {iface} from {ifname!r}: {os.strerror(exc.code)}") from exc
     return True
 
 

@@ -242,6 +242,14 @@ def create_dummy(name: str, *, netns: str | None = None, mtu: int | None = None,
     return get(name, netns)
 
 
+def create_vrf(name: str, table: int, *, netns: str | None = None) -> Link:
+    """A VRF device bound to routing table `table` (EOPNOTSUPP: the kernel has no `vrf` kind)."""
+    info = rtnl.encode_kind_data(rtnl.KIND_DATA, "vrf", {"IFLA_VRF_TABLE": table})
+    with _errors(netns, "create vrf", name, creating=True):
+        rtnl.create_link(netns, name, "vrf", info_data=info)
+    return get(name, netns)
+
+
 def delete(name: str, netns: str | None = None) -> bool:
     """Delete `name`; True if it existed. A missing link or namespace is success."""
     try:

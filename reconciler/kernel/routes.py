@@ -1,4 +1,4 @@
-"""Routes and policy rules: add (idempotent), delete, list, look up."""
+"""Routes and policy rules: add (idempotent), delete, list."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import errno
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel import rtnl
@@ -42,28 +41,6 @@ class RouteEntry:
     @property
     def family(self) -> int:
         return self.dst.version
-
-
-def _ip(value: Any) -> IPAddress | None:
-    return ipaddress.ip_address(value) if value else None
-
-
-def from_msg(msg: Any) -> RouteEntry:
-    family = 4 if msg["family"] == 2 else 6
-    dst = msg.get_attr("RTA_DST")
-    dst_net = ipaddress.ip_network(f"{dst or ('0.0.0.0' if family == 4 else '::')}/{msg['dst_len']}", strict=False)
-    table = msg.get_attr("RTA_TABLE")
-    return RouteEntry(
-        dst=dst_net,
-        gateway=_ip(msg.get_attr("RTA_GATEWAY")),
-        oif=msg.get_attr("RTA_OIF"),
-        table=int(table if table is not None else msg["table"]),
-        scope=int(msg["scope"]),
-        priority=msg.get_attr("RTA_PRIORITY"),
-        prefsrc=_ip(msg.get_attr("RTA_PREFSRC")),
-        proto=int(msg["proto"]),
-        type=int(msg["type"]),
-    )
 
 
 def list_routes(netns: str | None = None, *, family: int | None = None, table: int | None = TABLE_MAIN,
@@ -132,21 +109,6 @@ def delete(dst: IPNetwork | str, *, gateway: IPAddress | str | None = None, ifna
             return False
         raise KernelError(exc.code, f"route del {dst}: {os.strerror(exc.code)}") from exc
     return True
-
-
-def lookup(dst: IPAddress | str, netns: str | None = None) -> RouteEntry | None:
-    """The route the kernel would use for `dst` (`ip route get`); None if unreachable."""
-    from pyroute2 import NetlinkError
-
-    addr = ipaddress.ip_address(dst)
-    with nsmod.ipr(netns) as ipr:
-        try:
-            msgs = ipr.route("get", dst=str(addr), family=2 if addr.version == 4 else 10)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ESRCH):
-                return None
-            raise KernelError(exc.code, f"route get {addr}: {os.strerror(exc.code)}") from exc
-    return from_msg(msgs[0]) if msgs else None
 
 
 def default_route_ifname(netns: str | None = None, family: int = 4) -> str | None:

@@ -1,9 +1,9 @@
 """VRF devices: find, create, list members, enslave an interface keeping its addresses and routes.
 
-Needs the kernel's `vrf` link kind (CONFIG_NET_VRF); `available()` says whether
-this kernel has it. Enslaving a link to a VRF cycles it, which drops its IPv6
-addresses and its routes: `enslave` saves them first and puts them back, the
-routes into the VRF's table.
+Needs the kernel's `vrf` link kind (CONFIG_NET_VRF): without it `create` says
+so. Enslaving a link to a VRF cycles it, which drops its IPv6 addresses and its
+routes: `enslave` saves them first and puts them back, the routes into the
+VRF's table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 
 from reconciler.kernel import addrs, links, routes
-from reconciler.kernel import netns as nsmod
 from reconciler.kernel.netns import KernelError
 
 SCOPE_LINK = 253
@@ -56,19 +55,16 @@ def first_free_table(netns: str | None = None) -> int:
 
 def create(name: str, table: int, netns: str | None = None) -> Vrf:
     """Create the VRF `name` with `table` and bring it up."""
-    from pyroute2 import NetlinkError
-
-    with nsmod.ipr(netns) as ipr:
-        try:
-            ipr.link("add", ifname=name, kind="vrf", vrf_table=table)
-        except NetlinkError as exc:
-            if exc.code == errno.EOPNOTSUPP:
-                raise KernelError(exc.code, "this kernel has no VRF support (CONFIG_NET_VRF)") from exc
-            raise KernelError(exc.code, f"create VRF {name!r} table {table}: {exc}") from exc
+    try:
+        link = links.create_vrf(name, table, netns=netns)
+    except links.LinkExists:
+        raise
+    except KernelError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            raise KernelError(exc.errno, "this kernel has no VRF support (CONFIG_NET_VRF)") from exc
+        raise KernelError(exc.errno or errno.EIO, f"create VRF {name!r} table {table}: {exc.strerror}") from exc
     links.set_up(name, netns)
-    vrf = find(name, netns)
-    assert vrf is not None
-    return vrf
+    return _from_link(link)
 
 
 def members(vrf: Vrf, netns: str | None = None) -> list[str]:

@@ -140,6 +140,17 @@ def test_del_without_vrf_or_netns_is_fine(container, plugin_dir):
     assert ctr.run(plugin_dir / "vrf", "DEL", ctr.conf(vrfname="blue"), netns="/run/netns/rcn-gone").code == 0
 
 
+def test_add_on_a_kernel_without_vrf_says_so(container, plugin_dir):
+    if not vrf_unavailable():
+        pytest.skip("this kernel has VRF links: the error needs one without (the host's kernel)")
+    ctr = container()
+    before = ctr.state()
+    res = ctr.run(plugin_dir / "vrf", "ADD", ctr.conf(vrfname="rcnblue"))
+    assert res.code != 0 and res.json["code"] == 999, res.json
+    assert "rcnblue" in res.json["msg"] and "CONFIG_NET_VRF" in res.json["details"], res.json
+    assert ctr.state() == before  # nothing half-applied
+
+
 # --- kernel: VRF support needed -----------------------------------------------------------------
 
 
