@@ -16,7 +16,7 @@ import struct
 import uuid
 from collections.abc import Iterator
 
-from reconciler.kernel import links
+from reconciler.kernel import links, namespaces
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.links import Link
 from reconciler.kernel.netns import KernelError
@@ -73,11 +73,12 @@ def create_tap(name: str, netns: str | None = None, *, multi_queue: bool = False
 @contextlib.contextmanager
 def temp_netns() -> Iterator[str]:
     """A scratch network namespace (a device parks there while it is renamed)."""
-    path = nsmod.create(f"rcn-tmp-{uuid.uuid4().hex[:10]}")
+    name = f"rcn-tmp-{uuid.uuid4().hex[:10]}"
+    namespaces.create(name)
     try:
-        yield path
+        yield namespaces.path_for(name)
     finally:
-        nsmod.remove(path)
+        namespaces.delete(name)
 
 
 def move_renamed(name: str, from_netns: str | None, to_netns: str | None, new_name: str,

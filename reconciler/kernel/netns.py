@@ -300,16 +300,6 @@ def run_in(netns: str | None, fn: Callable[..., T], *args: Any) -> T:
     raise value
 
 
-def create(name: str) -> str:
-    """Create /run/netns/NAME (like `ip netns add`); return its path. Existing: returned as is."""
-    from pyroute2 import netns as pnetns
-
-    path = os.path.join(NETNS_RUN_DIR, name)
-    if not exists(path):
-        pnetns.create(name)
-    return path
-
-
 def remove(netns: str) -> None:
     """Delete a named namespace (lazy unmount + unlink, as `ip netns delete`); gone already is fine."""
     path = resolve(netns)
