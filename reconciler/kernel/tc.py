@@ -4,6 +4,9 @@ Everything takes a `netns` argument (a path or name under /run/netns; None is
 the caller's own namespace) and plain values: the layer knows no CNI types.
 The tbf parameters follow the reference bandwidth plugin exactly (25 ms of
 latency, buffer in scheduler ticks) so that its state and ours compare equal.
+The requests go over kernel.rtnl's socket, encoded here as pyroute2 encoded
+them (tests/kernel/test_tc.py compares the two): a cold bandwidth plugin
+imports no pyroute2.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import struct
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
-from reconciler.kernel import links
+from reconciler.kernel import links, rtnl
 from reconciler.kernel.netns import NetnsNotFound
-from reconciler.kernel.netns import ipr as _ipr
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,24 @@ INGRESS_HANDLE = 0xFFFF0000  # ffff:
 TC_H_ROOT = 0xFFFFFFFF
 TC_H_INGRESS = 0xFFFFFFF1
 REDIRECT_CLASSID = 0x10001  # 1:1, as the reference's u32 filter
-ETH_P_ALL = 0x0003
+ETH_P_ALL_BE = 0x0300  # ETH_P_ALL (3) in network byte order, as tcm_info carries it
 IFB_PREFIX = "bwp"
 MAX_RATE_BYTES = 2**32 - 1  # tbf's 32-bit rate field (TCA_TBF_RATE64 is not sent)
+
+# rtnetlink's traffic-control messages (linux/rtnetlink.h, pkt_sched.h, pkt_cls.h, tc_act/tc_mirred.h)
+RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
+RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_TBF_PARMS, TCA_TBF_RTAB = 1, 2
+TCA_U32_CLASSID, TCA_U32_SEL, TCA_U32_ACT = 1, 5, 7
+TCA_ACT_KIND, TCA_ACT_OPTIONS, TCA_MIRRED_PARMS = 1, 2, 2
+TC_ACT_STOLEN, TCA_EGRESS_REDIR, TC_U32_TERMINAL = 4, 1, 1
+RTAB_MTU = 1600  # the rate table covers packets up to this size, as tc and pyroute2 build it
+TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+TBF_QOPT = struct.Struct("=BBHhHIBBHhHIIII")  # rate and peak tc_ratespec, limit, buffer, mtu
+MIRRED = struct.Struct("=IIiiiiI")  # index, capab, action, refcnt, bindcnt, eaction, ifindex
+U32_SEL = struct.Struct("=BBBxHHhhI")  # flags, offshift, nkeys, offmask, off, offoff, hoff, hmask
+U32_KEY = struct.Struct("=IIii")  # mask, val, off, offmask
 
 
 class TcError(Exception):
@@ -85,17 +102,14 @@ class Tbf:
 
 def ensure_ifb(name: str, mtu: int, netns: str | None = None, alias: str = "") -> tuple[links.Link, bool]:
     """Create the ifb `name` (up, txqlen 0, `mtu`, ifalias `alias`) unless it exists; returns (link, created)."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     created = False
-    with _ipr(netns) as ipr:
-        if not ipr.link_lookup(ifname=name):
-            try:
-                ipr.link("add", ifname=name, kind="ifb", mtu=mtu, txqlen=0)
-                created = True
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise TcError(f"failed to create ifb {name}: {exc}", exc.code) from exc
+    if links.find(name, netns) is None:
+        try:
+            rtnl.create_link(netns, name, "ifb", mtu=mtu, txqlen=0)
+            created = True
+        except rtnl.NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise TcError(f"failed to create ifb {name}: {exc.strerror}", exc.code) from exc
     link = links.get(name, netns)
     if link.kind != "ifb":
         raise TcError(f"{name} exists and is not an ifb device (kind {link.kind or 'unknown'})", errno.EEXIST)
@@ -105,125 +119,149 @@ def ensure_ifb(name: str, mtu: int, netns: str | None = None, alias: str = "") -
     return links.get(name, netns), created
 
 
-def _index(ipr: Any, dev: str) -> int:
-    idx = ipr.link_lookup(ifname=dev)
-    if not idx:
+def _index(dev: str, netns: str | None) -> int:
+    link = links.find(dev, netns)
+    if link is None:
         raise TcError(f"link {dev} not found", errno.ENODEV)
-    return int(idx[0])
+    return int(link.index)
+
+
+def _request(netns: str | None, msg_type: int, flags: int, body: bytes) -> list[tuple[bytes, int, int, int]]:
+    with rtnl.connect(netns) as sock:
+        return sock.request(msg_type, flags, body)
+
+
+def _xmittime(rate: int, size: int) -> int:
+    """Ticks to send `size` bytes at `rate` bytes/s (tc's tc_calc_xmittime, truncated to 32 bits)."""
+    return int(int(TIME_UNITS_PER_SEC * (float(size) / rate)) * tick_in_usec()) & 0xFFFFFFFF
+
+
+def _rate_table(rate: int) -> tuple[int, bytes]:
+    """(cell_log, the 256-entry rate table) for `rate`: what tc and pyroute2 send with a tbf.
+    The kernel uses it only to recognise the link layer; the rate itself is in the tc_ratespec."""
+    cell_log = 0
+    while (RTAB_MTU >> cell_log) > 255:
+        cell_log += 1
+    return cell_log, b"".join(rtnl.U32.pack(_xmittime(rate, (i + 1) << cell_log)) for i in range(256))
+
+
+def _tbf_options(tbf: Tbf) -> bytes:
+    cell_log, table = _rate_table(tbf.rate)
+    qopt = TBF_QOPT.pack(cell_log, 0, 0, -1, 0, tbf.rate, 0, 0, 0, 0, 0, 0, tbf.limit, tbf.buffer, 0)
+    return rtnl.attr(TCA_TBF_PARMS, qopt) + rtnl.attr(TCA_TBF_RTAB, table)
 
 
 def set_tbf(dev: str, tbf: Tbf, netns: str | None = None) -> None:
     """Make a tbf with `tbf`'s parameters the root qdisc (handle 1:) of `dev`, replacing what is there."""
-    from pyroute2.netlink.exceptions import NetlinkError
+    body = TCMSG.pack(0, _index(dev, netns), TBF_HANDLE, TC_H_ROOT, 0)
+    body += rtnl.attr_str(TCA_KIND, "tbf") + rtnl.attr(TCA_OPTIONS, _tbf_options(tbf))
+    try:
+        _request(netns, RTM_NEWQDISC, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body)
+    except rtnl.NetlinkError as exc:
+        raise TcError(f"failed to set tbf on {dev}: {exc.strerror}", exc.code) from exc
 
-    with _ipr(netns) as ipr:
-        index = _index(ipr, dev)
-        burst = tbf.limit - int(float(tbf.rate) * LATENCY_USEC / TIME_UNITS_PER_SEC)
-        try:
-            ipr.tc("replace", "tbf", index, TBF_HANDLE, rate=tbf.rate, burst=burst, limit=tbf.limit)
-        except NetlinkError as exc:
-            raise TcError(f"failed to set tbf on {dev}: {exc}", exc.code) from exc
-    actual = read_tbf(dev, netns)
-    if actual is not None and actual.buffer != tbf.buffer:
-        log.debug("tbf buffer on %s is %d ticks, reference formula gives %d", dev, actual.buffer, tbf.buffer)
+
+def _dump(netns: str | None, msg_type: int, index: int, parent: int = 0) -> list[tuple[int, int, dict[int, bytes]]]:
+    """(ifindex, parent, attributes) of each qdisc or filter the dump returns for link `index`."""
+    answers = _request(netns, msg_type, rtnl.NLM_F_DUMP, TCMSG.pack(0, index, 0, parent, 0))
+    out = []
+    for data, start, end, _kind in answers:
+        _family, ifindex, _handle, msg_parent, _info = TCMSG.unpack_from(data, start + 16)
+        if ifindex == index:
+            out.append((ifindex, msg_parent, rtnl.attrs(data, start + 16 + TCMSG.size, end)))
+    return out
+
+
+def _nested(raw: bytes | None) -> dict[int, bytes]:
+    return rtnl.attrs(raw, 0, len(raw)) if raw else {}
 
 
 def read_tbf(dev: str, netns: str | None = None) -> Tbf | None:
     """The root tbf of `dev`, or None when the root qdisc is something else."""
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=dev)
-        if not idx:
-            return None
-        for msg in ipr.get_qdiscs(idx[0]):
-            if msg.get("TCA_KIND") != "tbf" or msg["parent"] != TC_H_ROOT:
-                continue
-            parms = msg.get("TCA_OPTIONS").get("TCA_TBF_PARMS")
-            return Tbf(rate=int(parms["rate"]), limit=int(parms["limit"]), buffer=int(parms["buffer"]))
+    link = links.find(dev, netns)
+    if link is None:
+        return None
+    for _ifindex, parent, found in _dump(netns, RTM_GETQDISC, link.index):
+        if rtnl.string(found.get(TCA_KIND)) != "tbf" or parent != TC_H_ROOT:
+            continue
+        parms = _nested(found.get(TCA_OPTIONS)).get(TCA_TBF_PARMS)
+        if parms is None or len(parms) < TBF_QOPT.size:
+            continue
+        fields = TBF_QOPT.unpack_from(parms)
+        return Tbf(rate=fields[5], limit=fields[12], buffer=fields[13])
     return None
+
+
+def _redirect_options(target_index: int) -> bytes:
+    """u32 options: one match-all key, classid 1:1, and a mirred action redirecting to `target_index`'s egress."""
+    parms = MIRRED.pack(0, 0, TC_ACT_STOLEN, 0, 0, TCA_EGRESS_REDIR, target_index)
+    action = rtnl.attr_str(TCA_ACT_KIND, "mirred")
+    action += rtnl.attr(TCA_ACT_OPTIONS | rtnl.NLA_F_NESTED, rtnl.attr(TCA_MIRRED_PARMS, parms))
+    selector = U32_SEL.pack(TC_U32_TERMINAL, 0, 1, 0, 0, 0, 0, 0) + U32_KEY.pack(0, 0, 0, 0)
+    return (rtnl.attr(TCA_U32_ACT, rtnl.attr(1, action)) + rtnl.attr_u32(TCA_U32_CLASSID, REDIRECT_CLASSID)
+            + rtnl.attr(TCA_U32_SEL, selector))
 
 
 def set_ingress_redirect(dev: str, target: str, netns: str | None = None) -> None:
     """Ingress qdisc ffff: on `dev` with one u32 match-all filter (prio 1) redirecting to `target`'s egress."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with _ipr(netns) as ipr:
-        index = _index(ipr, dev)
-        target_index = _index(ipr, target)
-        try:
-            ipr.tc("add", "ingress", index, INGRESS_HANDLE)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise TcError(f"failed to add ingress qdisc on {dev}: {exc}", exc.code) from exc
-        try:
-            ipr.tc("del-filter", index=index, parent=INGRESS_HANDLE, prio=1, protocol=ETH_P_ALL)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.EINVAL):
-                raise TcError(f"failed to clear ingress filters on {dev}: {exc}", exc.code) from exc
-        action = {"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": target_index}
-        try:
-            ipr.tc(
-                "add-filter",
-                "u32",
-                index,
-                parent=INGRESS_HANDLE,
-                prio=1,
-                protocol=ETH_P_ALL,
-                target=REDIRECT_CLASSID,
-                keys=["0x0/0x0+0"],
-                action=action,
-            )
-        except NetlinkError as exc:
-            raise TcError(f"failed to add redirect filter on {dev}: {exc}", exc.code) from exc
+    index = _index(dev, netns)
+    target_index = _index(target, netns)
+    ingress = TCMSG.pack(0, index, INGRESS_HANDLE, TC_H_INGRESS, 0) + rtnl.attr_str(TCA_KIND, "ingress")
+    try:
+        _request(netns, RTM_NEWQDISC, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, ingress)
+    except rtnl.NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise TcError(f"failed to add ingress qdisc on {dev}: {exc.strerror}", exc.code) from exc
+    try:  # every filter under ffff: (the ADD is idempotent: a second one replaces, not adds)
+        _request(netns, RTM_DELTFILTER, rtnl.NLM_F_ACK, TCMSG.pack(0, index, 0, INGRESS_HANDLE, 0))
+    except rtnl.NetlinkError as exc:
+        if exc.code not in (errno.ENOENT, errno.EINVAL):
+            raise TcError(f"failed to clear ingress filters on {dev}: {exc.strerror}", exc.code) from exc
+    info = (1 << 16) | ETH_P_ALL_BE  # prio 1, protocol all
+    body = TCMSG.pack(0, index, 0, INGRESS_HANDLE, info) + rtnl.attr_str(TCA_KIND, "u32")
+    body += rtnl.attr(TCA_OPTIONS, _redirect_options(target_index))
+    try:
+        _request(netns, RTM_NEWTFILTER, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, body)
+    except rtnl.NetlinkError as exc:
+        raise TcError(f"failed to add redirect filter on {dev}: {exc.strerror}", exc.code) from exc
 
 
 def read_redirect(dev: str, netns: str | None = None) -> list[int]:
     """Ifindexes that the ingress filters of `dev` redirect to (empty when there is no ingress qdisc)."""
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=dev)
-        if not idx:
-            return []
-        if not any(q.get("TCA_KIND") == "ingress" for q in ipr.get_qdiscs(idx[0])):
-            return []
-        targets: list[int] = []
-        for msg in ipr.get_filters(idx[0], parent=INGRESS_HANDLE):
-            targets.extend(_mirred_targets(msg))
-        return targets
-
-
-def _mirred_targets(msg: Any) -> list[int]:
-    opts = msg.get("TCA_OPTIONS")
-    acts = opts.get("TCA_U32_ACT") if opts is not None else None
-    if acts is None:
+    link = links.find(dev, netns)
+    if link is None:
         return []
-    out: list[int] = []
-    for _name, act in acts.get("attrs", []):
-        out.extend(_one_mirred(act))
-    return out
-
-
-def _one_mirred(act: Any) -> list[int]:
-    if not hasattr(act, "get") or act.get("TCA_ACT_KIND") != "mirred":
+    if not any(rtnl.string(found.get(TCA_KIND)) == "ingress" for _i, _p, found in _dump(netns, RTM_GETQDISC, link.index)):
         return []
-    parms = act.get("TCA_ACT_OPTIONS").get("TCA_MIRRED_PARMS")
-    return [int(parms["ifindex"])] if parms else []
+    targets: list[int] = []
+    for _i, _p, found in _dump(netns, RTM_GETTFILTER, link.index, INGRESS_HANDLE):
+        actions = _nested(_nested(found.get(TCA_OPTIONS)).get(TCA_U32_ACT))
+        for _prio, action in sorted(actions.items()):
+            targets.extend(_mirred_target(action))
+    return targets
+
+
+def _mirred_target(action: bytes) -> list[int]:
+    fields = _nested(action)
+    if rtnl.string(fields.get(TCA_ACT_KIND)) != "mirred":
+        return []
+    parms = _nested(fields.get(TCA_ACT_OPTIONS)).get(TCA_MIRRED_PARMS)
+    return [MIRRED.unpack_from(parms)[6]] if parms and len(parms) >= MIRRED.size else []
 
 
 def clear_qdiscs(dev: str, netns: str | None = None, *, root: bool = True, ingress: bool = True) -> None:
     """Remove our root and/or ingress qdisc from `dev` (missing device or qdisc is fine)."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     try:
-        with _ipr(netns) as ipr:
-            idx = ipr.link_lookup(ifname=dev)
-            if not idx:
-                return
-            for wanted, parent in ((root, TC_H_ROOT), (ingress, TC_H_INGRESS)):
-                if not wanted:
-                    continue
-                try:
-                    ipr.tc("del", index=idx[0], parent=parent)
-                except NetlinkError as exc:
-                    if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
-                        raise
+        link = links.find(dev, netns)
+        if link is None:
+            return
+        for wanted, parent in ((root, TC_H_ROOT), (ingress, TC_H_INGRESS)):
+            if not wanted:
+                continue
+            try:
+                _request(netns, RTM_DELQDISC, rtnl.NLM_F_ACK, TCMSG.pack(0, link.index, 0, parent, 0))
+            except rtnl.NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                    raise
     except NetnsNotFound:
         return
