@@ -161,14 +161,14 @@ def set_tbf(dev: str, tbf: Tbf, netns: str | None = None) -> None:
         raise TcError(f"failed to set tbf on {dev}: {exc.strerror}", exc.code) from exc
 
 
-def _dump(netns: str | None, msg_type: int, index: int, parent: int = 0) -> list[tuple[int, int, dict[int, bytes]]]:
-    """(ifindex, parent, attributes) of each qdisc or filter the dump returns for link `index`."""
+def _dump(netns: str | None, msg_type: int, index: int, parent: int = 0) -> list[tuple[int, dict[int, bytes]]]:
+    """(parent, attributes) of each qdisc or filter of link `index` (a qdisc dump may list every link's)."""
     answers = _request(netns, msg_type, rtnl.NLM_F_DUMP, TCMSG.pack(0, index, 0, parent, 0))
     out = []
     for data, start, end, _kind in answers:
         _family, ifindex, _handle, msg_parent, _info = TCMSG.unpack_from(data, start + 16)
         if ifindex == index:
-            out.append((ifindex, msg_parent, rtnl.attrs(data, start + 16 + TCMSG.size, end)))
+            out.append((msg_parent, rtnl.attrs(data, start + 16 + TCMSG.size, end)))
     return out
 
 
@@ -181,7 +181,7 @@ def read_tbf(dev: str, netns: str | None = None) -> Tbf | None:
     link = links.find(dev, netns)
     if link is None:
         return None
-    for _ifindex, parent, found in _dump(netns, RTM_GETQDISC, link.index):
+    for parent, found in _dump(netns, RTM_GETQDISC, link.index):
         if rtnl.string(found.get(TCA_KIND)) != "tbf" or parent != TC_H_ROOT:
             continue
         parms = _nested(found.get(TCA_OPTIONS)).get(TCA_TBF_PARMS)
@@ -231,10 +231,11 @@ def read_redirect(dev: str, netns: str | None = None) -> list[int]:
     link = links.find(dev, netns)
     if link is None:
         return []
-    if not any(rtnl.string(found.get(TCA_KIND)) == "ingress" for _i, _p, found in _dump(netns, RTM_GETQDISC, link.index)):
+    qdiscs = _dump(netns, RTM_GETQDISC, link.index)
+    if not any(rtnl.string(found.get(TCA_KIND)) == "ingress" for _parent, found in qdiscs):
         return []
     targets: list[int] = []
-    for _i, _p, found in _dump(netns, RTM_GETTFILTER, link.index, INGRESS_HANDLE):
+    for _parent, found in _dump(netns, RTM_GETTFILTER, link.index, INGRESS_HANDLE):
         actions = _nested(_nested(found.get(TCA_OPTIONS)).get(TCA_U32_ACT))
         for _prio, action in sorted(actions.items()):
             targets.extend(_mirred_target(action))

@@ -9,6 +9,7 @@ VRF's table.
 from __future__ import annotations
 
 import errno
+import os
 import time
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ def create(name: str, table: int, netns: str | None = None) -> Vrf:
     except KernelError as exc:
         if exc.errno == errno.EOPNOTSUPP:
             raise KernelError(exc.errno, "this kernel has no VRF support (CONFIG_NET_VRF)") from exc
-        raise KernelError(exc.errno or errno.EIO, f"create VRF {name!r} table {table}: {exc.strerror}") from exc
+        code = exc.errno or errno.EIO
+        raise KernelError(code, f"create VRF {name!r} table {table}: {os.strerror(code)}") from exc
     links.set_up(name, netns)
     return _from_link(link)
 
