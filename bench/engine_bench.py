@@ -7,8 +7,11 @@ each for the no-op pass; CHECK each then DEL+ADD the broken one for the repair.
 Everything happens inside a private namespace standing in for the host.
 The smaller sizes run ROUNDS converge / no-op / teardown cycles on each side and
 report the median of each (the samples are kept in the JSON): a single run of
-this 2-vCPU VM moves by tens of percent within minutes. The largest size runs
-once. Prints the ratios and writes bench/results/engine.json.
+this 2-vCPU VM moves by tens of percent within minutes, so the sides take turns
+round by round (`lockstep`) and the drift falls on all of them alike. The
+largest size runs once per side, one side after the other (its attachments stay
+up between its phases, and 500 of one side must not slow the other's). Prints
+the ratios and writes bench/results/engine.json.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +49,45 @@ def write_specs(directory: Path, n: int, prefix: str, bridge: str, subnet: str, 
     (directory / "attachments.toml").write_text("\n".join(lines))
 
 
-SETTLE_S = 3.0  # the kernel's namespace cleanup after a teardown of hundreds (see kernel_floors)
+SETTLE_S = 3.0  # the kernel's namespace cleanup after a teardown of hundreds (see kernel_floors, settled)
 ROUNDS = 5  # converge / no-op / teardown cycles of each size but the largest; medians are reported
 
 
-def cycles(res: dict, label: str, n: int, rounds: int, phases: list[tuple[str, str, Callable[[], float]]]) -> None:
+def cycles(res: dict, label: str, n: int, rounds: int,
+           phases: list[tuple[str, str, Callable[[], float]]], turns: bool = True) -> Iterator[None]:
     """Run `phases` (key, what to print, a timed run returning seconds) `rounds` times over and keep,
-    per phase, res[f"{key}_{n}"] = the median and res["samples"][...] = every round."""
+    per phase, res[f"{key}_{n}"] = the median and res["samples"][...] = every round. With `turns`,
+    yields after each round, so that `lockstep` runs the other sides' rounds in between."""
     samples: dict[str, list[float]] = {}
     for _ in range(rounds):
         for key, what, run in phases:
             secs = run()
             samples.setdefault(f"{key}_{n}", []).append(secs)
             print(f"  {label}: {what} {n}: {secs:.2f}s", flush=True)
+        if turns:
+            yield
     for key, values in samples.items():
         res[key] = statistics.median(values)
         res.setdefault("samples", {})[key] = [round(x, 3) for x in values]
+
+
+def lockstep(*sides: Generator[None, None, dict]) -> list[dict]:
+    """Advance each side one step (a round) in turn until all are done; their results, in order.
+
+    Round by round, ours, ours driving the reference binaries and the reference take turns: this
+    VM's speed drifts by tens of percent within minutes, and interleaving lays that drift on all
+    three alike instead of on whichever side ran last."""
+    results: list[dict] = [{} for _ in sides]
+    live = list(enumerate(sides))
+    while live:
+        for entry in list(live):
+            index, side = entry
+            try:
+                next(side)
+            except StopIteration as done:
+                results[index] = done.value
+                live.remove(entry)
+    return results
 
 
 def timed(fn) -> tuple[float, object]:
@@ -70,7 +96,17 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False, masq_size: int = 0) -> dict:
+def settled(fn) -> tuple[float, object]:
+    """`timed(fn)` once the kernel has had SETTLE_S to finish tearing down the namespaces the
+    previous phase deleted: that background work belongs to the phase that left it (the
+    reference's teardown returns before it is done), not to the converge that happens to follow."""
+    time.sleep(SETTLE_S)
+    return timed(fn)
+
+
+def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
+                masq_size: int = 0) -> Generator[None, None, dict]:
+    """The engine's phases, a round per step (see `lockstep`); returns the timings."""
     from reconciler.engine.apply import Engine
     from reconciler.kernel import namespaces
 
@@ -87,7 +123,7 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
             write_specs(specs, n, prefix, f"rcnbq{tag}", "10.243.0.0/16" if exec_mode else "10.244.0.0/16", masq=True)
         else:
             write_specs(specs, n, prefix, f"rcnbe{tag}", "10.242.0.0/16" if exec_mode else "10.240.0.0/16")
-        secs, report = timed(engine().apply)
+        secs, report = settled(engine().apply)
         if report.failed:  # counted, not fatal: a loaded host can fail an attachment now and then
             key = f"masq_converge_{n}" if masq else f"converge_{n}"
             res.setdefault("failed", {})[key] = [f"{o.key}: {o.error}" for o in report.failed][:5]
@@ -108,6 +144,7 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
         print(f"  {label}: converge {masq_size} with ipMasq: {res[key]:.2f}s", flush=True)
         res[f"masq_teardown_{masq_size}"] = teardown()
         print(f"  {label}: teardown {masq_size} with ipMasq: {res[f'masq_teardown_{masq_size}']:.2f}s", flush=True)
+        yield
 
     def noop() -> float:
         secs, report = timed(engine().apply)
@@ -116,8 +153,8 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
 
     for n in sizes:
         phases = [("converge", "converge", lambda n=n: converge(n)), ("noop", "no-op pass over", noop)]
-        cycles(res, label, n, ROUNDS if n != big else 1,
-               phases + ([("teardown", "teardown", teardown)] if n != big else []))
+        yield from cycles(res, label, n, ROUNDS if n != big else 1,
+                          phases + ([("teardown", "teardown", teardown)] if n != big else []), turns=n != big)
     victim = f"{prefix}{big // 2}"
     def global_addrs() -> list[str]:
         return [a for a in namespaces.snapshot(f"/run/netns/{victim}")["eth0"].addresses if not a.startswith("fe80")]
@@ -133,7 +170,8 @@ def engine_side(work: Path, sizes: list[int], big: int, exec_mode: bool = False,
     return res
 
 
-def reference_side(work: Path, sizes: list[int], big: int, masq_size: int = 0) -> dict:
+def reference_side(work: Path, sizes: list[int], big: int, masq_size: int = 0) -> Generator[None, None, dict]:
+    """The reference's phases, a round per step (see `lockstep`); returns the timings."""
     from reconciler.cni.chain import Runner, RuntimeConf
     from reconciler.cni.conf import conflist_from_bytes
     from reconciler.errors import CNIError
@@ -170,20 +208,22 @@ def reference_side(work: Path, sizes: list[int], big: int, masq_size: int = 0) -
         masq_conf = network_conf("benchmasq", f"rcnbm{tag}", "10.245.0.0/16", str(work / "r-state" / "networks"),
                                  masq=True)
         masq_list = conflist_from_bytes(json.dumps(masq_conf).encode())
-        res[f"masq_converge_{masq_size}"], _ = timed(lambda: converge(masq_size, masq_list))
+        res[f"masq_converge_{masq_size}"], _ = settled(lambda: converge(masq_size, masq_list))
         print(f"  reference: converge {masq_size} with ipMasq: {res[f'masq_converge_{masq_size}']:.2f}s", flush=True)
         res[f"masq_teardown_{masq_size}"], _ = timed(lambda: teardown(masq_size, masq_list))
         print(f"  reference: teardown {masq_size} with ipMasq: {res[f'masq_teardown_{masq_size}']:.2f}s", flush=True)
+        yield
     def check_all_timed(n: int) -> float:
         secs, bad = timed(lambda: check_all(n))
         assert bad == [], bad
         return secs
 
     for n in sizes:
-        phases = [("converge", "converge", lambda n=n: timed(lambda: converge(n))[0]),
+        phases = [("converge", "converge", lambda n=n: settled(lambda: converge(n))[0]),
                   ("noop", "CHECK all", lambda n=n: check_all_timed(n))]
         teardown_phase = [("teardown", "teardown", lambda n=n: timed(lambda: teardown(n))[0])]
-        cycles(res, "reference", n, ROUNDS if n != big else 1, phases + (teardown_phase if n != big else []))
+        yield from cycles(res, "reference", n, ROUNDS if n != big else 1,
+                          phases + (teardown_phase if n != big else []), turns=n != big)
     victim = big // 2
     subprocess.run(["ip", "-n", f"{prefix}{victim}", "link", "del", "eth0"], check=True)
 
@@ -227,13 +267,13 @@ def inner(args: argparse.Namespace) -> int:
         print("kernel floor (bench.floors.kernel_converge), measured first, on a quiet kernel:", flush=True)
         floor = kernel_floors(sizes)
         time.sleep(SETTLE_S)
-        print(f"engine (our plugins in-process, verify after every ADD), sizes {sizes}:", flush=True)
-        ours = engine_side(work, sizes, big, masq_size=args.masq)
-        print("engine driving the reference plugins (exec'd), to separate engine overhead from plugin cost:",
-              flush=True)
-        ours_ref = engine_side(work, sizes, big, exec_mode=True, masq_size=args.masq)
-        print("reference (Go plugins exec'd through the chain runner, one attachment at a time):", flush=True)
-        ref = reference_side(work, sizes, big, masq_size=args.masq)
+        print(f"sizes {sizes}, round by round: engine (our plugins in-process, verify after every ADD); "
+              "engine+reference (the engine driving the reference plugins exec'd, to separate engine overhead "
+              "from plugin cost); reference (Go plugins exec'd through the chain runner, one attachment at a "
+              "time):", flush=True)
+        ours, ours_ref, ref = lockstep(engine_side(work, sizes, big, masq_size=args.masq),
+                                       engine_side(work, sizes, big, exec_mode=True, masq_size=args.masq),
+                                       reference_side(work, sizes, big, masq_size=args.masq))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for name in os.listdir("/run/netns"):
