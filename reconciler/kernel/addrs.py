@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -51,8 +52,6 @@ def list_addrs(netns: str | None = None, ifname: str | None = None, family: int 
                index: int = 0) -> list[Address]:
     """Addresses of the namespace, or of one link (`index`: its ifindex, when the caller knows it);
     family 4 or 6 filters."""
-    import socket
-
     if ifname is not None and not index:
         index = get_link(ifname, netns).index
     fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)

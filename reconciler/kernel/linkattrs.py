@@ -41,10 +41,9 @@ def _raw(name: str, netns: str | None) -> tuple[int, int, dict[int, bytes]]:
 def read(name: str, netns: str | None = None) -> LinkAttrs:
     """The current attributes of `name`; raises LinkNotFound."""
     index, flags, attrs = _raw(name, netns)
-    mac = attrs.get(rtnl.IFLA_ADDRESS)
     return LinkAttrs(
         index=index,
-        mac=":".join(f"{b:02x}" for b in mac) if mac else "",
+        mac=rtnl.mac_text(attrs.get(rtnl.IFLA_ADDRESS)),
         mtu=rtnl.u32(attrs.get(rtnl.IFLA_MTU)) or 0,
         promisc=bool(flags & IFF_PROMISC),
         allmulti=bool(flags & IFF_ALLMULTI),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 
 from reconciler.kernel import netns as nsmod
@@ -45,16 +46,10 @@ class RouteEntry:
 
 def list_routes(netns: str | None = None, *, family: int | None = None, table: int | None = TABLE_MAIN,
                 oif: int | None = None) -> list[RouteEntry]:
-    """Unicast routes of a namespace (table None: all tables)."""
-    import socket
-
-    families = [socket.AF_INET, socket.AF_INET6] if family is None else [
-        socket.AF_INET if family == 4 else socket.AF_INET6]
-    out: list[RouteEntry] = []
-    for fam in families:
-        out.extend(entry for entry in rtnl.dump_routes(netns, fam)
-                   if (table is None or entry.table == table) and (oif is None or entry.oif == oif))
-    return out
+    """Unicast routes of a namespace (table None: all tables; family None: IPv4 then IPv6, one dump)."""
+    fam = {None: socket.AF_UNSPEC, 4: socket.AF_INET}.get(family, socket.AF_INET6)
+    return [entry for entry in rtnl.dump_routes(netns, fam)
+            if (table is None or entry.table == table) and (oif is None or entry.oif == oif)]
 
 
 RTAX_MTU, RTAX_ADVMSS = 2, 8
@@ -142,8 +137,6 @@ RULE_PRIORITY_DEFAULT = 32000  # what pyroute2 (the previous encoder) filled in 
 
 def list_rules(netns: str | None = None, family: int = 4) -> list[Rule]:
     """The policy rules of `family` (4 or 6), in the kernel's order."""
-    import socket
-
     out: list[Rule] = []
     for fam, dst_len, src_len, table, a in rtnl.dump_rules(netns, socket.AF_INET if family == 4 else socket.AF_INET6):
         network = ipaddress.IPv4Network if fam == socket.AF_INET else ipaddress.IPv6Network
@@ -162,8 +155,6 @@ def list_rules(netns: str | None = None, family: int = 4) -> list[Rule]:
 
 def _rule_body(table: int, priority: int | None, src: IPNetwork | str | None, dst: IPNetwork | str | None,
                iifname: str | None, oifname: str | None, family: int) -> bytes:
-    import socket
-
     nets = {key: ipaddress.ip_network(value, strict=False) if value is not None else None
             for key, value in (("src", src), ("dst", dst))}
     version = next((net.version for net in nets.values() if net is not None), family)

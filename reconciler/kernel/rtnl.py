@@ -109,6 +109,16 @@ def u32(raw: bytes | None) -> int | None:
     return U32.unpack_from(raw)[0] if raw and len(raw) >= 4 else None
 
 
+def nested(raw: bytes | None) -> dict[int, bytes]:
+    """The attributes inside a nested attribute's payload ({} for none)."""
+    return attrs(raw, 0, len(raw)) if raw else {}
+
+
+def mac_text(raw: bytes | None) -> str:
+    """A link-layer address as `ip link` prints it ("" for none)."""
+    return ":".join(f"{b:02x}" for b in raw) if raw else ""
+
+
 MACVLAN_MODE_NAMES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 VALUE_NAMES = {"IFLA_MACVLAN_MODE": MACVLAN_MODE_NAMES}  # values pyroute2 gives by name
 
@@ -142,7 +152,7 @@ def encode_kind_data(table: KindTable, kind: str, values: dict[str, int]) -> byt
 def _decode_kind_data(table: KindTable, kind: str, data: bytes) -> dict[str, Any]:
     by_type = {kind_type: (name, fmt) for name, (kind_type, fmt) in table.get(kind, {}).items()}
     out: dict[str, Any] = {}
-    for kind_type, raw in attrs(data, 0, len(data)).items():
+    for kind_type, raw in nested(data).items():
         if kind_type in by_type and len(raw) >= by_type[kind_type][1].size:
             name, fmt = by_type[kind_type]
             value = fmt.unpack_from(raw)[0]
@@ -207,10 +217,10 @@ class LazyLinkinfo:
 
     def kind_data(self, port: bool = False) -> KindData:
         """IFLA_INFO_DATA (`port`: IFLA_INFO_SLAVE_DATA) as a KindData."""
-        nested = attrs(self._info, 0, len(self._info))
-        kind = string(nested.get(IFLA_INFO_SLAVE_KIND if port else IFLA_INFO_KIND))
+        fields = nested(self._info)
+        kind = string(fields.get(IFLA_INFO_SLAVE_KIND if port else IFLA_INFO_KIND))
         table = PORT_DATA if port else KIND_DATA
-        known = _decode_kind_data(table, kind, nested.get(IFLA_INFO_SLAVE_DATA if port else IFLA_INFO_DATA, b""))
+        known = _decode_kind_data(table, kind, fields.get(IFLA_INFO_SLAVE_DATA if port else IFLA_INFO_DATA, b""))
         key = "IFLA_INFO_SLAVE_DATA" if port else "IFLA_INFO_DATA"
         return KindData(known, frozenset(table.get(kind, {})), lambda: self._pyroute2(key))
 
@@ -224,9 +234,9 @@ def decode_link(data: bytes, start: int, end: int) -> Any:
     kind = slave_kind = ""
     info = a.get(IFLA_LINKINFO)
     if info is not None:
-        nested = attrs(info, 0, len(info))
-        kind = string(nested.get(IFLA_INFO_KIND))
-        slave_kind = string(nested.get(IFLA_INFO_SLAVE_KIND))
+        fields = nested(info)
+        kind = string(fields.get(IFLA_INFO_KIND))
+        slave_kind = string(fields.get(IFLA_INFO_SLAVE_KIND))
     mac = a.get(IFLA_ADDRESS)
     oper = a.get(IFLA_OPERSTATE)
     netnsid = a.get(IFLA_LINK_NETNSID)
@@ -234,7 +244,7 @@ def decode_link(data: bytes, start: int, end: int) -> Any:
         index=index,
         name=string(a.get(IFLA_IFNAME)),
         kind=kind,
-        mac=":".join(f"{b:02x}" for b in mac) if mac else "",
+        mac=mac_text(mac),
         mtu=int(u32(a.get(IFLA_MTU)) or 0),
         up=bool(flags & IFF_UP),
         promisc=bool(flags & IFF_PROMISC),
@@ -384,13 +394,18 @@ def connect(netns: str | None) -> Iterator[Socket]:
         sock.close()
 
 
+def request(netns: str | None, msg_type: int, flags: int, body: bytes) -> list[tuple[bytes, int, int, int]]:
+    """One request on `netns`'s socket (`connect`); the answers, as `Socket.request` gives them."""
+    with connect(netns) as sock:
+        return sock.request(msg_type, flags, body)
+
+
 # --- requests ---------------------------------------------------------------------------------
 
 
 def _get_link_message(netns: str | None, name: str | None, index: int) -> tuple[bytes, int, int]:
     body = IFINFO.pack(0, 0, index, 0, 0) + (attr_str(IFLA_IFNAME, name) if name else b"")
-    with connect(netns) as sock:
-        answers = sock.request(RTM_GETLINK, 0, body)
+    answers = request(netns, RTM_GETLINK, 0, body)
     for data, start, end, kind in answers:
         if kind == RTM_NEWLINK:
             return data, start, end
@@ -411,8 +426,7 @@ def get_link_attrs(netns: str | None, *, name: str | None = None, index: int = 0
 
 
 def dump_links(netns: str | None) -> list[Any]:
-    with connect(netns) as sock:
-        answers = sock.request(RTM_GETLINK, NLM_F_DUMP, IFINFO.pack(0, 0, 0, 0, 0))
+    answers = request(netns, RTM_GETLINK, NLM_F_DUMP, IFINFO.pack(0, 0, 0, 0, 0))
     return [decode_link(d, s, e) for d, s, e, k in answers if k == RTM_NEWLINK]
 
 
@@ -447,14 +461,12 @@ def set_link(netns: str | None, index: int, flags: int, change: int, encoded: by
         encoded = attr_str(IFLA_IFNAME, name) + encoded
     if net_ns_fd is not None:
         encoded += attr_u32(IFLA_NET_NS_FD, net_ns_fd)
-    with connect(netns) as sock:
-        sock.request(RTM_SETLINK, NLM_F_ACK, IFINFO.pack(0, 0, index, flags, change) + encoded)
+    request(netns, RTM_SETLINK, NLM_F_ACK, IFINFO.pack(0, 0, index, flags, change) + encoded)
 
 
 def delete_link(netns: str | None, *, name: str | None = None, index: int = 0) -> None:
     body = IFINFO.pack(0, 0, index, 0, 0) + (attr_str(IFLA_IFNAME, name) if name else b"")
-    with connect(netns) as sock:
-        sock.request(RTM_DELLINK, NLM_F_ACK, body)
+    request(netns, RTM_DELLINK, NLM_F_ACK, body)
 
 
 def _link_body(name: str, mtu: int | None, mac: str | None) -> bytes:
@@ -484,8 +496,7 @@ def create_link(netns: str | None, name: str, kind: str, *, mtu: int | None = No
     if net_ns_fd is not None:
         body += attr_u32(IFLA_NET_NS_FD, net_ns_fd)
     body += attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
-    with connect(netns) as sock:
-        sock.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+    request(netns, RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
 
 def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int | None,
@@ -506,8 +517,7 @@ def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int |
     if master:
         body += attr_u32(IFLA_MASTER, master)
     body += attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
-    with connect(netns) as sock:
-        answers = sock.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body)
+    answers = request(netns, RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body)
     for data, start, end, kind in answers:
         if kind == RTM_NEWLINK and (link := decode_link(data, start, end)) is not None and link.name == name:
             return link
@@ -517,8 +527,7 @@ def create_veth(netns: str | None, name: str, peer: str, *, peer_netns_fd: int |
 def dump_addrs(netns: str | None, index: int = 0, family: int = 0) -> list[Any]:
     """Addresses of a namespace; `index`/`family` are filtered by the kernel where it can (strict
     checking), and here in any case."""
-    with connect(netns) as sock:
-        answers = sock.request(RTM_GETADDR, NLM_F_DUMP, IFADDR.pack(family, 0, 0, 0, index))
+    answers = request(netns, RTM_GETADDR, NLM_F_DUMP, IFADDR.pack(family, 0, 0, 0, index))
     out = [a for d, s, e, k in answers if k == RTM_NEWADDR and (a := decode_address(d, s, e)) is not None]
     return [a for a in out if (not index or a.index == index)
             and (not family or a.address.version == (4 if family == socket.AF_INET else 6))]
@@ -527,35 +536,33 @@ def dump_addrs(netns: str | None, index: int = 0, family: int = 0) -> list[Any]:
 def dump_routes(netns: str | None, family: int = socket.AF_UNSPEC) -> list[Any]:
     """Every route of one family (socket.AF_INET / AF_INET6), all tables; AF_UNSPEC: both, IPv4
     first, in one dump (other families the kernel adds, multicast or MPLS routes, are left out)."""
-    with connect(netns) as sock:
-        answers = sock.request(RTM_GETROUTE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+    answers = request(netns, RTM_GETROUTE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
     return [decode_route(d, s, e) for d, s, e, k in answers
             if k == RTM_NEWROUTE and d[s + 16] in (socket.AF_INET, socket.AF_INET6)]
+
+
+def _addr_body(index: int, iface: Any, flags: int = 0, scope: int = 0) -> bytes:
+    """An ifaddrmsg for `iface` (an ip_interface) on link `index`, with IFA_LOCAL and IFA_ADDRESS."""
+    family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+    packed = iface.ip.packed
+    body = IFADDR.pack(family, iface.network.prefixlen, flags & 0xFF, scope, index)
+    return body + attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed)
 
 
 def add_addr(netns: str | None, index: int, iface: Any, *, flags: int = 0, broadcast: str | None = None,
              scope: int = 0) -> None:
     """RTM_NEWADDR (create, exclusive) of `iface` (an ip_interface) on link `index`."""
-    family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
-    packed = iface.ip.packed
-    body = IFADDR.pack(family, iface.network.prefixlen, flags & 0xFF, scope, index)
-    body += attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed)
+    body = _addr_body(index, iface, flags, scope)
     if broadcast:
         body += attr(IFA_BROADCAST, ipaddress.ip_address(broadcast).packed)
     if flags > 0xFF:
         body += attr_u32(IFA_FLAGS, flags)
-    with connect(netns) as sock:
-        sock.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+    request(netns, RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
 
 def del_addr(netns: str | None, index: int, iface: Any) -> None:
     """RTM_DELADDR of `iface` (an ip_interface) from link `index`, encoded as `add_addr` adds it."""
-    family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
-    packed = iface.ip.packed
-    body = IFADDR.pack(family, iface.network.prefixlen, 0, 0, index)
-    body += attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed)
-    with connect(netns) as sock:
-        sock.request(RTM_DELADDR, NLM_F_ACK, body)
+    request(netns, RTM_DELADDR, NLM_F_ACK, _addr_body(index, iface))
 
 
 def route_body(dst: Any, *, gateway: Any = None, oif: int | None = None, table: int = RT_TABLE_MAIN,
@@ -585,14 +592,12 @@ def route_body(dst: Any, *, gateway: Any = None, oif: int | None = None, table: 
 def add_route(netns: str | None, body: bytes, *, replace: bool = False) -> None:
     """RTM_NEWROUTE: create (exclusive), or create-or-replace."""
     flags = NLM_F_ACK | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
-    with connect(netns) as sock:
-        sock.request(RTM_NEWROUTE, flags, body)
+    request(netns, RTM_NEWROUTE, flags, body)
 
 
 def del_route(netns: str | None, body: bytes) -> None:
     """RTM_DELROUTE of the route `body` matches (zero fields match any)."""
-    with connect(netns) as sock:
-        sock.request(RTM_DELROUTE, NLM_F_ACK, body)
+    request(netns, RTM_DELROUTE, NLM_F_ACK, body)
 
 
 # --- policy rules (fib_rule_hdr has rtmsg's layout: family, dst_len, src_len, tos, table, 2 x res, action, flags)
@@ -619,19 +624,16 @@ def rule_body(family: int, table: int, *, priority: int | None = None, src: Any 
 
 
 def add_rule(netns: str | None, body: bytes) -> None:
-    with connect(netns) as sock:
-        sock.request(RTM_NEWRULE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+    request(netns, RTM_NEWRULE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
 
 def del_rule(netns: str | None, body: bytes) -> None:
-    with connect(netns) as sock:
-        sock.request(RTM_DELRULE, NLM_F_ACK, body)
+    request(netns, RTM_DELRULE, NLM_F_ACK, body)
 
 
 def dump_rules(netns: str | None, family: int) -> list[tuple[int, int, int, int, dict[int, bytes]]]:
     """Every rule of `family`: (family, dst_len, src_len, header table, {FRA_*: payload})."""
-    with connect(netns) as sock:
-        answers = sock.request(RTM_GETRULE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+    answers = request(netns, RTM_GETRULE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
     out = []
     for data, start, end, kind in answers:
         if kind == RTM_NEWRULE:
@@ -651,14 +653,12 @@ def change_link_info(netns: str | None, index: int, kind: str, *, data: bytes = 
         linkinfo += attr(IFLA_INFO_DATA, data)
     if port_data:
         linkinfo += attr(IFLA_INFO_SLAVE_DATA, port_data)
-    with connect(netns) as sock:
-        sock.request(RTM_NEWLINK, NLM_F_ACK, IFINFO.pack(0, 0, index, 0, 0) + attr(IFLA_LINKINFO, linkinfo))
+    request(netns, RTM_NEWLINK, NLM_F_ACK, IFINFO.pack(0, 0, index, 0, 0) + attr(IFLA_LINKINFO, linkinfo))
 
 
 def bridge_vlans(netns: str | None, index: int, entries: list[tuple[int, int]], *, add: bool) -> None:
     """Add (RTM_SETLINK) or delete (RTM_DELLINK) VLAN entries, (BRIDGE_VLAN_INFO_* flags, vid) each,
     of bridge port `index` (AF_BRIDGE, IFLA_AF_SPEC / IFLA_BRIDGE_VLAN_INFO: `bridge vlan add|del`)."""
     spec = b"".join(attr(IFLA_BRIDGE_VLAN_INFO, U16.pack(flags) + U16.pack(vid)) for flags, vid in entries)
-    with connect(netns) as sock:
-        sock.request(RTM_SETLINK if add else RTM_DELLINK, NLM_F_ACK,
-                     IFINFO.pack(AF_BRIDGE, 0, index, 0, 0) + attr(IFLA_AF_SPEC, spec))
+    request(netns, RTM_SETLINK if add else RTM_DELLINK, NLM_F_ACK,
+            IFINFO.pack(AF_BRIDGE, 0, index, 0, 0) + attr(IFLA_AF_SPEC, spec))

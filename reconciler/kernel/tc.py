@@ -103,14 +103,15 @@ class Tbf:
 def ensure_ifb(name: str, mtu: int, netns: str | None = None, alias: str = "") -> tuple[links.Link, bool]:
     """Create the ifb `name` (up, txqlen 0, `mtu`, ifalias `alias`) unless it exists; returns (link, created)."""
     created = False
-    if links.find(name, netns) is None:
+    link = links.find(name, netns)
+    if link is None:
         try:
             rtnl.create_link(netns, name, "ifb", mtu=mtu, txqlen=0)
             created = True
         except rtnl.NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise TcError(f"failed to create ifb {name}: {exc.strerror}", exc.code) from exc
-    link = links.get(name, netns)
+        link = links.get(name, netns)
     if link.kind != "ifb":
         raise TcError(f"{name} exists and is not an ifb device (kind {link.kind or 'unknown'})", errno.EEXIST)
     links.set_link(name, netns, state="up", mtu=mtu)
@@ -124,11 +125,6 @@ def _index(dev: str, netns: str | None) -> int:
     if link is None:
         raise TcError(f"link {dev} not found", errno.ENODEV)
     return int(link.index)
-
-
-def _request(netns: str | None, msg_type: int, flags: int, body: bytes) -> list[tuple[bytes, int, int, int]]:
-    with rtnl.connect(netns) as sock:
-        return sock.request(msg_type, flags, body)
 
 
 def _xmittime(rate: int, size: int) -> int:
@@ -156,40 +152,48 @@ def set_tbf(dev: str, tbf: Tbf, netns: str | None = None) -> None:
     body = TCMSG.pack(0, _index(dev, netns), TBF_HANDLE, TC_H_ROOT, 0)
     body += rtnl.attr_str(TCA_KIND, "tbf") + rtnl.attr(TCA_OPTIONS, _tbf_options(tbf))
     try:
-        _request(netns, RTM_NEWQDISC, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body)
+        rtnl.request(netns, RTM_NEWQDISC, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body)
     except rtnl.NetlinkError as exc:
         raise TcError(f"failed to set tbf on {dev}: {exc.strerror}", exc.code) from exc
 
 
-def _dump(netns: str | None, msg_type: int, index: int, parent: int = 0) -> list[tuple[int, dict[int, bytes]]]:
-    """(parent, attributes) of each qdisc or filter of link `index` (a qdisc dump may list every link's)."""
-    answers = _request(netns, msg_type, rtnl.NLM_F_DUMP, TCMSG.pack(0, index, 0, parent, 0))
-    out = []
-    for data, start, end, _kind in answers:
-        _family, ifindex, _handle, msg_parent, _info = TCMSG.unpack_from(data, start + 16)
-        if ifindex == index:
-            out.append((msg_parent, rtnl.attrs(data, start + 16 + TCMSG.size, end)))
+Qdiscs = dict[tuple[int, int], tuple[bytes, int, int]]  # (ifindex, parent) -> the qdisc's message (undecoded)
+
+
+def read_qdiscs(netns: str | None = None) -> Qdiscs:
+    """Every qdisc of the namespace, in one dump: the kernel lists every link's whatever the request
+    names, so a caller that looks at several links (bandwidth's CHECK) reads them once. Only the
+    headers are decoded here; a qdisc's attributes when it is looked up."""
+    out: Qdiscs = {}
+    for data, start, end, kind in rtnl.request(netns, RTM_GETQDISC, rtnl.NLM_F_DUMP, TCMSG.pack(0, 0, 0, 0, 0)):
+        if kind == RTM_NEWQDISC:
+            _family, ifindex, _handle, parent, _info = TCMSG.unpack_from(data, start + 16)
+            out[(ifindex, parent)] = (data, start, end)
     return out
 
 
-def _nested(raw: bytes | None) -> dict[int, bytes]:
-    return rtnl.attrs(raw, 0, len(raw)) if raw else {}
+def _qdisc_kind(qdiscs: Qdiscs, index: int, parent: int) -> tuple[str, dict[int, bytes]]:
+    """(TCA_KIND, attributes) of link `index`'s qdisc under `parent` (("", {}) if none)."""
+    message = qdiscs.get((index, parent))
+    if message is None:
+        return "", {}
+    data, start, end = message
+    found = rtnl.attrs(data, start + 16 + TCMSG.size, end)
+    return rtnl.string(found.get(TCA_KIND)), found
 
 
-def read_tbf(dev: str, netns: str | None = None) -> Tbf | None:
-    """The root tbf of `dev`, or None when the root qdisc is something else."""
+def read_tbf(dev: str, netns: str | None = None, qdiscs: Qdiscs | None = None) -> Tbf | None:
+    """The root tbf of `dev`, or None when the root qdisc is something else (`qdiscs`: `read_qdiscs`'s,
+    when the caller has them)."""
     link = links.find(dev, netns)
     if link is None:
         return None
-    for parent, found in _dump(netns, RTM_GETQDISC, link.index):
-        if rtnl.string(found.get(TCA_KIND)) != "tbf" or parent != TC_H_ROOT:
-            continue
-        parms = _nested(found.get(TCA_OPTIONS)).get(TCA_TBF_PARMS)
-        if parms is None or len(parms) < TBF_QOPT.size:
-            continue
-        fields = TBF_QOPT.unpack_from(parms)
-        return Tbf(rate=fields[5], limit=fields[12], buffer=fields[13])
-    return None
+    kind, found = _qdisc_kind(read_qdiscs(netns) if qdiscs is None else qdiscs, link.index, TC_H_ROOT)
+    parms = rtnl.nested(found.get(TCA_OPTIONS)).get(TCA_TBF_PARMS)
+    if kind != "tbf" or parms is None or len(parms) < TBF_QOPT.size:
+        return None
+    fields = TBF_QOPT.unpack_from(parms)
+    return Tbf(rate=fields[5], limit=fields[12], buffer=fields[13])
 
 
 def _redirect_options(target_index: int) -> bytes:
@@ -208,12 +212,12 @@ def set_ingress_redirect(dev: str, target: str, netns: str | None = None) -> Non
     target_index = _index(target, netns)
     ingress = TCMSG.pack(0, index, INGRESS_HANDLE, TC_H_INGRESS, 0) + rtnl.attr_str(TCA_KIND, "ingress")
     try:
-        _request(netns, RTM_NEWQDISC, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, ingress)
+        rtnl.request(netns, RTM_NEWQDISC, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, ingress)
     except rtnl.NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise TcError(f"failed to add ingress qdisc on {dev}: {exc.strerror}", exc.code) from exc
     try:  # every filter under ffff: (the ADD is idempotent: a second one replaces, not adds)
-        _request(netns, RTM_DELTFILTER, rtnl.NLM_F_ACK, TCMSG.pack(0, index, 0, INGRESS_HANDLE, 0))
+        rtnl.request(netns, RTM_DELTFILTER, rtnl.NLM_F_ACK, TCMSG.pack(0, index, 0, INGRESS_HANDLE, 0))
     except rtnl.NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.EINVAL):
             raise TcError(f"failed to clear ingress filters on {dev}: {exc.strerror}", exc.code) from exc
@@ -221,32 +225,37 @@ def set_ingress_redirect(dev: str, target: str, netns: str | None = None) -> Non
     body = TCMSG.pack(0, index, 0, INGRESS_HANDLE, info) + rtnl.attr_str(TCA_KIND, "u32")
     body += rtnl.attr(TCA_OPTIONS, _redirect_options(target_index))
     try:
-        _request(netns, RTM_NEWTFILTER, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, body)
+        rtnl.request(netns, RTM_NEWTFILTER, rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, body)
     except rtnl.NetlinkError as exc:
         raise TcError(f"failed to add redirect filter on {dev}: {exc.strerror}", exc.code) from exc
 
 
-def read_redirect(dev: str, netns: str | None = None) -> list[int]:
-    """Ifindexes that the ingress filters of `dev` redirect to (empty when there is no ingress qdisc)."""
+def read_redirect(dev: str, netns: str | None = None, qdiscs: Qdiscs | None = None) -> list[int]:
+    """Ifindexes that the ingress filters of `dev` redirect to (empty when there is no ingress qdisc;
+    `qdiscs`: `read_qdiscs`'s, when the caller has them)."""
     link = links.find(dev, netns)
     if link is None:
         return []
-    qdiscs = _dump(netns, RTM_GETQDISC, link.index)
-    if not any(rtnl.string(found.get(TCA_KIND)) == "ingress" for _parent, found in qdiscs):
+    kind, _found = _qdisc_kind(read_qdiscs(netns) if qdiscs is None else qdiscs, link.index, TC_H_INGRESS)
+    if kind != "ingress":
         return []
     targets: list[int] = []
-    for _parent, found in _dump(netns, RTM_GETTFILTER, link.index, INGRESS_HANDLE):
-        actions = _nested(_nested(found.get(TCA_OPTIONS)).get(TCA_U32_ACT))
+    request = TCMSG.pack(0, link.index, 0, INGRESS_HANDLE, 0)  # filter dumps are per link and parent
+    for data, start, end, msg_kind in rtnl.request(netns, RTM_GETTFILTER, rtnl.NLM_F_DUMP, request):
+        if msg_kind != RTM_NEWTFILTER:
+            continue
+        found = rtnl.attrs(data, start + 16 + TCMSG.size, end)
+        actions = rtnl.nested(rtnl.nested(found.get(TCA_OPTIONS)).get(TCA_U32_ACT))
         for _prio, action in sorted(actions.items()):
             targets.extend(_mirred_target(action))
     return targets
 
 
 def _mirred_target(action: bytes) -> list[int]:
-    fields = _nested(action)
+    fields = rtnl.nested(action)
     if rtnl.string(fields.get(TCA_ACT_KIND)) != "mirred":
         return []
-    parms = _nested(fields.get(TCA_ACT_OPTIONS)).get(TCA_MIRRED_PARMS)
+    parms = rtnl.nested(fields.get(TCA_ACT_OPTIONS)).get(TCA_MIRRED_PARMS)
     return [MIRRED.unpack_from(parms)[6]] if parms and len(parms) >= MIRRED.size else []
 
 
@@ -260,7 +269,7 @@ def clear_qdiscs(dev: str, netns: str | None = None, *, root: bool = True, ingre
             if not wanted:
                 continue
             try:
-                _request(netns, RTM_DELQDISC, rtnl.NLM_F_ACK, TCMSG.pack(0, link.index, 0, parent, 0))
+                rtnl.request(netns, RTM_DELQDISC, rtnl.NLM_F_ACK, TCMSG.pack(0, link.index, 0, parent, 0))
             except rtnl.NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                     raise

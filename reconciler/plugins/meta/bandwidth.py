@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import field_validator
 
@@ -23,6 +23,9 @@ from reconciler.cni.args import CmdArgs
 from reconciler.cni.types import Interface, NetConf, Result
 from reconciler.cni.version import parse_result
 from reconciler.errors import INTERNAL, CNIError, config_error
+
+if TYPE_CHECKING:
+    from reconciler.kernel.tc import Qdiscs, Tbf
 
 log = logging.getLogger(__name__)
 
@@ -191,22 +194,23 @@ def check(args: CmdArgs) -> None:
         return
     host = _host_veth(result, args)
     hns = args.host_netns
+    qdiscs = tc.read_qdiscs(hns)  # the host's qdiscs, read once for the three checks below
     if limits["ingressRate"]:
-        _check_tbf(host, tc.Tbf.from_bits(limits["ingressRate"], limits["ingressBurst"]), hns)
+        _check_tbf(host, tc.Tbf.from_bits(limits["ingressRate"], limits["ingressBurst"]), hns, qdiscs)
     if limits["egressRate"]:
         name = tc.ifb_name(args.network_name, args.container_id)
         ifb = links.find(name, hns)
         if ifb is None or ifb.kind != "ifb":
             raise CNIError(INTERNAL, f"bandwidth: ifb device {name} not found")
-        _check_tbf(name, tc.Tbf.from_bits(limits["egressRate"], limits["egressBurst"]), hns)
-        if ifb.index not in tc.read_redirect(host, hns):
+        _check_tbf(name, tc.Tbf.from_bits(limits["egressRate"], limits["egressBurst"]), hns, qdiscs)
+        if ifb.index not in tc.read_redirect(host, hns, qdiscs):
             raise CNIError(INTERNAL, f"bandwidth: no redirect from {host} to {name}")
 
 
-def _check_tbf(dev: str, want: Any, netns: str | None) -> None:
+def _check_tbf(dev: str, want: Tbf, netns: str | None, qdiscs: Qdiscs) -> None:
     from reconciler.kernel import tc
 
-    have = tc.read_tbf(dev, netns)
+    have = tc.read_tbf(dev, netns, qdiscs)
     if have is None:
         raise CNIError(INTERNAL, f"bandwidth: no tbf qdisc on {dev}")
     if have.rate != want.rate:
