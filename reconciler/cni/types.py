@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from reconciler import ipparse
 from reconciler.cni.model import CNIModel
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
@@ -45,16 +46,16 @@ class Route(CNIModel):
     @field_validator("dst")
     @classmethod
     def _dst(cls, v: str) -> str:
-        return str(ipaddress.ip_network(v, strict=False))
+        return ipparse.canonical_network(v)
 
     @field_validator("gw")
     @classmethod
     def _gw(cls, v: str | None) -> str | None:
-        return None if v in (None, "") else str(ipaddress.ip_address(v))
+        return None if v in (None, "") else ipparse.canonical_address(v)
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        return ipaddress.ip_network(self.dst, strict=False)
+        return ipparse.network(self.dst)
 
 
 class Interface(CNIModel):
@@ -76,16 +77,16 @@ class IPConfig(CNIModel):
     def _address(cls, v: str) -> str:
         if "/" not in v:
             raise ValueError(f"address {v!r} must be in CIDR notation")
-        return str(ipaddress.ip_interface(v))
+        return ipparse.canonical_interface(v)
 
     @field_validator("gateway")
     @classmethod
     def _gateway(cls, v: str | None) -> str | None:
-        return None if v in (None, "") else str(ipaddress.ip_address(v))
+        return None if v in (None, "") else ipparse.canonical_address(v)
 
     @property
     def iface(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-        return ipaddress.ip_interface(self.address)
+        return ipparse.interface(self.address)
 
     @property
     def version(self) -> int:

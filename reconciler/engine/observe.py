@@ -9,13 +9,13 @@ firewall chains, routes, peers), so each drift is named precisely.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler import ipparse
 from reconciler.cni import cache
 from reconciler.cni.chain import Runner, RuntimeConf
 from reconciler.cni.conf import conflist_from_bytes
@@ -55,7 +55,7 @@ def expected_addresses(result: dict[str, Any], ifname: str) -> list[str]:
             if iface.get("name") != ifname or not iface.get("sandbox"):
                 continue
         try:
-            out.append(str(ipaddress.ip_interface(ip["address"])))
+            out.append(ipparse.canonical_interface(ip["address"]))
         except (KeyError, ValueError):
             continue
     return out

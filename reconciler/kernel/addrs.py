@@ -9,6 +9,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from reconciler import ipparse
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel import rtnl
 from reconciler.kernel.links import get as get_link
@@ -62,7 +63,7 @@ def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, no
         scope: int | None = None, index: int = 0) -> bool:
     """Add `address` to `ifname` (`index`: its ifindex, when the caller knows it); False (no error)
     if it is already there with that prefix."""
-    iface = ipaddress.ip_interface(address)
+    iface = ipparse.interface(address)
     index = index or get_link(ifname, netns).index
     flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
     # a broadcast address as `ip addr add ... brd +` sets one
@@ -80,7 +81,7 @@ def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, no
 
 def delete(ifname: str, address: IPInterface | str, netns: str | None = None) -> bool:
     """Remove `address` from `ifname`; False if it (or the link) was not there."""
-    iface = ipaddress.ip_interface(address)
+    iface = ipparse.interface(address)
     try:
         index = get_link(ifname, netns).index
     except (LinkNotFound, nsmod.NetnsNotFound):

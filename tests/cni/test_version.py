@@ -83,3 +83,18 @@ def test_bad_result_is_decoding_error() -> None:
     with pytest.raises(CNIError) as err:
         parse_result({"cniVersion": "1.0.0", "ips": [{"address": "not-an-ip"}]})
     assert err.value.code == 6
+
+
+def test_addresses_are_normalised_and_bad_ones_refused_every_time() -> None:
+    """Parsing is cached (reconciler.ipparse): the normal form and the errors must not depend on it."""
+    data = {"cniVersion": "1.0.0", "ips": [{"address": "fd00:0::0a/64", "gateway": "fd00::0:1"}],
+            "routes": [{"dst": "10.9.8.7/8", "gw": "10.0.0.1"}]}
+    for _ in range(2):
+        result = parse_result(data)
+        assert (result.ips[0].address, result.ips[0].gateway) == ("fd00::a/64", "fd00::1")
+        assert result.ips[0].iface.network.prefixlen == 64
+        assert result.routes[0].dst == "10.0.0.0/8"
+        for bad in ("10.0.0.300/24", "10.0.0.1/33"):
+            with pytest.raises(CNIError) as err:
+                parse_result({"cniVersion": "1.0.0", "ips": [{"address": bad}]})
+            assert err.value.code == 6 and "address" in err.value.details

@@ -9,13 +9,13 @@ even when the ranges no longer parse; GC and STATUS follow spec 1.1.0.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 from typing import Any
 
 from pydantic import ValidationError
 
+from reconciler import ipparse
 from reconciler.cni.args import CmdArgs, validate_container_id, validate_ifname
 from reconciler.cni.types import IPConfig, Result, Route
 from reconciler.cni.version import ALL_VERSIONS
@@ -148,7 +148,7 @@ def _prev_addresses(config: dict[str, Any]) -> list[str]:
             address = item.get("address") if isinstance(item, dict) else None
             if isinstance(address, str) and "/" in address:
                 with contextlib.suppress(ValueError):
-                    out.append(str(ipaddress.ip_interface(address).ip))
+                    out.append(str(ipparse.interface(address).ip))
     return out
 
 
@@ -158,7 +158,7 @@ def check(args: CmdArgs) -> None:
     store = DiskStore.open(conf.data_dir, conf.network, create=False)
     owner = Owner(args.container_id.strip(), args.ifname)
     ours = [ip for ip in _prev_addresses(args.config)
-            if any(rs.contains(ipaddress.ip_address(ip)) for rs in conf.range_sets)]
+            if any(rs.contains(ipparse.address(ip)) for rs in conf.range_sets)]
     held: list[str] = []
     if store is not None:
         with store:

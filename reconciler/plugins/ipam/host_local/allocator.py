@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from reconciler import ipparse
 from reconciler.errors import INVALID_NETWORK_CONFIG, TRY_AGAIN_LATER, CNIError
 
 from .config import IPAddr, Range, RangeSet
@@ -129,7 +130,7 @@ class Allocator:
     def _take(self, index: int, name: str, owner: Owner) -> bool:
         if not self.store.reserve(name, owner):
             return False
-        self.scan.add(name, owner, ipaddress.ip_address(name))
+        self.scan.add(name, owner, ipparse.address(name))
         self.store.set_last_reserved(index, name)
         return True
 

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 from typing import Any
 
+from reconciler import ipparse
 from reconciler.cni.args import CmdArgs
 from reconciler.cni.types import Result, Route
 from reconciler.errors import INTERNAL, CNIError
@@ -127,7 +128,7 @@ def gateways(conf: BridgeConf, result: Result) -> dict[int, list[ipaddress.IPv4I
         if ipc.gateway is None and conf.is_gateway:
             ipc.gateway = str(net.network_address + 1)
         if conf.is_gateway and ipc.gateway:
-            gw_iface = ipaddress.ip_interface(f"{ipc.gateway}/{net.prefixlen}")
+            gw_iface = ipparse.interface(f"{ipc.gateway}/{net.prefixlen}")
             if gw_iface not in out.setdefault(ipc.version, []):
                 out[ipc.version].append(gw_iface)
             if conf.is_default_gateway:
