@@ -97,6 +97,10 @@ class Runner:
             ) from err
 
     def add(self, netlist: NetworkConfigList, rt: RuntimeConf) -> Result:
+        return self.add_cached(netlist, rt)[0]
+
+    def add_cached(self, netlist: NetworkConfigList, rt: RuntimeConf) -> tuple[Result, cache.CacheEntry]:
+        """ADD the chain; its result and the cache entry written for it."""
         validate_container_id(rt.container_id)
         validate_network_name(netlist.name)
         validate_ifname(rt.ifname)
@@ -118,7 +122,7 @@ class Runner:
             result=prev,
         )
         cache.write(self.cache_dir, entry)
-        return result
+        return result, entry
 
     def cached_result(self, netlist: NetworkConfigList, rt: RuntimeConf,
                       entry: cache.CacheEntry | None = None) -> dict[str, Any] | None:

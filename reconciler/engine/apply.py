@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from reconciler.cni import cache, registry
+from reconciler.cni.cache import CacheEntry
 from reconciler.cni.chain import Runner, RuntimeConf
 from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
 from reconciler.engine.inventory import Inventory, Record
 from reconciler.engine.journal import Intent, Journal
 from reconciler.engine.netconf import with_data_dir, with_requested_ips
-from reconciler.engine.observe import Observation, judge, observe
+from reconciler.engine.observe import Fresh, Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
 from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
@@ -63,6 +64,15 @@ class Pending:
     created_netns: bool = False
     record: Record | None = None
     outcome: Outcome | None = None
+    entry: CacheEntry | None = None  # the result cache entry its ADD wrote
+
+    def fresh(self) -> Fresh | None:
+        return (self.entry, self.netlist) if self.entry is not None else None
+
+
+def _fresh(pendings: Iterable[Pending]) -> dict[str, Fresh]:
+    """What the ADDs of `pendings` done in this process wrote, by attachment key."""
+    return {p.att.key: fresh for p in pendings if (fresh := p.fresh()) is not None}
 
 
 # what a worker returns per ADD: outcome, record, whether it created the namespace, verdict (None: not judged)
@@ -275,7 +285,7 @@ class Engine:
         pending = Pending(att, netlist, rt)
         try:
             pending.created_netns = self._ensure_namespace(att, intent)
-            result = self.runner.add(netlist, rt)
+            result, pending.entry = self.runner.add_cached(netlist, rt)
         except BaseException:
             self._undo(pending)
             raise
@@ -308,7 +318,8 @@ class Engine:
         drift: dict[str, list[str]] = {}
         for attempt in range(self.verify_retries):
             with namespaces.shared([None, *(p.rt.netns for p in remaining.values())]):
-                verdicts = self._judge_all([p.record for p in remaining.values() if p.record is not None])
+                verdicts = self._judge_all([p.record for p in remaining.values() if p.record is not None],
+                                           fresh=_fresh(remaining.values()))
                 for key, pending in list(remaining.items()):
                     found = verdicts[key]
                     if found:
@@ -345,13 +356,14 @@ class Engine:
         """How many processes judge `count` attachments (forking needs a single-threaded process)."""
         return 1 if threading.active_count() > 1 else min(self.workers, count // self.observe_per_worker)
 
-    def _judge_all(self, records: list[Record], obs: Observation | None = None) -> dict[str, list[str]]:
+    def _judge_all(self, records: list[Record], obs: Observation | None = None,
+                   fresh: dict[str, Fresh] | None = None) -> dict[str, list[str]]:
         """judge() of each record (deep, inside the caller's shared reads), split over forked workers
         when there are many; a worker that fails has its slice judged here."""
         obs = obs if obs is not None else Observation()
 
         def judge_part(part: list[Record]) -> dict[str, list[str]]:
-            return self._judge_here(part, obs)
+            return self._judge_here(part, obs, fresh)
 
         count = self._judging_workers(len(records))
         if count < 2:
@@ -365,10 +377,13 @@ class Engine:
             verdicts.update(got)
         return verdicts
 
-    def _judge_here(self, records: list[Record], obs: Observation | None = None) -> dict[str, list[str]]:
-        """judge() of each record in this process (deep, inside the caller's shared reads)."""
+    def _judge_here(self, records: list[Record], obs: Observation | None = None,
+                    fresh: dict[str, Fresh] | None = None) -> dict[str, list[str]]:
+        """judge() of each record in this process (deep, inside the caller's shared reads); `fresh`:
+        what this pass's ADDs wrote, by key, to judge against without reading it back."""
         obs = obs if obs is not None else Observation()
-        return {r.key: judge(r, obs, self.runner, deep=True) for r in records}
+        fresh = fresh or {}
+        return {r.key: judge(r, obs, self.runner, deep=True, fresh=fresh.get(r.key)) for r in records}
 
     @staticmethod
     def _delete_intent(key: str, rec: Record | None) -> Intent:
@@ -591,7 +606,8 @@ class Engine:
         verdicts: dict[str, list[str]] = {}
         if checked:
             with namespaces.shared([None, *(p.rt.netns for p in checked)]):
-                verdicts = self._judge_here([p.record for p in checked if p.record is not None])
+                verdicts = self._judge_here([p.record for p in checked if p.record is not None],
+                                            fresh=_fresh(checked))
         for pending in checked:  # a verified ADD is accepted here; the parent saves the records
             if verdicts.get(pending.att.key) == []:
                 self._accept(pending)

@@ -18,7 +18,7 @@ from typing import Any
 from reconciler import ipparse
 from reconciler.cni import cache
 from reconciler.cni.chain import Runner, RuntimeConf
-from reconciler.cni.conf import conflist_from_bytes
+from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
 from reconciler.engine.inventory import Record
 from reconciler.errors import CNIError
 from reconciler.kernel import namespaces
@@ -69,9 +69,14 @@ def _bridge_of(config: dict[str, Any]) -> str | None:
     return None
 
 
-def judge(rec: Record, obs: Observation, runner: Runner, deep: bool = True) -> list[str]:
-    """Everything wrong with one recorded attachment ([] = in sync)."""
-    entry = cache.read(runner.cache_dir, rec.network, rec.id, rec.ifname)
+# an ADD of this pass: the cache entry it wrote and the config list it ran, as they are in memory
+Fresh = tuple[cache.CacheEntry, NetworkConfigList]
+
+
+def judge(rec: Record, obs: Observation, runner: Runner, deep: bool = True, fresh: Fresh | None = None) -> list[str]:
+    """Everything wrong with one recorded attachment ([] = in sync); `fresh` spares re-reading and
+    re-parsing what an ADD of this process has just written."""
+    entry = fresh[0] if fresh is not None else cache.read(runner.cache_dir, rec.network, rec.id, rec.ifname)
     if entry is None or entry.result is None:
         return [f"result cache entry for {rec.key} is missing"]
     links = obs.links_in(rec.netns_path)
@@ -88,17 +93,20 @@ def judge(rec: Record, obs: Observation, runner: Runner, deep: bool = True) -> l
         for addr in expected_addresses(entry.result, rec.ifname):
             if addr not in have:
                 drift.append(f"address {addr} missing on {rec.ifname} in netns {rec.netns}")
-    try:
-        config = json.loads(entry.config or b"{}")
-    except ValueError:
-        config = {}
+    if fresh is not None:
+        config: Any = {"plugins": list(fresh[1].plugins)}
+    else:
+        try:
+            config = json.loads(entry.config or b"{}")
+        except ValueError:
+            config = {}
     bridge = _bridge_of(config) if isinstance(config, dict) else None
     if bridge and obs.host is not None and bridge not in obs.host:
         drift.append(f"bridge {bridge} missing on the host")
     if drift or not deep:
         return drift
     try:
-        netlist = conflist_from_bytes(entry.config, f"cache:{rec.network}")
+        netlist = fresh[1] if fresh is not None else conflist_from_bytes(entry.config, f"cache:{rec.network}")
         rt = RuntimeConf(rec.id, entry.netns or rec.netns_path, rec.ifname, tuple(entry.cni_args), entry.capability_args)
         runner.check(netlist, rt, entry)
     except CNIError as err:

@@ -491,3 +491,48 @@ def test_observe_split_over_worker_processes_names_each_drift(rig):
     assert out.stdout.count("repair") >= 2, out.stdout
     assert {i: rig.addrs(rig.ns(f"c{i}")) for i in range(6)} == before
     assert_clean_converged(rig, 6)
+
+
+FAILING_CHECK_PLUGIN = """#!{python}
+# a chained plugin that passes ADD's prevResult through, accepts DEL and refuses every CHECK
+import json, os, sys
+conf = json.load(sys.stdin)
+verb = os.environ["CNI_COMMAND"]
+if verb == "ADD":
+    print(json.dumps(dict(conf["prevResult"], cniVersion=conf["cniVersion"])))
+elif verb == "CHECK":
+    print(json.dumps({{"cniVersion": conf["cniVersion"], "code": 999, "msg": "rcnfailcheck refuses CHECK"}}))
+    sys.exit(1)
+"""
+
+
+def test_adds_that_do_not_verify_are_rolled_back(rig, tmp_path):
+    """Every ADD is verified by CHECK, in the worker that did it and from what it holds in memory:
+    a chain whose CHECK fails right after a successful ADD leaves nothing behind (namespace,
+    address, veth, cache entry, record), and the failure names the CHECK."""
+    plugin_dir = tmp_path / "bin"
+    plugin_dir.mkdir()
+    plugin = plugin_dir / "rcnfailcheck"
+    plugin.write_text(FAILING_CHECK_PLUGIN.format(python=sys.executable))
+    plugin.chmod(0o755)
+    rig.env.update(RECONCILER_WORKERS="2", CNI_PATH=f"{plugin_dir}:/usr/lib/cni")
+    path = rig.network()
+    conf = json.loads(path.read_text())
+    conf["plugins"].append({"type": "rcnfailcheck"})
+    path.write_text(json.dumps(conf))
+    rig.attachments(atts(rig, 6))  # 5 parallel-eligible ADDs: the worker processes verify them
+    out = rig.run("apply", "--output", "json")
+    assert out.returncode == 3, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    failed = {o["key"]: o["error"] for o in report["outcomes"] if o["result"] == "failed"}
+    assert sorted(failed) == [f"net1/c{i}/eth0" for i in range(6)], report
+    assert all("rcnfailcheck refuses CHECK" in error for error in failed.values()), failed
+    assert rig.our_namespaces() == []
+    assert rig.allocations() == []
+    assert rig.host_links("veth") == []
+    assert not list((rig.state / "results").glob("net1-*"))
+    assert not list((rig.state / "reconciler" / "journal").glob("*.json"))
+    status = rig.run("status", "--output", "json")
+    listed = json.loads(status.stdout)["attachments"]
+    assert len(listed) == 6 and not any(a["applied"] for a in listed), listed
+    assert all("verification failed after ADD (rolled back)" in a["error"] for a in listed), listed
