@@ -34,6 +34,8 @@ class CNIModel(BaseModel):
                 alias = field.alias or name
                 cached[alias.lower()] = alias
                 cached[name.lower()] = alias
+            for alias in list(cached.values()):
+                cached[alias] = alias  # the exact spelling: found without lower()
             cls._key_map_cache = cached  # type: ignore[attr-defined]
         return cached
 
@@ -43,6 +45,11 @@ class CNIModel(BaseModel):
         if not isinstance(data, dict):
             return data
         keys = cls._keys()
+        for key in data:
+            if keys.get(key) != key and (not isinstance(key, str) or keys.get(key.lower(), key) != key):
+                break
+        else:
+            return data  # every key already spelled as declared (or unknown): nothing to fold
         out: dict[str, Any] = {}
         for key, value in data.items():
             canon = keys.get(key.lower(), key) if isinstance(key, str) else key
