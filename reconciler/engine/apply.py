@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -538,7 +538,7 @@ class Engine:
             if outcome.action == "delete" and outcome.result == "ok":
                 per_key.pop(outcome.key, None)
             else:
-                per_key.setdefault(outcome.key, {}).update(asdict(outcome))
+                per_key.setdefault(outcome.key, {}).update(vars(outcome), ips=list(outcome.ips))  # flat: no asdict deep copy
         for step in plan.steps:
             entry = per_key.setdefault(step.key, {}) if step.kind != "delete" else None
             if entry is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ class Inventory:
         if not self._staged and not legacy:
             return
         records = self.records()
-        data = {"attachments": {key: asdict(rec) for key, rec in sorted(records.items())}}
+        data = {"attachments": {key: dict(vars(rec)) for key, rec in sorted(records.items())}}  # flat: no asdict deep copy
         # folding in old files is fsync'd at once: their unlinks must never reach the disk alone
         write_json(self.records_file, data, deferrable=not legacy, pretty=False)
         self._staged = {}

@@ -77,7 +77,7 @@ class Journal:
         if not intents:
             return None
         path = self.dir / f"batch-{os.getpid()}-{time.monotonic_ns()}.json"
-        write_json(path, {"batch": [asdict(i) for i in intents]}, pretty=False)
+        write_json(path, {"batch": [dict(vars(i)) for i in intents]}, pretty=False)  # flat: asdict deep-copies (~30 us each)
         return path
 
     def forget(self, keys: Iterable[str]) -> None:
