@@ -64,15 +64,12 @@ class Pending:
     created_netns: bool = False
     record: Record | None = None
     outcome: Outcome | None = None
-    entry: CacheEntry | None = None  # the result cache entry its ADD wrote
-
-    def fresh(self) -> Fresh | None:
-        return (self.entry, self.netlist) if self.entry is not None else None
+    entry: CacheEntry | None = None  # the result cache entry its ADD wrote (None: ADDed in another process)
 
 
 def _fresh(pendings: Iterable[Pending]) -> dict[str, Fresh]:
     """What the ADDs of `pendings` done in this process wrote, by attachment key."""
-    return {p.att.key: fresh for p in pendings if (fresh := p.fresh()) is not None}
+    return {p.att.key: (p.entry, p.netlist) for p in pendings if p.entry is not None}
 
 
 # what a worker returns per ADD: outcome, record, whether it created the namespace, verdict (None: not judged)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reconciler.cni import cache
+from reconciler.engine.observe import bridge_of
 
 if TYPE_CHECKING:
     from reconciler.engine.apply import Engine
@@ -120,12 +121,6 @@ def _missing(ns: str, what: str, name: str) -> Node:
     return Node(_nid(ns, name), f"{name}\n({what} MISSING)", {"color": RED, "fontcolor": RED, "style": "dashed"})
 
 
-def _bridge_of(config: dict[str, Any]) -> str | None:
-    plugins = config.get("plugins") or [config]
-    first = plugins[0] if plugins and isinstance(plugins[0], dict) else {}
-    return str(first.get("bridge") or "cni0") if first.get("type") == "bridge" else None
-
-
 def _snap(path: str | None) -> Snapshot | None:
     """Links and addresses of one namespace (read once per drawing: see `Drawing.draw`)."""
     from reconciler.kernel import namespaces
@@ -178,7 +173,7 @@ class Drawing:
         host_names: set[str] = {lk.name for lk in host.links} if (host is not None and self.everything) else set()
         bridges: dict[str, str] = {}  # bridge -> network
         for name, netlist in specs.networks.items():
-            bridge = _bridge_of({"plugins": list(netlist.plugins)})
+            bridge = bridge_of(netlist.plugins)
             if bridge:
                 bridges[bridge] = name
         for ns in sorted(wanted):
@@ -247,7 +242,7 @@ class Drawing:
         for name, netlist in specs.networks.items():
             fid = f"file:{netlist.source}"
             self.pic.add("specs", Node(fid, f"{netlist.source}\nnetwork {name}", {"shape": "note"}))
-            bridge = _bridge_of({"plugins": list(netlist.plugins)})
+            bridge = bridge_of(netlist.plugins)
             if bridge:
                 if host is None or host.link(bridge) is None:
                     self.pic.add(HOST, _missing(HOST, "bridge", bridge))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +61,19 @@ def expected_addresses(result: dict[str, Any], ifname: str) -> list[str]:
     return out
 
 
-def _bridge_of(config: dict[str, Any]) -> str | None:
-    plugins = config.get("plugins") or [config]
-    first = plugins[0] if plugins else {}
-    if first.get("type") == "bridge":
+def _cached_plugins(config: bytes) -> list[Any]:
+    """The plugin objects of a cached config (a list or a single conf); [] when it does not parse."""
+    try:
+        data = json.loads(config or b"{}")
+    except ValueError:
+        return []
+    return list(data.get("plugins") or [data]) if isinstance(data, dict) else []
+
+
+def bridge_of(plugins: Sequence[Any]) -> str | None:
+    """The bridge a chain attaches to (its first plugin's, when that is `bridge`), else None."""
+    first = plugins[0] if plugins else None
+    if isinstance(first, dict) and first.get("type") == "bridge":
         return str(first.get("bridge") or "cni0")
     return None
 
@@ -93,14 +102,7 @@ def judge(rec: Record, obs: Observation, runner: Runner, deep: bool = True, fres
         for addr in expected_addresses(entry.result, rec.ifname):
             if addr not in have:
                 drift.append(f"address {addr} missing on {rec.ifname} in netns {rec.netns}")
-    if fresh is not None:
-        config: Any = {"plugins": list(fresh[1].plugins)}
-    else:
-        try:
-            config = json.loads(entry.config or b"{}")
-        except ValueError:
-            config = {}
-    bridge = _bridge_of(config) if isinstance(config, dict) else None
+    bridge = bridge_of(fresh[1].plugins if fresh is not None else _cached_plugins(entry.config))
     if bridge and obs.host is not None and bridge not in obs.host:
         drift.append(f"bridge {bridge} missing on the host")
     if drift or not deep:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import time
@@ -15,7 +14,7 @@ from reconciler.kernel import rtnl
 from reconciler.kernel.links import get as get_link
 from reconciler.kernel.netns import KernelError, LinkNotFound
 
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPInterface = ipparse.IPInterface
 
 IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
@@ -67,7 +66,7 @@ def add(ifname: str, address: IPInterface | str, netns: str | None = None, *, no
     index = index or get_link(ifname, netns).index
     flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
     # a broadcast address as `ip addr add ... brd +` sets one
-    broadcast = str(iface.network.broadcast_address) if iface.version == 4 and iface.network.prefixlen < 31 else None
+    broadcast = iface.network.broadcast_address if iface.version == 4 and iface.network.prefixlen < 31 else None
     try:
         rtnl.add_addr(netns, index, iface, flags=flags, broadcast=broadcast, scope=scope or 0)
     except rtnl.NetlinkError as exc:

@@ -8,13 +8,14 @@ import os
 import socket
 from dataclasses import dataclass
 
+from reconciler import ipparse
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel import rtnl
 from reconciler.kernel.links import get as get_link
 from reconciler.kernel.netns import KernelError, LinkNotFound
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipparse.IPNetwork
+IPAddress = ipparse.IPAddress
 
 TABLE_MAIN = rtnl.RT_TABLE_MAIN
 TABLE_LOCAL = 255

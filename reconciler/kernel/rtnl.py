@@ -46,6 +46,7 @@ RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN = 1, 3, 4, 5, 10, 13
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 20, 28, 37
+IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS = 29, 1 << 3
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
@@ -405,7 +406,6 @@ def request(netns: str | None, msg_type: int, flags: int, body: bytes) -> list[t
 
 # links are read without their counters (IFLA_STATS*, inet6 stats: ~370 of a veth's ~1500 bytes),
 # which nothing here uses; kernels older than the flag ignore it and send them
-IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS = 29, 1 << 3
 _NO_STATS = attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 
 
@@ -555,12 +555,13 @@ def _addr_body(index: int, iface: Any, flags: int = 0, scope: int = 0) -> bytes:
     return body + attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed)
 
 
-def add_addr(netns: str | None, index: int, iface: Any, *, flags: int = 0, broadcast: str | None = None,
+def add_addr(netns: str | None, index: int, iface: Any, *, flags: int = 0, broadcast: Any = None,
              scope: int = 0) -> None:
-    """RTM_NEWADDR (create, exclusive) of `iface` (an ip_interface) on link `index`."""
+    """RTM_NEWADDR (create, exclusive) of `iface` (an ip_interface) on link `index`; `broadcast`: an
+    ip_address."""
     body = _addr_body(index, iface, flags, scope)
-    if broadcast:
-        body += attr(IFA_BROADCAST, ipaddress.ip_address(broadcast).packed)
+    if broadcast is not None:
+        body += attr(IFA_BROADCAST, broadcast.packed)
     if flags > 0xFF:
         body += attr_u32(IFA_FLAGS, flags)
     request(netns, RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 import threading
 
@@ -109,6 +110,9 @@ def test_addresses_idempotent_and_dad_settles(two):
     found = {a.address for a in addrs.list_addrs(cp, "rcna0") if a.is_global}
     assert found == {ipaddress.ip_interface("10.61.0.2/24"), ipaddress.ip_interface("fd00:61::2/64")}
     assert not any(a.tentative for a in addrs.list_addrs(cp, "rcna0", family=6))
+    shown = json.loads(subprocess.run(["ip", "-n", cn, "-j", "addr", "show", "dev", "rcna0"], capture_output=True,
+                                      text=True, check=True).stdout)[0]["addr_info"]
+    assert [a.get("broadcast") for a in shown if a["local"] == "10.61.0.2"] == ["10.61.0.255"]  # as `brd +` sets it
     assert addrs.delete("rcna0", "10.61.0.2/24", cp) is True
     assert addrs.delete("rcna0", "10.61.0.2/24", cp) is False
     assert addrs.delete("rcna0", "fd00:61::2/64", cp) is True
