@@ -33,9 +33,11 @@ def exec_plugin(
     cni_args: str = "",
     extra_env: dict[str, str] | None = None,
     netns_exec: str | None = None,
+    wrap: list[str] | None = None,
     timeout: float = 60,
 ) -> PluginRun:
-    """Run `binary` with the CNI environment; `netns_exec` runs it inside that named netns (the 'host')."""
+    """Run `binary` with the CNI environment; `netns_exec` runs it inside that named netns (the 'host');
+    `wrap` is a command line that runs it (the binary is appended to it)."""
     if isinstance(config, dict):
         stdin = json.dumps(config).encode()
     elif isinstance(config, str):
@@ -55,6 +57,8 @@ def exec_plugin(
     cmd = [str(binary)]
     if netns_exec:
         cmd = ["ip", "netns", "exec", netns_exec, *cmd]
+    if wrap:
+        cmd = [*wrap, *cmd]
     proc = subprocess.run(cmd, input=stdin, env=env, capture_output=True, timeout=timeout)
     return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 

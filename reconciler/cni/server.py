@@ -9,8 +9,11 @@ namespace) runs the request itself, with exactly the code a cold launcher
 would run (`skel.run`), so results and errors are identical. A request from
 any other namespace is run in a child forked for it that enters the caller's
 namespace first, so nothing a worker keeps (open handles, caches) ever serves
-the wrong namespace. Work for one container is serialised with a lock file per
-container id; independent requests run in parallel on different workers.
+the wrong namespace. A caller that does not see the daemon's files (another root,
+or a CNI_NETNS mounted only in its own mount namespace) is answered by hanging
+up, and its launcher runs the plugin cold in its own view. Work for one
+container is serialised with a lock file per container id; independent
+requests run in parallel on different workers.
 
 A worker that dies (a crashing native library) is replaced; a worker retires
 after `MAX_REQUESTS` so nothing it accumulates lives forever.
@@ -187,8 +190,35 @@ def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, l
     os.waitpid(child, 0)
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def sees_our_files(pid: int, env: dict[str, str]) -> bool:
+    """True when the caller's view of the files a request names is the daemon's: the same root
+    directory, and its CNI_NETNS the same file (or missing in both). A runtime in a container, or
+    one whose CNI_NETNS is mounted only in its own mount namespace, sees other files there, and
+    only a cold run in its own view gives it what it asked for. A caller in a mount namespace that
+    shares our files (`ip netns exec` makes one) is served."""
+    caller_root = f"/proc/{pid}/root"
+    if _file_identity(caller_root) != _file_identity("/"):
+        return False
+    path = nsmod.resolve(env.get("CNI_NETNS"))
+    if path is None:
+        return True
+    theirs = caller_root + path if path.startswith("/") else f"/proc/{pid}/cwd/{path}"
+    return _file_identity(theirs) == _file_identity(path)
+
+
 def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = None) -> None:
-    """Serve one accepted connection (in a worker, whose namespace is `home`)."""
+    """Serve one accepted connection (in a worker, whose namespace is `home`).
+
+    A caller that does not see our files (`sees_our_files`) is answered by hanging up before anything
+    runs: both launchers take a hang-up before the reply as "run it here", so it gets a cold run."""
     from reconciler.errors import DECODING_FAILURE, INVALID_NETNS
 
     conn.settimeout(REQUEST_TIMEOUT)
@@ -198,6 +228,10 @@ def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = N
     except wire.WireError as exc:
         _reply_error(conn, DECODING_FAILURE, "malformed request", str(exc))
         return
+    if not sees_our_files(pid, request.env):
+        log.debug("pid %d sees other files (its root or CNI_NETNS): hung up, its launcher runs the plugin", pid)
+        return
+    log.debug("serving %s %s for pid %d", request.env.get("CNI_COMMAND"), request.plugin_type, pid)
     caller = nsmod.identity(f"/proc/{pid}/ns/net")
     if caller is None:
         _reply_error(conn, INVALID_NETNS, "cannot find the caller's network namespace", f"peer pid {pid}")

@@ -79,6 +79,47 @@ def test_daemon_works_in_the_callers_namespace(daemon, plugin_dir, make_netns) -
     assert "UP" in state
 
 
+def test_a_caller_that_sees_other_files_gets_a_cold_run(plugin_dir, make_netns, tmp_path) -> None:
+    """A caller whose CNI_NETNS is mounted only in its own mount namespace (as a runtime in a container
+    sees its own files): the daemon cannot see that file, so it hangs up and the launcher runs the
+    plugin cold, in the caller's view, exactly as with no daemon. A caller in a mount namespace that
+    shares our files (what `ip netns exec` makes) is still served. The daemon's debug log says which."""
+    name, path = make_netns()
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "down"], check=True)
+    sock, log_file = tmp_path / "run" / "plugin.sock", tmp_path / "daemon.log"
+    with log_file.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "--log-level", "DEBUG", "serve", "--socket",
+                                 str(sock)], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.05)
+        view = tmp_path / "view"
+        view.mkdir()
+        private = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f"mount -t tmpfs rcn-view {view} && touch {view}/ns && mount --bind {path} {view}/ns"
+                   ' && exec "$0"']
+        shared = ["unshare", "--mount", "--propagation", "slave"]
+        env = {"RECONCILER_PLUGIN_SOCKET": str(sock)}
+        mine = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=f"{view}/ns", ifname="lo", wrap=private,
+                           extra_env=env)
+        cold = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=f"{view}/ns", ifname="lo", wrap=private,
+                           extra_env={**env, "RECONCILER_NO_WARM": "1"})
+        ours = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=path, ifname="lo", wrap=shared, extra_env=env)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert mine.code == 0, mine.stdout + mine.stderr
+    assert (mine.code, mine.stdout) == (cold.code, cold.stdout)
+    assert "UP" in subprocess.run(["ip", "-n", name, "-o", "link", "show", "lo"], capture_output=True,
+                                  text=True).stdout
+    assert ours.code == 0 and ours.stdout == mine.stdout.replace(f"{view}/ns", path), ours.stdout
+    log = log_file.read_text()
+    assert log.count("sees other files") == 1, log
+    assert log.count("serving ADD loopback") == 1, log
+
+
 def test_del_works_with_daemon_down(plugin_dir, netns, tmp_path) -> None:
     res = exec_plugin(plugin_dir / "loopback", "DEL", CONF, netns=netns, ifname="lo",
                       extra_env={"RECONCILER_PLUGIN_SOCKET": str(tmp_path / "nobody-home.sock")})
