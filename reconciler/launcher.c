@@ -3,12 +3,12 @@
  *
  * A Python interpreter needs ~9 ms just to start, two thirds of what the reference Go bridge
  * plugin spends on a whole ADD. Like Mercurial's chg in front of its command server, this
- * client only forwards: it sends the plugin type, stdin and the CNI_* / RECONCILER_*
- * environment to the warm-path daemon (reconciler/cni/server.py) in the wire format of
- * reconciler/cni/wire.py, and relays the exit status and stdout byte for byte. Whenever the
- * daemon does not answer, and for VERSION or an empty CNI_COMMAND (which must not wait for
- * stdin), it execs the Python launcher, which runs the plugin cold: the behaviour is exactly
- * that of reconciler/launcher.py's own warm/cold decision.
+ * client only forwards: it sends the plugin type, stdin and the whole environment to the
+ * warm-path daemon (reconciler/cni/server.py) in the wire format of reconciler/cni/wire.py,
+ * and relays the exit status and stdout byte for byte. Whenever the daemon does not answer,
+ * and for VERSION or an empty CNI_COMMAND (which must not wait for stdin), it execs the
+ * Python launcher, which runs the plugin cold: the behaviour is exactly that of
+ * reconciler/launcher.py's own warm/cold decision.
  *
  * `reconciler plugins install` compiles it with a generated launcher_config.h defining
  * RCN_PYTHON (the interpreter), RCN_COLD_CODE (the Python launcher's code) and
@@ -29,7 +29,7 @@
 #include "launcher_config.h"
 
 #define MAX_REQUEST (4u * 1024 * 1024) /* wire.MAX_REQUEST */
-#define MAX_FIELDS 512u                /* wire.MAX_FIELDS */
+#define MAX_FIELDS 8192u               /* wire.MAX_FIELDS */
 
 extern char **environ;
 
@@ -151,11 +151,6 @@ static int cold(const char *type, int argc, char **argv, const struct buf *consu
     return 1;
 }
 
-static int forwarded(const char *env_key)
-{
-    return strncmp(env_key, "CNI_", 4) == 0 || strncmp(env_key, "RECONCILER_", 11) == 0;
-}
-
 int main(int argc, char **argv)
 {
     /* A daemon gone mid-request is EPIPE (run cold), never a SIGPIPE death; Python ignores it too. */
@@ -183,7 +178,7 @@ int main(int argc, char **argv)
         return cold(type, argc, argv, &in); /* the daemon would refuse it: run it here */
     uint32_t fields = 2;
     for (char **e = environ; *e; e++)
-        if (forwarded(*e) && strchr(*e, '='))
+        if (strchr(*e, '='))
             fields += 2;
     if (fields > MAX_FIELDS)
         return cold(type, argc, argv, &in);
@@ -191,7 +186,7 @@ int main(int argc, char **argv)
               buf_field(&req, in.data ? in.data : "", in.len);
     for (char **e = environ; *e && !bad; e++) {
         const char *eq = strchr(*e, '=');
-        if (forwarded(*e) && eq)
+        if (eq)
             bad = buf_field(&req, *e, (size_t)(eq - *e)) || buf_field(&req, eq + 1, strlen(eq + 1));
     }
     unsigned char head[8];

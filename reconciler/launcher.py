@@ -73,9 +73,9 @@ def try_warm(plugin_type: str, stdin: bytes) -> tuple[int, bytes] | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(socket_path())
-        env = {k: v for k, v in _environb().items() if k.startswith((b"CNI_", b"RECONCILER_"))}
+        env = _environb()  # all of it: a cold run, and the IPAM plugins it execs, see all of it
         request = wire.encode_request(plugin_type, stdin, env)
-        if len(request) > wire.MAX_REQUEST:
+        if len(request) > wire.MAX_REQUEST or 2 + 2 * len(env) > wire.MAX_FIELDS:
             return None  # the daemon would refuse it: run it here
         sock.sendall(request)
         return wire.read_reply(sock)

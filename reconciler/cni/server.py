@@ -1,6 +1,6 @@
 """The warm path: a daemon that runs plugin verbs for the installed launchers.
 
-The launcher sends `(type, CNI environment, stdin)` over a unix socket. The
+The launcher sends `(type, environment, stdin)` over a unix socket. The
 daemon imports every plugin module, pyroute2 and the firewall libraries once,
 then forks a small pool of long-lived workers that accept on the shared
 socket. A worker whose network namespace is the caller's (found from the
@@ -148,12 +148,12 @@ def _reply_error(conn: socket.socket, code: int, msg: str, details: str) -> None
 
 
 def _run(request: wire.Request, lock_dir: Path) -> tuple[int, str]:
-    """Run one request with the caller's CNI environment in place of ours, then restore ours."""
+    """Run one request with the caller's environment in place of ours (what a cold run, and the
+    plugins it execs, would see), then restore ours."""
     from reconciler.cni.skel import run
 
     saved = dict(os.environ)
-    for key in [k for k in os.environ if k.startswith("CNI_")]:
-        del os.environ[key]
+    os.environ.clear()
     os.environ.update(request.env)
     try:
         if request.env.get("CNI_CONTAINERID"):

@@ -1,7 +1,9 @@
 """The launcher <-> daemon wire format: small, binary, standard library only.
 
 Request:  b"RCN1" + u32 count + count x (u32 length + bytes), the fields being
-          plugin type, stdin, then alternating environment keys and values.
+          plugin type, stdin, then alternating environment keys and values (the
+          caller's whole environment: a cold run, and the IPAM plugins it execs, see
+          all of it, so the daemon must too).
 Reply:    u32 exit status + u32 length + the plugin's stdout, byte for byte.
 All integers big-endian. Requests over MAX_REQUEST bytes are refused.
 No `struct` (int.to_bytes does it): this module is on the launcher's start-up path.
@@ -9,7 +11,7 @@ No `struct` (int.to_bytes does it): this module is on the launcher's start-up pa
 
 MAGIC = b"RCN1"
 MAX_REQUEST = 4 * 1024 * 1024
-MAX_FIELDS = 512
+MAX_FIELDS = 8192  # the launchers run cold beyond this (an environment of > 4095 variables)
 
 
 class WireError(ValueError):
@@ -65,13 +67,14 @@ def read_request(stream) -> Request:  # noqa: ANN001
         fields.append(_read(stream, size, budget))
     try:
         ptype = fields[0].decode()
-        env = {fields[i].decode(): fields[i + 1].decode() for i in range(2, count, 2)}
     except UnicodeDecodeError as exc:
-        raise WireError("fields must be UTF-8") from exc
+        raise WireError("the plugin type must be UTF-8") from exc
     if not ptype or "/" in ptype:
         raise WireError(f"bad plugin type {ptype!r}")
-    env = {k: v for k, v in env.items() if k.startswith(("CNI_", "RECONCILER_")) and "\0" not in k + v}
-    return Request(ptype, fields[1], env)
+    # as os.environ decodes the environment: a variable that is not UTF-8 round-trips unchanged
+    env = {fields[i].decode(errors="surrogateescape"): fields[i + 1].decode(errors="surrogateescape")
+           for i in range(2, count, 2)}
+    return Request(ptype, fields[1], {k: v for k, v in env.items() if k and "=" not in k and "\0" not in k + v})
 
 
 def write_reply(sock, code: int, out: bytes) -> None:  # noqa: ANN001 - a socket.socket

@@ -213,6 +213,57 @@ def test_parallel_requests_run_on_several_workers(daemon, plugin_dir, make_netns
     assert leftovers == []
 
 
+ENV_IPAM = """#!/bin/sh
+# an IPAM plugin that reports a variable of its environment (as the runtime's reaches it) in its result
+cat >/dev/null
+case "$CNI_COMMAND" in
+ADD) printf '{"cniVersion": "1.0.0", "ips": [{"address": "10.78.0.%s/24"}], "dns": {"domain": "%s"}}' \
+        "${CNI_IFNAME#eth}" "$RCN_PROBE" ;;
+VERSION) printf '{"cniVersion": "1.0.0", "supportedVersions": ["1.0.0"]}' ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_the_callers_whole_environment_reaches_the_plugins_it_execs(kind, daemon, plugin_dir, python_plugin_dir,
+                                                                   make_netns, tmp_path) -> None:
+    """A third-party IPAM plugin exec'd by our bridge sees the runtime's environment, as libcni passes it
+    down, whether the bridge runs in the daemon or cold; a variable that is not UTF-8 arrives unchanged."""
+    sock, _ = daemon
+    directory = plugin_dir if kind == "native" else python_plugin_dir
+    ipam_dir = tmp_path / "ipam-bin"
+    ipam_dir.mkdir()
+    (ipam_dir / "rcnenvipam").write_text(ENV_IPAM)
+    (ipam_dir / "rcnenvipam").chmod(0o755)
+    host, _ = make_netns("rcn-h-")
+    _, container = make_netns("rcn-c-")
+    conf = {"cniVersion": "1.0.0", "name": "rcn-warmenv", "type": "bridge", "bridge": "rcnwenv0",
+            "ipam": {"type": "rcnenvipam"}}
+    probe = f"probe-{os.getpid()}.example"
+    runs = {}
+    for n, mode in ((2, "warm"), (3, "cold")):
+        env = {"RECONCILER_PLUGIN_SOCKET": str(sock), "RCN_PROBE": probe}
+        if mode == "cold":
+            env["RECONCILER_NO_WARM"] = "1"
+        runs[mode] = exec_plugin(directory / "bridge", "ADD", conf, netns=container, ifname=f"eth{n}",
+                                 container_id=f"env{n}", cni_path=f"{directory}:{ipam_dir}", netns_exec=host,
+                                 extra_env=env)
+    for mode, res in runs.items():
+        assert res.code == 0, (mode, res.stdout + res.stderr)
+        assert res.json["dns"] == {"domain": probe}, (mode, res.stdout)
+    odd = {**{k: v for k, v in os.environ.items() if not k.startswith("CNI_")},
+           "CNI_COMMAND": "VERSION", "RECONCILER_PLUGIN_SOCKET": str(sock)}
+    env_bytes = {k.encode(): v.encode() for k, v in odd.items()} | {b"RCN_NOT_UTF8": b"\xff\xfe"}
+    from reconciler.cni.wire import encode_request, read_reply
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(sock))
+    s.sendall(encode_request("loopback", b"{}", env_bytes))
+    code, out = read_reply(s)
+    s.close()
+    assert code == 0 and b"supportedVersions" in out, out  # a variable that is not UTF-8 is no malformed request
+
+
 def test_callers_in_different_namespaces_each_get_their_own(daemon, plugin_dir, make_netns, tmp_path) -> None:
     """A worker never serves one namespace with what it keeps for another: the same bridge ADD from two
     'hosts' builds a bridge in each, and nothing in the daemon's own namespace."""
