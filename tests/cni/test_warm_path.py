@@ -37,6 +37,24 @@ def daemon(tmp_path):
     proc.wait(timeout=20)
 
 
+def start_daemon(directory: Path, log_file: Path, **popen) -> tuple[Path, subprocess.Popen]:
+    """`reconciler serve` with DEBUG logs into `log_file` (and `popen`'s process options); the caller stops it."""
+    sock = directory / "run" / "plugin.sock"
+    with log_file.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "--log-level", "DEBUG", "serve", "--socket",
+                                 str(sock)], stdout=subprocess.DEVNULL, stderr=err, **popen)
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
+        time.sleep(0.05)
+    return sock, proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
 def run_both(plugin_dir: Path, sock: Path, command: str, config, **kw):
     warm = exec_plugin(plugin_dir / "loopback", command, config,
                        extra_env={"RECONCILER_PLUGIN_SOCKET": str(sock)}, **kw)
@@ -86,15 +104,9 @@ def test_a_caller_that_sees_other_files_gets_a_cold_run(plugin_dir, make_netns, 
     shares our files (what `ip netns exec` makes) is still served. The daemon's debug log says which."""
     name, path = make_netns()
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "down"], check=True)
-    sock, log_file = tmp_path / "run" / "plugin.sock", tmp_path / "daemon.log"
-    with log_file.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "--log-level", "DEBUG", "serve", "--socket",
-                                 str(sock)], stdout=subprocess.DEVNULL, stderr=err)
+    log_file = tmp_path / "daemon.log"
+    sock, proc = start_daemon(tmp_path, log_file)
     try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
-            time.sleep(0.05)
         view = tmp_path / "view"
         view.mkdir()
         private = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -108,8 +120,7 @@ def test_a_caller_that_sees_other_files_gets_a_cold_run(plugin_dir, make_netns, 
                            extra_env={**env, "RECONCILER_NO_WARM": "1"})
         ours = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=path, ifname="lo", wrap=shared, extra_env=env)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        stop(proc)
     assert mine.code == 0, mine.stdout + mine.stderr
     assert (mine.code, mine.stdout) == (cold.code, cold.stdout)
     assert "UP" in subprocess.run(["ip", "-n", name, "-o", "link", "show", "lo"], capture_output=True,
@@ -118,6 +129,40 @@ def test_a_caller_that_sees_other_files_gets_a_cold_run(plugin_dir, make_netns, 
     log = log_file.read_text()
     assert log.count("sees other files") == 1, log
     assert log.count("serving ADD loopback") == 1, log
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_request_runs_with_the_callers_umask_and_directory(kind, plugin_dir, python_plugin_dir, netns,
+                                                             tmp_path) -> None:
+    """host-local with a relative dataDir, called from a directory under umask 022, through a daemon
+    that runs elsewhere under umask 077: the store lands in the caller's directory with the modes
+    umask 022 gives (its missing parent 0755), as in a cold run, and nothing lands in the daemon's."""
+    directory = plugin_dir if kind == "native" else python_plugin_dir
+    daemon_cwd = tmp_path / "daemon-cwd"
+    daemon_cwd.mkdir()
+    sock, proc = start_daemon(tmp_path, tmp_path / "daemon.log", cwd=daemon_cwd,
+                              preexec_fn=lambda: os.umask(0o077))
+    conf = {"cniVersion": "1.0.0", "name": "rcn-cwd", "type": "bridge",
+            "ipam": {"type": "host-local", "subnet": "10.79.0.0/24", "dataDir": "store/cni"}}
+    runs = {}
+    try:
+        for mode in ("warm", "cold"):
+            caller_dir = tmp_path / f"caller-{mode}"
+            caller_dir.mkdir()
+            env = {"RECONCILER_PLUGIN_SOCKET": str(sock)} | ({"RECONCILER_NO_WARM": "1"} if mode == "cold" else {})
+            runs[mode] = exec_plugin(directory / "host-local", "ADD", conf, netns=netns, container_id=f"cwd-{mode}",
+                                     wrap=["sh", "-c", f'cd {caller_dir} && umask 022 && exec "$0"'], extra_env=env)
+    finally:
+        stop(proc)
+    assert runs["warm"].code == 0 and runs["warm"].stdout == runs["cold"].stdout, runs["warm"].stdout
+    for mode in ("warm", "cold"):
+        store = tmp_path / f"caller-{mode}" / "store"
+        assert (store / "cni" / "rcn-cwd" / "10.79.0.2").read_text().startswith(f"cwd-{mode}"), mode
+        # the parent makedirs creates is 0777 less the umask; the store's own directories are 0700
+        modes = [oct(d.stat().st_mode & 0o777) for d in (store, store / "cni", store / "cni" / "rcn-cwd")]
+        assert modes == ["0o755", "0o700", "0o700"], (mode, modes)
+    assert list(daemon_cwd.iterdir()) == []
+    assert "serving ADD host-local" in (tmp_path / "daemon.log").read_text()
 
 
 def test_del_works_with_daemon_down(plugin_dir, netns, tmp_path) -> None:
