@@ -251,10 +251,9 @@ def sees_our_files(pid: int, env: dict[str, str]) -> bool:
     if _file_identity(caller_root) != _file_identity("/"):
         return False
     path = nsmod.resolve(env.get("CNI_NETNS"))
-    if path is None:
-        return True
-    theirs = caller_root + path if path.startswith("/") else f"/proc/{pid}/cwd/{path}"
-    return _file_identity(theirs) == _file_identity(path)
+    if path is None or not path.startswith("/"):
+        return True  # a relative one is walked from the caller's own directory (`Caller.applied`)
+    return _file_identity(caller_root + path) == _file_identity(path)
 
 
 def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = None) -> None:

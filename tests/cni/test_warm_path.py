@@ -165,6 +165,30 @@ def test_a_request_runs_with_the_callers_umask_and_directory(kind, plugin_dir, p
     assert "serving ADD host-local" in (tmp_path / "daemon.log").read_text()
 
 
+def test_a_relative_cni_netns_is_found_from_the_callers_directory(plugin_dir, make_netns, tmp_path) -> None:
+    """CNI_NETNS=./ns, a namespace file in the caller's directory: the daemon serves it (the request runs
+    in that directory) and brings up lo in that namespace, as a cold run does."""
+    name, path = make_netns()
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "down"], check=True)
+    caller_dir = tmp_path / "caller"
+    caller_dir.mkdir()
+    (caller_dir / "ns").touch()
+    subprocess.run(["mount", "--bind", path, str(caller_dir / "ns")], check=True)
+    log_file = tmp_path / "daemon.log"
+    sock, proc = start_daemon(tmp_path, log_file)
+    try:
+        res = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns="./ns", ifname="lo",
+                          wrap=["sh", "-c", f'cd {caller_dir} && exec "$0"'],
+                          extra_env={"RECONCILER_PLUGIN_SOCKET": str(sock)})
+    finally:
+        stop(proc)
+        subprocess.run(["umount", str(caller_dir / "ns")], check=False)
+    assert res.code == 0, res.stdout + res.stderr
+    assert "UP" in subprocess.run(["ip", "-n", name, "-o", "link", "show", "lo"], capture_output=True,
+                                  text=True).stdout
+    assert "serving ADD loopback" in log_file.read_text()
+
+
 def test_del_works_with_daemon_down(plugin_dir, netns, tmp_path) -> None:
     res = exec_plugin(plugin_dir / "loopback", "DEL", CONF, netns=netns, ifname="lo",
                       extra_env={"RECONCILER_PLUGIN_SOCKET": str(tmp_path / "nobody-home.sock")})
