@@ -189,6 +189,37 @@ def test_a_relative_cni_netns_is_found_from_the_callers_directory(plugin_dir, ma
     assert "serving ADD loopback" in log_file.read_text()
 
 
+BAD_INPUTS = [  # (verb, config): each is refused; what differs between them is who refuses it
+    ("ADD", b"{broken"),
+    ("ADD", {"cniVersion": "9.9.9", "name": "rcn-bad"}),
+    ("ADD", {"cniVersion": "0.1.0", "name": "rcn-bad", "prevResult": {"cniVersion": "0.1.0"}}),
+    ("ADD", {"cniVersion": "1.0.0", "name": "rcn-bad", "mtu": "not-a-number", "ipam": 5, "master": 7,
+             "bridge": ["x"], "addresses": "y", "capabilities": 3, "prevResult": "z"}),
+    ("CHECK", {"cniVersion": "1.0.0", "name": "rcn-bad"}),
+]
+
+
+def test_every_plugin_refuses_bad_input_identically_warm_and_cold(daemon, plugin_dir, make_netns) -> None:
+    """For every plugin type, the same refused inputs through the daemon and cold give byte-identical
+    exit codes and stdout (run in a throwaway host namespace, so nothing a plugin might touch
+    before refusing is the real host's)."""
+    sock, _ = daemon
+    host, _ = make_netns("rcn-h-")
+    _, container = make_netns("rcn-c-")
+    compared = 0
+    for ptype in implemented():
+        for verb, config in BAD_INPUTS:
+            if isinstance(config, dict):
+                config = dict(config, type=ptype)
+            warm, cold = run_both(plugin_dir, sock, verb, config, netns=container, netns_exec=host,
+                                  container_id="bad1")
+            assert (warm.code, warm.stdout) == (cold.code, cold.stdout), (ptype, verb, config, warm, cold)
+            if verb == "ADD":
+                assert warm.code != 0 and '"code"' in warm.stdout, (ptype, verb, config, warm)
+            compared += 1
+    assert compared == len(implemented()) * len(BAD_INPUTS)
+
+
 def test_del_works_with_daemon_down(plugin_dir, netns, tmp_path) -> None:
     res = exec_plugin(plugin_dir / "loopback", "DEL", CONF, netns=netns, ifname="lo",
                       extra_env={"RECONCILER_PLUGIN_SOCKET": str(tmp_path / "nobody-home.sock")})
