@@ -10,8 +10,8 @@ would run (`skel.run`), so results and errors are identical. A request from
 any other namespace is run in a child forked for it that enters the caller's
 namespace first, so nothing a worker keeps (open handles, caches) ever serves
 the wrong namespace. A caller that does not see the daemon's files (another root,
-or a CNI_NETNS mounted only in its own mount namespace) is answered by hanging
-up, and its launcher runs the plugin cold in its own view. Work for one
+other mounts, or a CNI_NETNS mounted only in its own mount namespace) is answered
+by hanging up, and its launcher runs the plugin cold in its own view. Work for one
 container is serialised with a lock file per container id; independent
 requests run in parallel on different workers.
 
@@ -241,15 +241,38 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def mounts(mountinfo: str) -> list[tuple[str, ...]] | None:
+    """The mounts a mount namespace shows (/proc/PID/mountinfo), as (mount point, root in its
+    filesystem, device, type, source), sorted; those at and below /sys left out, since `ip netns
+    exec` mounts a sysfs of the target namespace there. None when it cannot be read."""
+    try:
+        with open(mountinfo, "rb") as table:
+            lines = table.read().decode(errors="surrogateescape").splitlines()
+    except OSError:
+        return None
+    out = []
+    for line in lines:
+        head, _, tail = line.partition(" - ")
+        fields, kind = head.split(), tail.split()
+        if len(fields) < 5 or len(kind) < 2 or fields[4] == "/sys" or fields[4].startswith("/sys/"):
+            continue
+        out.append((fields[4], fields[3], fields[2], kind[0], kind[1]))
+    return sorted(out)
+
+
 def sees_our_files(pid: int, env: dict[str, str]) -> bool:
-    """True when the caller's view of the files a request names is the daemon's: the same root
-    directory, and its CNI_NETNS the same file (or missing in both). A runtime in a container, or
-    one whose CNI_NETNS is mounted only in its own mount namespace, sees other files there, and
-    only a cold run in its own view gives it what it asked for. A caller in a mount namespace that
-    shares our files (`ip netns exec` makes one) is served."""
+    """True when the caller sees the daemon's files: the same root directory; in another mount
+    namespace, the same mounts but under /sys (`ip netns exec` makes such a namespace); and its
+    CNI_NETNS the same file (or missing in both). A runtime in a container, one with a private /tmp
+    (systemd's PrivateTmp=), or one whose CNI_NETNS is mounted only in its own mount namespace sees
+    other files, and only a cold run in its own view gives it what it asked for."""
     caller_root = f"/proc/{pid}/root"
     if _file_identity(caller_root) != _file_identity("/"):
         return False
+    if _file_identity(f"/proc/{pid}/ns/mnt") != _file_identity("/proc/self/ns/mnt"):
+        theirs = mounts(f"/proc/{pid}/mountinfo")
+        if theirs is None or theirs != mounts("/proc/self/mountinfo"):
+            return False
     path = nsmod.resolve(env.get("CNI_NETNS"))
     if path is None or not path.startswith("/"):
         return True  # a relative one is walked from the caller's own directory (`Caller.applied`)

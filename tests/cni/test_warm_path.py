@@ -100,8 +100,9 @@ def test_daemon_works_in_the_callers_namespace(daemon, plugin_dir, make_netns) -
 def test_a_caller_that_sees_other_files_gets_a_cold_run(plugin_dir, make_netns, tmp_path) -> None:
     """A caller whose CNI_NETNS is mounted only in its own mount namespace (as a runtime in a container
     sees its own files): the daemon cannot see that file, so it hangs up and the launcher runs the
-    plugin cold, in the caller's view, exactly as with no daemon. A caller in a mount namespace that
-    shares our files (what `ip netns exec` makes) is still served. The daemon's debug log says which."""
+    plugin cold, in the caller's view, exactly as with no daemon. Callers in a mount namespace that
+    shares our files are still served: a plain copy of ours, and what `ip netns exec` makes (another
+    sysfs on /sys). The daemon's debug log says which."""
     name, path = make_netns()
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "down"], check=True)
     log_file = tmp_path / "daemon.log"
@@ -119,6 +120,8 @@ def test_a_caller_that_sees_other_files_gets_a_cold_run(plugin_dir, make_netns, 
         cold = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=f"{view}/ns", ifname="lo", wrap=private,
                            extra_env={**env, "RECONCILER_NO_WARM": "1"})
         ours = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=path, ifname="lo", wrap=shared, extra_env=env)
+        via_ip = exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=path, ifname="lo", netns_exec=name,
+                             extra_env=env)  # ip netns exec: another mount namespace, another /sys
     finally:
         stop(proc)
     assert mine.code == 0, mine.stdout + mine.stderr
@@ -126,9 +129,10 @@ def test_a_caller_that_sees_other_files_gets_a_cold_run(plugin_dir, make_netns, 
     assert "UP" in subprocess.run(["ip", "-n", name, "-o", "link", "show", "lo"], capture_output=True,
                                   text=True).stdout
     assert ours.code == 0 and ours.stdout == mine.stdout.replace(f"{view}/ns", path), ours.stdout
+    assert via_ip.code == 0 and via_ip.stdout == ours.stdout, via_ip.stdout + via_ip.stderr
     log = log_file.read_text()
     assert log.count("sees other files") == 1, log
-    assert log.count("serving ADD loopback") == 1, log
+    assert log.count("serving ADD loopback") == 2, log
 
 
 @pytest.mark.parametrize("kind", ["native", "python"])
@@ -163,6 +167,31 @@ def test_a_request_runs_with_the_callers_umask_and_directory(kind, plugin_dir, p
         assert modes == ["0o755", "0o700", "0o700"], (mode, modes)
     assert list(daemon_cwd.iterdir()) == []
     assert "serving ADD host-local" in (tmp_path / "daemon.log").read_text()
+
+
+def test_a_caller_with_its_own_mounts_gets_a_cold_run(plugin_dir, netns, tmp_path) -> None:
+    """A caller with a private tmpfs where host-local's store lives (as under systemd's PrivateTmp=):
+    the daemon sees other mounts, hangs up, and the launcher allocates in the caller's own store, as a
+    cold run does; nothing lands in the daemon's view of that directory."""
+    private = tmp_path / "private"
+    private.mkdir()
+    conf = {"cniVersion": "1.0.0", "name": "rcn-priv", "type": "bridge",
+            "ipam": {"type": "host-local", "subnet": "10.80.0.0/24", "dataDir": str(private / "store")}}
+    wrap = ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
+            f'mount -t tmpfs rcn-private {private} && exec "$0"']
+    log_file = tmp_path / "daemon.log"
+    sock, proc = start_daemon(tmp_path, log_file)
+    try:
+        env = {"RECONCILER_PLUGIN_SOCKET": str(sock)}
+        mine = exec_plugin(plugin_dir / "host-local", "ADD", conf, netns=netns, container_id="priv1", wrap=wrap,
+                           extra_env=env)
+        cold = exec_plugin(plugin_dir / "host-local", "ADD", conf, netns=netns, container_id="priv1", wrap=wrap,
+                           extra_env={**env, "RECONCILER_NO_WARM": "1"})
+    finally:
+        stop(proc)
+    assert mine.code == 0 and (mine.code, mine.stdout) == (cold.code, cold.stdout), mine.stdout + mine.stderr
+    assert list(private.iterdir()) == []  # the stores were in the callers' own tmpfs, gone with them
+    assert log_file.read_text().count("sees other files") == 1
 
 
 def test_a_relative_cni_netns_is_found_from_the_callers_directory(plugin_dir, make_netns, tmp_path) -> None:
