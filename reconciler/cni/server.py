@@ -233,14 +233,6 @@ def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, l
     os.waitpid(child, 0)
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
 def mounts(mountinfo: str) -> list[tuple[str, ...]] | None:
     """The mounts a mount namespace shows (/proc/PID/mountinfo), as (mount point, root in its
     filesystem, device, type, source), sorted; those at and below /sys left out, since `ip netns
@@ -260,23 +252,19 @@ def mounts(mountinfo: str) -> list[tuple[str, ...]] | None:
     return sorted(out)
 
 
-def sees_our_files(pid: int, env: dict[str, str]) -> bool:
-    """True when the caller sees the daemon's files: the same root directory; in another mount
-    namespace, the same mounts but under /sys (`ip netns exec` makes such a namespace); and its
-    CNI_NETNS the same file (or missing in both). A runtime in a container, one with a private /tmp
-    (systemd's PrivateTmp=), or one whose CNI_NETNS is mounted only in its own mount namespace sees
-    other files, and only a cold run in its own view gives it what it asked for."""
-    caller_root = f"/proc/{pid}/root"
-    if _file_identity(caller_root) != _file_identity("/"):
+def sees_our_files(pid: int) -> bool:
+    """True when the caller sees the daemon's files: the same root directory and, in another mount
+    namespace, the same mounts but under /sys (`ip netns exec` makes such a namespace). Then every
+    absolute path (CNI_NETNS, a config's dataDir) names the same file for both, and a relative one is
+    walked from the caller's own directory (`Caller.applied`). A runtime in a container, one with a
+    private /tmp (systemd's PrivateTmp=), or one whose CNI_NETNS is a mount of its own sees other
+    files, and only a cold run in its own view gives it what it asked for."""
+    if nsmod.identity(f"/proc/{pid}/root") != nsmod.identity("/"):
         return False
-    if _file_identity(f"/proc/{pid}/ns/mnt") != _file_identity("/proc/self/ns/mnt"):
-        theirs = mounts(f"/proc/{pid}/mountinfo")
-        if theirs is None or theirs != mounts("/proc/self/mountinfo"):
-            return False
-    path = nsmod.resolve(env.get("CNI_NETNS"))
-    if path is None or not path.startswith("/"):
-        return True  # a relative one is walked from the caller's own directory (`Caller.applied`)
-    return _file_identity(caller_root + path) == _file_identity(path)
+    if nsmod.identity(f"/proc/{pid}/ns/mnt") == nsmod.identity("/proc/self/ns/mnt"):
+        return True
+    theirs = mounts(f"/proc/{pid}/mountinfo")
+    return theirs is not None and theirs == mounts("/proc/self/mountinfo")
 
 
 def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = None) -> None:
@@ -294,8 +282,8 @@ def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = N
     except wire.WireError as exc:
         _reply_error(conn, DECODING_FAILURE, "malformed request", str(exc))
         return
-    if not sees_our_files(pid, request.env):
-        log.debug("pid %d sees other files (its root or CNI_NETNS): hung up, its launcher runs the plugin", pid)
+    if not sees_our_files(pid):
+        log.debug("pid %d sees other files (its root or mounts): hung up, its launcher runs the plugin", pid)
         return
     try:
         caller = Caller(pid)

@@ -110,7 +110,8 @@ def same_as_current(netns: str | None) -> bool:
 
 
 def identity(netns: str | None) -> tuple[int, int] | None:
-    """(dev, inode) of a namespace; None if it does not exist."""
+    """(dev, inode) of a namespace (a name or a path; any path's file, e.g. /proc/PID/root, alike);
+    None if it does not exist."""
     path = resolve(netns) or "/proc/self/ns/net"
     try:
         st = os.stat(path)

@@ -22,21 +22,6 @@ pytestmark = pytest.mark.skipif("loopback" not in implemented(), reason="loopbac
 CONF = {"cniVersion": "1.0.0", "name": "rcn-warm", "type": "loopback"}
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    sock = tmp_path / "run" / "plugin.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "serve", "--socket", str(sock)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not sock.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "daemon did not start"
-        time.sleep(0.05)
-    yield sock, proc
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
-
-
 def start_daemon(directory: Path, log_file: Path, **popen) -> tuple[Path, subprocess.Popen]:
     """`reconciler serve` with DEBUG logs into `log_file` (and `popen`'s process options); the caller stops it."""
     sock = directory / "run" / "plugin.sock"
@@ -53,6 +38,13 @@ def start_daemon(directory: Path, log_file: Path, **popen) -> tuple[Path, subpro
 def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    sock, proc = start_daemon(tmp_path, tmp_path / "daemon.log")
+    yield sock, proc
+    stop(proc)
 
 
 def run_both(plugin_dir: Path, sock: Path, command: str, config, **kw):
