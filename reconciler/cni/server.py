@@ -9,9 +9,11 @@ namespace) runs the request itself, with exactly the code a cold launcher
 would run (`skel.run`), so results and errors are identical. A request from
 any other namespace is run in a child forked for it that enters the caller's
 namespace first, so nothing a worker keeps (open handles, caches) ever serves
-the wrong namespace. A caller that does not see the daemon's files (another root,
-other mounts, or a CNI_NETNS mounted only in its own mount namespace) is answered
-by hanging up, and its launcher runs the plugin cold in its own view. Work for one
+the wrong namespace; a caller whose mounts differ from the daemon's only under
+/sys (`ip netns exec`) has its mount namespace entered by that child as well. A
+caller that does not see the daemon's files (another root, other mounts, or a
+CNI_NETNS mounted only in its own mount namespace) is answered by hanging up,
+and its launcher runs the plugin cold in its own view. Work for one
 container is serialised with a lock file per container id; independent
 requests run in parallel on different workers.
 
@@ -207,9 +209,11 @@ def _run(request: wire.Request, lock_dir: Path, caller: Caller) -> tuple[int, st
         return run(request.plugin_type, request.env, request.stdin)
 
 
-def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, lock_dir: Path,
-                         caller: Caller) -> None:
-    """A caller in another namespace: a child forked for this request enters it and runs the request."""
+def _run_in_caller_namespaces(conn: socket.socket, pid: int, request: wire.Request, lock_dir: Path,
+                              caller: Caller, *, mounts: bool) -> None:
+    """A caller in another network namespace, or with a sysfs of its own: a child forked for this
+    request enters the caller's network namespace (and, when `mounts`, its mount namespace, so reads
+    under /sys, and the plugins it execs, see the caller's sysfs) and runs the request."""
     from reconciler.errors import INVALID_NETNS
 
     child = os.fork()
@@ -217,11 +221,9 @@ def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, l
         code = 0
         try:
             try:
-                fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-                nsmod._setns(fd)
-                os.close(fd)
+                nsmod.join_process(pid, mounts=mounts)
             except OSError as exc:
-                _reply_error(conn, INVALID_NETNS, "cannot enter the caller's network namespace", str(exc))
+                _reply_error(conn, INVALID_NETNS, "cannot enter the caller's namespaces", str(exc))
             else:
                 status, out = _run(request, lock_dir, caller)
                 wire.write_reply(conn, status, out.encode())
@@ -235,8 +237,7 @@ def _run_in_caller_netns(conn: socket.socket, pid: int, request: wire.Request, l
 
 def mounts(mountinfo: str) -> list[tuple[str, ...]] | None:
     """The mounts a mount namespace shows (/proc/PID/mountinfo), as (mount point, root in its
-    filesystem, device, type, source), sorted; those at and below /sys left out, since `ip netns
-    exec` mounts a sysfs of the target namespace there. None when it cannot be read."""
+    filesystem, device, type, source), sorted; None when it cannot be read."""
     try:
         with open(mountinfo, "rb") as table:
             lines = table.read().decode(errors="surrogateescape").splitlines()
@@ -246,31 +247,43 @@ def mounts(mountinfo: str) -> list[tuple[str, ...]] | None:
     for line in lines:
         head, _, tail = line.partition(" - ")
         fields, kind = head.split(), tail.split()
-        if len(fields) < 5 or len(kind) < 2 or fields[4] == "/sys" or fields[4].startswith("/sys/"):
-            continue
-        out.append((fields[4], fields[3], fields[2], kind[0], kind[1]))
+        if len(fields) >= 5 and len(kind) >= 2:
+            out.append((fields[4], fields[3], fields[2], kind[0], kind[1]))
     return sorted(out)
 
 
-def sees_our_files(pid: int) -> bool:
-    """True when the caller sees the daemon's files: the same root directory and, in another mount
-    namespace, the same mounts but under /sys (`ip netns exec` makes such a namespace). Then every
-    absolute path (CNI_NETNS, a config's dataDir) names the same file for both, and a relative one is
-    walked from the caller's own directory (`Caller.applied`). A runtime in a container, one with a
-    private /tmp (systemd's PrivateTmp=), or one whose CNI_NETNS is a mount of its own sees other
-    files, and only a cold run in its own view gives it what it asked for."""
+def _outside_sys(table: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return [m for m in table if m[0] != "/sys" and not m[0].startswith("/sys/")]
+
+
+SAME_FILES = "same files"
+OWN_SYSFS = "same files, its own /sys"
+
+
+def caller_view(pid: int) -> str | None:
+    """How the caller's files compare with the daemon's: SAME_FILES (the same root directory and mount
+    namespace, or another with the same mounts), OWN_SYSFS (the same, but under /sys: `ip netns exec`
+    mounts a sysfs of its target namespace there), or None. Then every absolute path (CNI_NETNS, a
+    config's dataDir) names the same file for both, and a relative one is walked from the caller's
+    own directory (`Caller.applied`). A runtime in a container, one with a private /tmp (systemd's
+    PrivateTmp=), or one whose CNI_NETNS is a mount of its own sees other files (None), and only a
+    cold run in its own view gives it what it asked for."""
     if nsmod.identity(f"/proc/{pid}/root") != nsmod.identity("/"):
-        return False
+        return None
     if nsmod.identity(f"/proc/{pid}/ns/mnt") == nsmod.identity("/proc/self/ns/mnt"):
-        return True
-    theirs = mounts(f"/proc/{pid}/mountinfo")
-    return theirs is not None and theirs == mounts("/proc/self/mountinfo")
+        return SAME_FILES
+    theirs, ours = mounts(f"/proc/{pid}/mountinfo"), mounts("/proc/self/mountinfo")
+    if theirs is None or ours is None:
+        return None
+    if theirs == ours:
+        return SAME_FILES
+    return OWN_SYSFS if _outside_sys(theirs) == _outside_sys(ours) else None
 
 
 def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = None) -> None:
     """Serve one accepted connection (in a worker, whose namespace is `home`).
 
-    A caller that does not see our files (`sees_our_files`), or whose umask and working directory
+    A caller that does not see our files (`caller_view`), or whose umask and working directory
     cannot be read (`Caller`), is answered by hanging up before anything runs: both launchers take a
     hang-up before the reply as "run it here", so it gets a cold run."""
     from reconciler.errors import DECODING_FAILURE, INVALID_NETNS
@@ -282,7 +295,8 @@ def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = N
     except wire.WireError as exc:
         _reply_error(conn, DECODING_FAILURE, "malformed request", str(exc))
         return
-    if not sees_our_files(pid):
+    view = caller_view(pid)
+    if view is None:
         log.debug("pid %d sees other files (its root or mounts): hung up, its launcher runs the plugin", pid)
         return
     try:
@@ -296,8 +310,8 @@ def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = N
         if netns is None:
             _reply_error(conn, INVALID_NETNS, "cannot find the caller's network namespace", f"peer pid {pid}")
             return
-        if netns != (home or nsmod.identity(None)):
-            _run_in_caller_netns(conn, pid, request, lock_dir, caller)
+        if view == OWN_SYSFS or netns != (home or nsmod.identity(None)):
+            _run_in_caller_namespaces(conn, pid, request, lock_dir, caller, mounts=view == OWN_SYSFS)
             return
         code, out = _run(request, lock_dir, caller)
         wire.write_reply(conn, code, out.encode())

@@ -186,6 +186,39 @@ def test_a_caller_with_its_own_mounts_gets_a_cold_run(plugin_dir, netns, tmp_pat
     assert log_file.read_text().count("sees other files") == 1
 
 
+def test_a_caller_with_its_own_sysfs_is_served_with_it(plugin_dir, make_netns, tmp_path) -> None:
+    """`ip netns exec` mounts its target namespace's sysfs on /sys. host-device's `kernelpath` lists
+    the devices there: through the daemon it must find the caller's namespace's veth, as a cold run
+    does (the daemon's own /sys lists its own namespace's devices). The request is served, and DEL
+    hands the device back both times."""
+    host, _ = make_netns("rcn-h-")
+    other, _ = make_netns("rcn-o-")
+    _, container = make_netns("rcn-c-")
+    subprocess.run(["ip", "-n", host, "link", "add", "rcnsys0", "type", "veth", "peer", "name", "rcnsys1",
+                    "netns", other], check=True)
+    conf = {"cniVersion": "1.0.0", "name": "rcn-sysfs", "type": "host-device", "kernelpath": "/sys/devices/virtual"}
+    log_file = tmp_path / "daemon.log"
+    sock, proc = start_daemon(tmp_path, log_file)
+    runs = {}
+    try:
+        for mode in ("warm", "cold"):
+            env = {"RECONCILER_PLUGIN_SOCKET": str(sock)} | ({"RECONCILER_NO_WARM": "1"} if mode == "cold" else {})
+            runs[mode] = exec_plugin(plugin_dir / "host-device", "ADD", conf, netns=container, netns_exec=host,
+                                     extra_env=env)
+            assert runs[mode].code == 0, (mode, runs[mode].stdout + runs[mode].stderr)
+            gone = exec_plugin(plugin_dir / "host-device", "DEL", conf, netns=container, netns_exec=host,
+                               extra_env=env)
+            assert gone.code == 0, (mode, gone.stdout + gone.stderr)
+            back = subprocess.run(["ip", "-n", host, "-o", "link", "show", "rcnsys0"], capture_output=True, text=True)
+            assert back.returncode == 0, (mode, back.stderr)
+    finally:
+        stop(proc)
+    assert runs["warm"].stdout == runs["cold"].stdout
+    assert runs["warm"].json["interfaces"][0]["name"] == "eth0"
+    log = log_file.read_text()
+    assert "sees other files" not in log and log.count("serving ADD host-device") == 1, log
+
+
 def test_a_relative_cni_netns_is_found_from_the_callers_directory(plugin_dir, make_netns, tmp_path) -> None:
     """CNI_NETNS=./ns, a namespace file in the caller's directory: the daemon serves it (the request runs
     in that directory) and brings up lo in that namespace, as a cold run does."""

@@ -79,14 +79,14 @@ def _find(conf: HostDeviceConf, host: str | None) -> Link:
         what = f"device {conf.device!r}"
     elif conf.hwaddr:
         found = devices.find_by_mac(conf.hwaddr, host)
-        what = f"a device with MAC {conf.hwaddr}"
+        what = f"device with MAC {conf.hwaddr}"
     elif conf.kernelpath:
         found = devices.find_by_sysfs(conf.kernelpath, host)
-        what = f"a network device under {conf.kernelpath}"
+        what = f"network device under {conf.kernelpath}"
     else:
         path = devices.pci_dir(conf.pci_bus_id)
         found = devices.find_by_sysfs(path, host) if path else None
-        what = f"a network device for PCI address {conf.pci_bus_id}"
+        what = f"network device for PCI address {conf.pci_bus_id}"
     if found is None:
         raise CNIError(INTERNAL, f"failed to find host device: no {what} in the host namespace")
     if found.name == "lo":
