@@ -5,9 +5,9 @@
  * plugin spends on a whole ADD. Like Mercurial's chg in front of its command server, this
  * client only forwards: it sends the plugin type, stdin and the whole environment to the
  * warm-path daemon (reconciler/cni/server.py) in the wire format of reconciler/cni/wire.py,
- * and relays the exit status and stdout byte for byte. Whenever the daemon does not answer,
- * and for VERSION or an empty CNI_COMMAND (which must not wait for stdin), it execs the
- * Python launcher, which runs the plugin cold: the behaviour is exactly that of
+ * with its stderr, and relays the exit status and stdout byte for byte. Whenever the daemon
+ * does not answer, and for VERSION or an empty CNI_COMMAND (which must not wait for stdin), it
+ * execs the Python launcher, which runs the plugin cold: the behaviour is exactly that of
  * reconciler/launcher.py's own warm/cold decision.
  *
  * `reconciler plugins install` compiles it with a generated launcher_config.h defining
@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -99,6 +101,36 @@ static int write_all(int fd, const char *p, size_t n)
         n -= (size_t)w;
     }
     return 0;
+}
+
+/* Send the request with our stderr attached to its first bytes (SCM_RIGHTS), as chg passes its stdio
+ * to the command server: the daemon writes there what a cold run would write to stderr (the plugin's
+ * log lines, an exec'd plugin's stderr). Without an open stderr the request goes alone. */
+static int send_request(int sock, const char *p, size_t n)
+{
+    if (fcntl(2, F_GETFD) < 0)
+        return write_all(sock, p, n);
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct iovec iov = {.iov_base = (void *)p, .iov_len = n};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space,
+                         .msg_controllen = sizeof ctl.space};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    int fd = 2;
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    ssize_t sent;
+    do
+        sent = sendmsg(sock, &msg, 0);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0)
+        return -1;
+    return write_all(sock, p + sent, n - (size_t)sent);
 }
 
 static int read_exact(int fd, char *p, size_t n)
@@ -190,7 +222,7 @@ int main(int argc, char **argv)
             bad = buf_field(&req, *e, (size_t)(eq - *e)) || buf_field(&req, eq + 1, strlen(eq + 1));
     }
     unsigned char head[8];
-    if (bad || req.len > MAX_REQUEST || write_all(sock, req.data, req.len) ||
+    if (bad || req.len > MAX_REQUEST || send_request(sock, req.data, req.len) ||
         read_exact(sock, (char *)head, sizeof head))
         return cold(type, argc, argv, &in);
     uint32_t code = be32(head), size = be32(head + 4);

@@ -77,7 +77,12 @@ def try_warm(plugin_type: str, stdin: bytes) -> tuple[int, bytes] | None:
         request = wire.encode_request(plugin_type, stdin, env)
         if len(request) > wire.MAX_REQUEST or 2 + 2 * len(env) > wire.MAX_FIELDS:
             return None  # the daemon would refuse it: run it here
-        sock.sendall(request)
+        try:
+            wire.send_request(sock, request)  # our stderr with it: the daemon writes the plugin's logs there
+        except OSError as exc:
+            if exc.errno != 9:  # EBADF: no stderr open to pass
+                raise
+            wire.send_request(sock, request, None)
         return wire.read_reply(sock)
     except (OSError, ValueError, ConnectionError):
         return None

@@ -40,14 +40,23 @@ class TextFormatter(logging.Formatter):
         return f"{base} {' '.join(extras)}" if extras else base
 
 
-def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
-    level = (level or os.environ.get("RECONCILER_LOG_LEVEL") or "WARNING").upper()
+def stderr_handler(level: str | None = None, fmt: str | None = None) -> logging.Handler:
+    """A handler writing to stderr at `level` (else RECONCILER_LOG_LEVEL, else WARNING; a name logging
+    does not know counts as WARNING), formatted as `fmt` (else RECONCILER_LOG_FORMAT) says: json or text."""
+    name = (level or os.environ.get("RECONCILER_LOG_LEVEL") or "WARNING").upper()
     fmt = fmt or os.environ.get("RECONCILER_LOG_FORMAT") or "text"
     handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(name if isinstance(logging.getLevelName(name), int) else logging.WARNING)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    return handler
+
+
+def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """The root logger writes to stderr only, through `stderr_handler(level, fmt)`."""
+    handler = stderr_handler(level, fmt)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(handler.level)

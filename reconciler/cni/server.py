@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import select
@@ -156,10 +157,12 @@ def _reply_error(conn: socket.socket, code: int, msg: str, details: str) -> None
 
 class Caller:
     """What a cold run inherits from the runtime besides its environment: its umask (the mode of
-    every directory a plugin creates) and its working directory (a relative path in a config).
+    every directory a plugin creates), its working directory (a relative path in a config) and its
+    stderr (sent with the request by the launchers).
     Raises OSError (or ValueError) when the caller is gone or cannot be read."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, stderr: int | None = None) -> None:
+        self.stderr = stderr  # the descriptor that came with the request, if any (its owner closes it)
         with open(f"/proc/{pid}/status", "rb") as status:
             line = next((ln for ln in status if ln.startswith(b"Umask:")), None)
         if line is None:
@@ -196,13 +199,56 @@ def adopt_environment(env: dict[str, str]) -> None:
             current[key] = value
 
 
+@functools.lru_cache(maxsize=16)
+def _log_handler(level: str | None, fmt: str | None) -> logging.Handler:
+    """One handler per level and format callers ask for (it writes to whatever fd 2 is)."""
+    from reconciler.logs import stderr_handler
+
+    return stderr_handler(level, fmt)
+
+
+@contextlib.contextmanager
+def callers_stderr(fd: int | None) -> Iterator[None]:
+    """fd 2 is the caller's stderr (`fd`, passed with the request) while a request runs, and the log
+    handler is the one its RECONCILER_LOG_LEVEL / RECONCILER_LOG_FORMAT make, as in a cold run: the
+    plugin's log lines, a traceback and an exec'd plugin's stderr reach the runtime. Ours afterwards.
+    Without `fd` (an older launcher) they go to the daemon's stderr.
+
+    The handler filters by the caller's level; the root logger's level is lowered to it only when the
+    caller asks for more than the daemon logs (setting it empties every logger's level cache)."""
+    if fd is None:
+        yield
+        return
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+    ours = os.dup(2)
+    try:
+        os.dup2(fd, 2)
+        handler = _log_handler(os.environ.get("RECONCILER_LOG_LEVEL"), os.environ.get("RECONCILER_LOG_FORMAT"))
+        root.handlers[:] = [handler]
+        if handler.level < level:
+            root.setLevel(handler.level)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()  # a caller gone meanwhile: its lines are lost, as they would be cold
+        os.dup2(ours, 2)
+        os.close(ours)
+        root.handlers[:] = handlers
+        if root.level != level:
+            root.setLevel(level)
+
+
 def _run(request: wire.Request, lock_dir: Path, caller: Caller) -> tuple[int, str]:
-    """Run one request with the caller's environment, umask and working directory (what a cold run,
-    and the plugins it execs, would have); the umask and directory are ours again afterwards."""
+    """Run one request with the caller's environment, umask, working directory and stderr (what a
+    cold run, and the plugins it execs, would have); they are ours again afterwards but the
+    environment."""
     from reconciler.cni.skel import run
 
     adopt_environment(request.env)
-    with caller.applied():
+    with caller.applied(), callers_stderr(caller.stderr):
         if request.env.get("CNI_CONTAINERID"):
             with container_lock(lock_dir, request.env["CNI_CONTAINERID"]):
                 return run(request.plugin_type, request.env, request.stdin)
@@ -285,22 +331,46 @@ def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = N
 
     A caller that does not see our files (`caller_view`), or whose umask and working directory
     cannot be read (`Caller`), is answered by hanging up before anything runs: both launchers take a
-    hang-up before the reply as "run it here", so it gets a cold run."""
-    from reconciler.errors import DECODING_FAILURE, INVALID_NETNS
+    hang-up before the reply as "run it here", so it gets a cold run. The launchers send their stderr
+    with the request's first bytes; a descriptor not open for writing is dropped."""
+    from reconciler.errors import DECODING_FAILURE
 
     conn.settimeout(REQUEST_TIMEOUT)
     pid, _uid, _gid = peer_credentials(conn)
+    stderr = None
     try:
-        request = wire.read_request(conn.makefile("rb"))
-    except wire.WireError as exc:
-        _reply_error(conn, DECODING_FAILURE, "malformed request", str(exc))
-        return
+        try:
+            head, fds, _flags, _addr = socket.recv_fds(conn, len(wire.MAGIC), 1)
+            stderr = _writable(fds[0]) if fds else None
+            request = wire.read_request(conn.makefile("rb"), head)
+        except wire.WireError as exc:
+            _reply_error(conn, DECODING_FAILURE, "malformed request", str(exc))
+            return
+        _serve(conn, pid, request, stderr, lock_dir, home)
+    finally:
+        if stderr is not None:
+            os.close(stderr)
+
+
+def _writable(fd: int) -> int | None:
+    """`fd` when it is open for writing (else closed, and None)."""
+    with contextlib.suppress(OSError):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+            return fd
+    os.close(fd)
+    return None
+
+
+def _serve(conn: socket.socket, pid: int, request: wire.Request, stderr: int | None, lock_dir: Path,
+           home: tuple[int, int] | None) -> None:
+    from reconciler.errors import INVALID_NETNS
+
     view = caller_view(pid)
     if view is None:
         log.debug("pid %d sees other files (its root or mounts): hung up, its launcher runs the plugin", pid)
         return
     try:
-        caller = Caller(pid)
+        caller = Caller(pid, stderr)
     except (OSError, ValueError) as exc:
         log.debug("cannot read pid %d's umask or working directory (%s): hung up", pid, exc)
         return

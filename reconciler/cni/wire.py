@@ -4,6 +4,8 @@ Request:  b"RCN1" + u32 count + count x (u32 length + bytes), the fields being
           plugin type, stdin, then alternating environment keys and values (the
           caller's whole environment: a cold run, and the IPAM plugins it execs, see
           all of it, so the daemon must too).
+          The request's first bytes may carry one file descriptor (SCM_RIGHTS): the
+          caller's stderr, where the daemon writes what a cold run would write to it.
 Reply:    u32 exit status + u32 length + the plugin's stdout, byte for byte.
 All integers big-endian. Requests over MAX_REQUEST bytes are refused.
 No `struct` (int.to_bytes does it): this module is on the launcher's start-up path.
@@ -54,17 +56,28 @@ def _read(stream,  # noqa: ANN001 - a binary file object
     return data
 
 
-def read_request(stream) -> Request:  # noqa: ANN001
-    budget = [MAX_REQUEST]
-    if _read(stream, 4, budget) != MAGIC:
+def read_request(stream, head: bytes = b"") -> Request:  # noqa: ANN001
+    """Decode a request from `stream`; `head`: its first bytes, when already read from the socket."""
+    budget = [MAX_REQUEST - len(head)]
+    if head + _read(stream, 4 - len(head), budget) != MAGIC:
         raise WireError("bad magic")
     count = int.from_bytes(_read(stream, 4, budget), "big")
     if count < 2 or count > MAX_FIELDS or count % 2:
         raise WireError(f"bad field count {count}")
     fields = []
-    for _ in range(count):
-        size = int.from_bytes(_read(stream, 4, budget), "big")
-        fields.append(_read(stream, size, budget))
+    read, left = stream.read, budget[0]
+    for _ in range(count):  # inline, not through _read: an environment is ~100 fields
+        head = read(4)
+        size = int.from_bytes(head, "big")
+        left -= 4 + size
+        if len(head) != 4:
+            raise WireError("truncated request")
+        if left < 0:
+            raise WireError(f"request exceeds {MAX_REQUEST} bytes")
+        data = read(size)
+        if len(data) != size:
+            raise WireError("truncated request")
+        fields.append(data)
     try:
         ptype = fields[0].decode()
     except UnicodeDecodeError as exc:
@@ -75,6 +88,17 @@ def read_request(stream) -> Request:  # noqa: ANN001
     env = {fields[i].decode(errors="surrogateescape"): fields[i + 1].decode(errors="surrogateescape")
            for i in range(2, count, 2)}
     return Request(ptype, fields[1], {k: v for k, v in env.items() if k and "=" not in k and "\0" not in k + v})
+
+
+def send_request(sock, request: bytes, stderr: int | None = 2) -> None:  # noqa: ANN001 - a _socket.socket
+    """Send `request` with the descriptor `stderr` attached to its first bytes (None: without)."""
+    sent = 0
+    if stderr is not None:
+        import _socket
+        import sys
+
+        sent = sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, stderr.to_bytes(4, sys.byteorder))])
+    sock.sendall(memoryview(request)[sent:])
 
 
 def write_reply(sock, code: int, out: bytes) -> None:  # noqa: ANN001 - a socket.socket

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -368,14 +369,25 @@ def test_parallel_requests_run_on_several_workers(daemon, plugin_dir, make_netns
 
 
 ENV_IPAM = """#!/bin/sh
-# an IPAM plugin that reports a variable of its environment (as the runtime's reaches it) in its result
+# an IPAM plugin that reports a variable of its environment (as the runtime's reaches it) in its result,
+# and on its stderr
 cat >/dev/null
 case "$CNI_COMMAND" in
-ADD) printf '{"cniVersion": "1.0.0", "ips": [{"address": "10.78.0.%s/24"}], "dns": {"domain": "%s"}}' \
+ADD) echo "rcnenvipam: probe $RCN_PROBE" >&2
+    printf '{"cniVersion": "1.0.0", "ips": [{"address": "10.78.0.%s/24"}], "dns": {"domain": "%s"}}' \
         "${CNI_IFNAME#eth}" "$RCN_PROBE" ;;
 VERSION) printf '{"cniVersion": "1.0.0", "supportedVersions": ["1.0.0"]}' ;;
 esac
 """
+
+
+def env_ipam_dir(tmp_path: Path) -> Path:
+    """A CNI_PATH directory holding ENV_IPAM as the `rcnenvipam` plugin."""
+    ipam_dir = tmp_path / "ipam-bin"
+    ipam_dir.mkdir()
+    (ipam_dir / "rcnenvipam").write_text(ENV_IPAM)
+    (ipam_dir / "rcnenvipam").chmod(0o755)
+    return ipam_dir
 
 
 @pytest.mark.parametrize("kind", ["native", "python"])
@@ -385,10 +397,7 @@ def test_the_callers_whole_environment_reaches_the_plugins_it_execs(kind, daemon
     down, whether the bridge runs in the daemon or cold; a variable that is not UTF-8 arrives unchanged."""
     sock, _ = daemon
     directory = plugin_dir if kind == "native" else python_plugin_dir
-    ipam_dir = tmp_path / "ipam-bin"
-    ipam_dir.mkdir()
-    (ipam_dir / "rcnenvipam").write_text(ENV_IPAM)
-    (ipam_dir / "rcnenvipam").chmod(0o755)
+    ipam_dir = env_ipam_dir(tmp_path)
     host, _ = make_netns("rcn-h-")
     _, container = make_netns("rcn-c-")
     conf = {"cniVersion": "1.0.0", "name": "rcn-warmenv", "type": "bridge", "bridge": "rcnwenv0",
@@ -416,6 +425,42 @@ def test_the_callers_whole_environment_reaches_the_plugins_it_execs(kind, daemon
     code, out = read_reply(s)
     s.close()
     assert code == 0 and b"supportedVersions" in out, out  # a variable that is not UTF-8 is no malformed request
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_the_callers_stderr_gets_what_a_cold_run_writes(kind, daemon, plugin_dir, python_plugin_dir, make_netns,
+                                                        tmp_path) -> None:
+    """The launchers pass their stderr with the request: a bridge ADD with ipMasq, logging as the
+    caller's RECONCILER_LOG_LEVEL / RECONCILER_LOG_FORMAT say, writes the same log lines (and the
+    exec'd IPAM plugin's stderr) to the runtime's stderr through the daemon as cold, and none of them
+    to the daemon's own log."""
+    sock, _ = daemon
+    directory = plugin_dir if kind == "native" else python_plugin_dir
+    ipam_dir = env_ipam_dir(tmp_path)
+    conf = {"cniVersion": "1.0.0", "name": "rcn-warmlog", "type": "bridge", "bridge": "rcnwlog0", "ipMasq": True,
+            "ipam": {"type": "rcnenvipam"}}
+    probe = f"stderr-{os.getpid()}.example"
+    seen = {}
+    for mode in ("warm", "cold"):  # each in a host of its own: the firewall's state shows in the log lines
+        host, _ = make_netns("rcn-h-")
+        _, container = make_netns("rcn-c-")
+        env = {"RECONCILER_PLUGIN_SOCKET": str(sock), "RCN_PROBE": probe, "RECONCILER_LOG_LEVEL": "DEBUG",
+               "RECONCILER_LOG_FORMAT": "json"} | ({"RECONCILER_NO_WARM": "1"} if mode == "cold" else {})
+        call = {"netns": container, "container_id": "log1", "cni_path": f"{directory}:{ipam_dir}",
+                "netns_exec": host, "extra_env": env}
+        added = exec_plugin(directory / "bridge", "ADD", conf, **call)
+        assert added.code == 0, (mode, added.stdout + added.stderr)
+        assert exec_plugin(directory / "bridge", "DEL", conf, **call).code == 0
+        lines = added.stderr.splitlines()
+        logged = [json.loads(line) for line in lines if line.startswith("{")]
+        seen[mode] = ([(r["level"], r["logger"], r["msg"]) for r in logged],
+                      [line for line in lines if not line.startswith("{")])
+    assert seen["warm"] == seen["cold"]
+    records, others = seen["warm"]
+    assert others == [f"rcnenvipam: probe {probe}"]
+    assert any(level == "debug" and "ipMasq rcn-warmlog/log1" in msg for level, _, msg in records), records
+    daemon_log = (tmp_path / "daemon.log").read_text()
+    assert "serving ADD bridge" in daemon_log and probe not in daemon_log and "rcn-warmlog/log1" not in daemon_log
 
 
 def test_callers_in_different_namespaces_each_get_their_own(daemon, plugin_dir, make_netns, tmp_path) -> None:
