@@ -1,8 +1,9 @@
 """host-local allocation throughput: ours in-process, ours exec'd (cold and warm), the reference exec'd.
 
 One and 4 concurrent writers (the issue's figure; `--writers 1,4,8` adds 8)
-on one network store each; prints allocations/s and the ratios to the
-reference, and writes bench/results/ipam.json. An in-process writer is a
+on one network store each; prints allocations/s (the median of 3 rounds in
+which the implementations take turns) and the ratios to the reference, and
+writes bench/results/ipam.json. An in-process writer is a
 process calling the plugin module in a loop (the analogue of one runtime); an
 exec'd writer is a thread exec'ing the binary. Needs no root; the store lives
 in a temporary directory on /var/tmp (disk: fsyncs are real) or /dev/shm.
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,10 +113,14 @@ def counts_for(impl: str, count: int, writers: int) -> int:
     return max(1, total // writers)
 
 
-def measure(tmp: str, count: int, writer_counts: list[int], impls: list[str]) -> dict[str, dict[str, float]]:
-    """allocations/s per implementation and writer count, each on a fresh store in directory `tmp`
-    (which the caller removes)."""
-    rates: dict[str, dict[str, float]] = {}
+def measure(tmp: str, count: int, writer_counts: list[int], impls: list[str],
+            rounds: int) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """allocations/s per implementation and writer count (the median of `rounds` runs; the cold
+    exec'd path runs once), each run on a fresh store in directory `tmp` (which the caller removes);
+    and the runs' samples. The implementations take turns round by round: on this VM's journal-less
+    ext4 a new file costs more the more files were deleted in the last minutes (bench/README.md), a
+    cost that drifts within a run, so each side's runs are spread over the same minutes."""
+    samples: dict[str, dict[str, list[float]]] = {}
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(warm_daemon(tmp)) if "ours exec'd warm" in impls else None
         netns_path = os.path.join(tmp, "netns")
@@ -130,26 +136,28 @@ def measure(tmp: str, count: int, writer_counts: list[int], impls: list[str]) ->
             "ours exec'd warm": ours,
             "reference exec'd": str(REFERENCE / "host-local"),
         }
-        for impl in impls:
-            if impl == "reference exec'd" and not Path(binaries[impl]).exists():
-                continue
-            if impl == "ours exec'd warm" and sock is None:
-                print("  (warm-path daemon did not start; skipping the warm exec'd figures)")
-                continue
-            for writers in writer_counts:
-                conf = net_conf(os.path.join(tmp, "data"), f"n{IMPLS.index(impl)}w{writers}")
-                per_writer = counts_for(impl, count, writers)
-                if impl == "ours in-process":
-                    rate = run_inproc(conf, writers, per_writer)
-                else:
-                    path = sock if impl == "ours exec'd warm" and sock else os.devnull
-                    rate = run_exec(binaries[impl], conf, writers, per_writer, netns_path, path)
-                rates.setdefault(impl, {})[f"{writers}w"] = round(rate, 1)
-                print(
-                    f"  {impl:18} {writers} writer(s): {rate:9.1f} allocations/s  ({per_writer * writers} allocations)",
-                    flush=True,
-                )
-    return rates
+        if "ours exec'd warm" in impls and sock is None:
+            print("  (warm-path daemon did not start; skipping the warm exec'd figures)")
+        for round_no in range(rounds):
+            for impl in impls:
+                if impl == "reference exec'd" and not Path(binaries[impl]).exists():
+                    continue
+                if (impl == "ours exec'd warm" and sock is None) or (impl == "ours exec'd" and round_no):
+                    continue
+                for writers in writer_counts:
+                    conf = net_conf(os.path.join(tmp, "data"), f"n{IMPLS.index(impl)}w{writers}r{round_no}")
+                    per_writer = counts_for(impl, count, writers)
+                    if impl == "ours in-process":
+                        rate = run_inproc(conf, writers, per_writer)
+                    else:
+                        path = sock if impl == "ours exec'd warm" and sock else os.devnull
+                        rate = run_exec(binaries[impl], conf, writers, per_writer, netns_path, path)
+                    samples.setdefault(impl, {}).setdefault(f"{writers}w", []).append(round(rate, 1))
+                    print(f"  round {round_no + 1}: {impl:18} {writers} writer(s): {rate:9.1f} allocations/s"
+                          f"  ({per_writer * writers} allocations)", flush=True)
+    rates = {impl: {key: round(statistics.median(values), 1) for key, values in by_key.items()}
+             for impl, by_key in samples.items()}
+    return rates, samples
 
 
 def durable_floor(base: str, count: int, writer_counts: list[int], ref: dict[str, float]) -> dict[str, float]:
@@ -192,8 +200,11 @@ def main() -> int:
         help=f"allocations per run, split across writers (default 480, quick 40; cold exec'd at most {COLD_MAX})",
     )
     parser.add_argument("--impl", choices=IMPLS, action="append", help="default: all")
+    parser.add_argument("--rounds", type=int, help="runs per figure, the sides taking turns; the median is "
+                        "reported (default 3, quick 1; the cold exec'd path runs once)")
     opts = parser.parse_args()
     count = opts.count or (40 if opts.quick else 480)
+    rounds = opts.rounds or (1 if opts.quick else 3)
     writer_counts = [int(w) for w in opts.writers.split(",") if w.strip()]
     impls = [impl for impl in IMPLS if impl in (opts.impl or IMPLS)]
     results: dict[str, dict] = {}
@@ -205,18 +216,19 @@ def main() -> int:
         # ext4 (this VM's root) every file created in the minutes after many were deleted costs
         # more (bench/README.md), so nothing is deleted between the runs and the floor.
         with tempfile.TemporaryDirectory(prefix="ipambench", dir=STORES[store]) as tmp:
-            rates = measure(tmp, count, writer_counts, impls)
+            rates, samples = measure(tmp, count, writer_counts, impls, rounds)
             ratios = ratios_of(rates)
             for label, value in ratios.items():
                 print(f"  {label:40} {value:8.3f}x")
             floor = durable_floor(tmp, count, writer_counts, rates.get("reference exec'd", {}))
         results[store] = {"allocations_per_second": rates, "ratios_to_reference": ratios,
-                          "floor_allocations_per_second": floor}
+                          "floor_allocations_per_second": floor, "samples": samples}
     path = write_results(
         "ipam",
         {
             "stores": results,
             "allocations_per_run": count,
+            "rounds": rounds,
             "cold_exec_allocations_max": COLD_MAX,
             "writers": writer_counts,
             "quick": opts.quick,
