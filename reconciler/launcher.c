@@ -105,10 +105,11 @@ static int write_all(int fd, const char *p, size_t n)
 
 /* Send the request with our stderr attached to its first bytes (SCM_RIGHTS), as chg passes its stdio
  * to the command server: the daemon writes there what a cold run would write to stderr (the plugin's
- * log lines, an exec'd plugin's stderr). Without an open stderr the request goes alone. */
-static int send_request(int sock, const char *p, size_t n)
+ * log lines, an exec'd plugin's stderr). Without an open stderr (checked before the socket is made,
+ * which would otherwise take descriptor 2) the request goes alone. */
+static int send_request(int sock, const char *p, size_t n, int pass_stderr)
 {
-    if (fcntl(2, F_GETFD) < 0)
+    if (!pass_stderr)
         return write_all(sock, p, n);
     union {
         struct cmsghdr h;
@@ -197,6 +198,7 @@ int main(int argc, char **argv)
     const char *path = getenv("RECONCILER_PLUGIN_SOCKET");
     if (!path || !*path)
         path = RCN_DEFAULT_SOCKET;
+    int pass_stderr = fcntl(2, F_GETFD) >= 0;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof addr.sun_path)
         return cold(type, argc, argv, NULL);
@@ -222,7 +224,7 @@ int main(int argc, char **argv)
             bad = buf_field(&req, *e, (size_t)(eq - *e)) || buf_field(&req, eq + 1, strlen(eq + 1));
     }
     unsigned char head[8];
-    if (bad || req.len > MAX_REQUEST || send_request(sock, req.data, req.len) ||
+    if (bad || req.len > MAX_REQUEST || send_request(sock, req.data, req.len, pass_stderr) ||
         read_exact(sock, (char *)head, sizeof head))
         return cold(type, argc, argv, &in);
     uint32_t code = be32(head), size = be32(head + 4);

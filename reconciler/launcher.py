@@ -70,6 +70,11 @@ def try_warm(plugin_type: str, stdin: bytes) -> tuple[int, bytes] | None:
 
     from reconciler.cni import wire
 
+    try:  # before the socket is made: with descriptor 2 closed, the socket would take it
+        posix.fstat(2)
+        stderr: int | None = 2
+    except OSError:
+        stderr = None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(socket_path())
@@ -77,12 +82,7 @@ def try_warm(plugin_type: str, stdin: bytes) -> tuple[int, bytes] | None:
         request = wire.encode_request(plugin_type, stdin, env)
         if len(request) > wire.MAX_REQUEST or 2 + 2 * len(env) > wire.MAX_FIELDS:
             return None  # the daemon would refuse it: run it here
-        try:
-            wire.send_request(sock, request)  # our stderr with it: the daemon writes the plugin's logs there
-        except OSError as exc:
-            if exc.errno != 9:  # EBADF: no stderr open to pass
-                raise
-            wire.send_request(sock, request, None)
+        wire.send_request(sock, request, stderr)  # the daemon writes the plugin's logs there
         return wire.read_reply(sock)
     except (OSError, ValueError, ConnectionError):
         return None

@@ -463,6 +463,22 @@ def test_the_callers_stderr_gets_what_a_cold_run_writes(kind, daemon, plugin_dir
     assert "serving ADD bridge" in daemon_log and probe not in daemon_log and "rcn-warmlog/log1" not in daemon_log
 
 
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_caller_with_stderr_closed_is_served(kind, daemon, plugin_dir, python_plugin_dir, netns,
+                                               tmp_path) -> None:
+    """A runtime that closed its stderr: the launcher sends no descriptor (and not the socket, which
+    took descriptor 2), the daemon serves it, and the answer is a cold run's."""
+    sock, _ = daemon
+    directory = plugin_dir if kind == "native" else python_plugin_dir
+    wrap = ["sh", "-c", 'exec "$0" 2>&-']
+    env = {"RECONCILER_PLUGIN_SOCKET": str(sock), "RECONCILER_LOG_LEVEL": "DEBUG"}
+    warm = exec_plugin(directory / "loopback", "ADD", CONF, netns=netns, ifname="lo", wrap=wrap, extra_env=env)
+    cold = exec_plugin(directory / "loopback", "ADD", CONF, netns=netns, ifname="lo", wrap=wrap,
+                       extra_env={**env, "RECONCILER_NO_WARM": "1"})
+    assert warm.code == 0 and (warm.code, warm.stdout) == (cold.code, cold.stdout), warm.stdout
+    assert (tmp_path / "daemon.log").read_text().count("serving ADD loopback") == 1
+
+
 def test_callers_in_different_namespaces_each_get_their_own(daemon, plugin_dir, make_netns, tmp_path) -> None:
     """A worker never serves one namespace with what it keeps for another: the same bridge ADD from two
     'hosts' builds a bridge in each, and nothing in the daemon's own namespace."""
