@@ -355,7 +355,7 @@ def handle(conn: socket.socket, lock_dir: Path, home: tuple[int, int] | None = N
 def _writable(fd: int) -> int | None:
     """`fd` when it is open for writing (else closed, and None)."""
     with contextlib.suppress(OSError):
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+        if (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR):
             return fd
     os.close(fd)
     return None
@@ -363,6 +363,7 @@ def _writable(fd: int) -> int | None:
 
 def _serve(conn: socket.socket, pid: int, request: wire.Request, stderr: int | None, lock_dir: Path,
            home: tuple[int, int] | None) -> None:
+    """Run a decoded request where the caller's view says (`handle`'s rules), or hang up."""
     from reconciler.errors import INVALID_NETNS
 
     view = caller_view(pid)

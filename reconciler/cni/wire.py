@@ -67,10 +67,10 @@ def read_request(stream, head: bytes = b"") -> Request:  # noqa: ANN001
     fields = []
     read, left = stream.read, budget[0]
     for _ in range(count):  # inline, not through _read: an environment is ~100 fields
-        head = read(4)
-        size = int.from_bytes(head, "big")
+        prefix = read(4)
+        size = int.from_bytes(prefix, "big")
         left -= 4 + size
-        if len(head) != 4:
+        if len(prefix) != 4:
             raise WireError("truncated request")
         if left < 0:
             raise WireError(f"request exceeds {MAX_REQUEST} bytes")
