@@ -77,6 +77,18 @@ def test_identical_results_and_errors(daemon, plugin_dir, netns) -> None:
         assert (warm.code, warm.stdout) == (cold.code, cold.stdout), (command, config)
 
 
+def test_an_unknown_log_level_counts_as_warning(daemon, plugin_dir, netns) -> None:
+    """RECONCILER_LOG_LEVEL=verbose (a name logging does not know): the plugin still answers, warm and
+    cold alike, instead of dying on the level before it reads its config."""
+    sock, _ = daemon
+    runs = [exec_plugin(plugin_dir / "loopback", "ADD", CONF, netns=netns, ifname="lo",
+                        extra_env={"RECONCILER_PLUGIN_SOCKET": str(sock), "RECONCILER_LOG_LEVEL": "verbose",
+                                   **({"RECONCILER_NO_WARM": "1"} if cold else {})})
+            for cold in (False, True)]
+    assert all(run.code == 0 for run in runs), [run.stderr for run in runs]
+    assert runs[0].stdout == runs[1].stdout and runs[0].json["interfaces"][0]["name"] == "lo"
+
+
 def test_daemon_works_in_the_callers_namespace(daemon, plugin_dir, make_netns) -> None:
     """A caller in another netns gets its own namespace's view: loopback ADD with a relative CNI_NETNS
     is resolved by the daemon in the caller's namespace (here: lo of the caller's netns is brought up)."""
