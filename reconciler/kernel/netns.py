@@ -2,13 +2,14 @@
 
 Every kernel function takes ``netns: str | None``: a path such as
 ``/run/netns/x`` (a bare name is looked up under /run/netns), or None for the
-namespace this process is in. Netlink sockets are opened inside the target
+namespace the calling thread is in (the process's, outside `entered`). Netlink sockets are opened inside the target
 namespace by the calling thread (`entered`: a per-thread setns, switched
 straight back), and so is procfs work such as sysctls. Work done through
 other threads (pyroute2's ioctl helpers) runs in a forked child (`run_in`).
 
-Inside ``with session():`` handles are cached per namespace and closed at the
-end, so one plugin verb pays for opening each namespace once.
+Inside ``with session():`` handles are cached per namespace (found by the
+namespace's identity, not its name: `session_key`) and closed at the end, so one
+plugin verb pays for opening each namespace once.
 """
 
 from __future__ import annotations
@@ -142,9 +143,19 @@ def _open_ipr(path: str | None) -> Any:
         return IPRoute()
 
 
-_SESSION: contextvars.ContextVar[dict[str | None, Any] | None] = contextvars.ContextVar(
+_SESSION: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar(
     "reconciler_kernel_session", default=None
 )
+
+
+def session_key(kind: str, path: str | None) -> tuple[str, tuple[int, int]] | None:
+    """The session cache's key for a `kind` of handle to `path`'s namespace: the namespace itself
+    (dev, inode), not its name, so a name re-created for another namespace never finds the old
+    one's handle (a cached handle keeps its namespace, and so its inode number, alive). `path`
+    None is the calling thread's namespace (inside `entered`, the one entered). None when the
+    namespace is missing: nothing is cached for it."""
+    ident = identity(path or "/proc/thread-self/ns/net")
+    return (kind, ident) if ident is not None else None
 
 
 @contextlib.contextmanager
@@ -153,7 +164,7 @@ def session() -> Iterator[None]:
     if _SESSION.get() is not None:
         yield
         return
-    cache: dict[str | None, Any] = {}
+    cache: dict[Any, Any] = {}
     token = _SESSION.set(cache)
     try:
         yield
@@ -168,13 +179,13 @@ def session() -> Iterator[None]:
 def ipr(netns: str | None) -> Iterator[Any]:
     """A pyroute2 IPRoute bound to `netns` (cached inside a `session`)."""
     path = resolve(netns)
-    if path is not None and same_as_current(path):
-        path = None
     cache = _SESSION.get()
-    if cache is not None:
-        handle = cache.get(path)
+    key = session_key("ipr", path) if cache is not None else None
+    if key is not None:
+        assert cache is not None
+        handle = cache.get(key)
         if handle is None:
-            handle = cache[path] = _open_ipr(path)
+            handle = cache[key] = _open_ipr(path)
         yield handle
         return
     handle = _open_ipr(path)
@@ -185,13 +196,15 @@ def ipr(netns: str | None) -> Iterator[Any]:
 
 
 def forget(netns: str | None) -> None:
-    """Drop the cached handles of `netns` (it was deleted): pyroute2's and kernel.rtnl's socket."""
+    """Drop the cached handles of `netns`, which is about to be deleted (call it while the name still
+    names the namespace: the handles are found by its identity): pyroute2's and kernel.rtnl's."""
     cache = _SESSION.get()
     if cache is None:
         return
     path = resolve(netns)
-    for key in (path, ("rtnl", path)):
-        handle = cache.pop(key, None)  # type: ignore[call-overload]
+    for kind in ("ipr", "rtnl"):
+        key = session_key(kind, path)
+        handle = cache.pop(key, None) if key is not None else None
         if handle is not None:
             with contextlib.suppress(Exception):
                 handle.close()

@@ -376,16 +376,15 @@ class Socket:
 
 @contextlib.contextmanager
 def connect(netns: str | None) -> Iterator[Socket]:
-    """A socket in `netns` (cached per namespace inside `netns.session()`)."""
+    """A socket in `netns` (cached per namespace inside `netns.session()`, by `netns.session_key`)."""
     path = nsmod.resolve(netns)
-    if path is not None and nsmod.same_as_current(path):
-        path = None
     cache = nsmod._SESSION.get()
-    if cache is not None:
-        key = ("rtnl", path)
-        sock = cache.get(key)  # type: ignore[call-overload]
+    key = nsmod.session_key("rtnl", path) if cache is not None else None
+    if key is not None:
+        assert cache is not None
+        sock = cache.get(key)
         if sock is None:
-            sock = cache[key] = Socket(path)  # type: ignore[index]
+            sock = cache[key] = Socket(path)
         yield sock
         return
     sock = Socket(path)

@@ -54,6 +54,25 @@ def test_veth_across_namespaces(two):
         assert links.delete("eth0", cp) is False
 
 
+def test_session_handles_follow_the_namespace_not_its_name(make_netns):
+    """A session caches one handle per namespace, found by the namespace itself: a request for X made
+    while this thread is inside X (`entered`) reads X, not the host's cached handle; a name deleted
+    behind the session's back and made again for a new namespace reads the new one."""
+    name, path = make_netns()
+    run("ip", "-n", name, "link", "add", "rcnsess0", "type", "veth", "peer", "name", "rcnsess1")
+    with nsmod.session():
+        host = {lk.name for lk in links.list_links(None)}  # the host's handle, cached
+        assert "rcnsess0" not in host
+        with nsmod.entered(path):
+            assert "rcnsess0" in {lk.name for lk in links.list_links(path)}
+            assert "rcnsess0" in {lk.name for lk in links.list_links(None)}  # None: this thread's namespace
+        assert {lk.name for lk in links.list_links(None)} == host
+        run("ip", "netns", "delete", name)
+        run("ip", "netns", "add", name)
+        run("ip", "-n", name, "link", "add", "rcnsess2", "type", "veth", "peer", "name", "rcnsess3")
+        assert {lk.name for lk in links.list_links(path)} == {"lo", "rcnsess2", "rcnsess3"}
+
+
 def test_bridge_ensure_port_flags_and_errors(two):
     hn, hp, cn, cp = two
     br, created = bridge.ensure_bridge("rcnbr0", netns=hp, mtu=1450)
