@@ -127,7 +127,8 @@ def _loopback_up() -> None:
     """Set lo (always ifindex 1) up in the current thread's namespace, waiting for the kernel's ack."""
     from reconciler.kernel import rtnl
 
-    sock = rtnl.Socket(None)  # not rtnl.connect: a session's cached socket may belong to another namespace
+    sock = rtnl.Socket(None)  # not rtnl.connect: this thread only passes through the new namespace, and a
+    # session's cache would keep that socket (and the namespace) until the session ends
     try:
         sock.request(rtnl.RTM_SETLINK, rtnl.NLM_F_ACK, rtnl.IFINFO.pack(0, 0, 1, rtnl.IFF_UP, rtnl.IFF_UP))
     finally:
