@@ -6,6 +6,8 @@
 # env:   VM_KERNEL=/boot/vmlinuz-X   kernel to boot (default: newest /boot/vmlinuz-*-amd64 with modules)
 #        VM_MEMORY=2G VM_CPUS=2      guest size
 #        VM_TIMEOUT=3600             seconds before the whole run is abandoned
+#        VM_BOOT_TIMEOUT=360         seconds for the guest to start its tests; then it is stopped and
+#        VM_BOOT_TRIES=2             booted again, this many times in all (an emulated boot can hang)
 #        VM_TEST_TIMEOUT=1800        pytest-timeout per test inside the guest (emulation is slow)
 #        VM_KVM=1                    use KVM instead of emulation (only where the host allows it)
 #        VM_QUIET=1                  do not stream the guest console while it runs
@@ -52,11 +54,19 @@ fi
 
 # The guest sees / read-only; results come back through one writable directory.
 OUT="$(mktemp -d /tmp/rcn-vm.XXXXXX)"
-trap 'rm -rf "$OUT"' EXIT
+VNG_PID="" TAIL_PID=""
+cleanup() {  # the VM runs in a session of its own (below): stop it with us
+    if [ -n "$VNG_PID" ]; then kill -- -"$VNG_PID" 2>/dev/null || true; fi
+    if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null || true; fi
+    rm -rf "$OUT"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT HUP
 
 # What runs inside the guest: check the modules load, then pytest against the project's venv.
 cat >"$OUT/guest.sh" <<EOF
 #!/bin/bash
+: >"$OUT/started"
 cd "$ROOT"
 echo "guest kernel \$(uname -r)"
 for m in ipvlan 8021q dummy vrf; do
@@ -74,15 +84,41 @@ chmod +x "$OUT/guest.sh"
 
 accel=(--disable-kvm)
 [ "${VM_KVM:-0}" = 1 ] && accel=()
-echo "booting $KVER under virtme-ng (${accel[*]:-with KVM}): this takes a while"
 start=$(date +%s)
-set +e
-timeout "${VM_TIMEOUT:-3600}" vng "${accel[@]}" --run "$KERNEL" --user root \
-    --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}" --rwdir "$OUT" --cwd "$ROOT" \
-    -- "$OUT/guest.sh" ${FILES[@]+"${FILES[@]}"} "$@" </dev/null 2>&1 | if [ "${VM_QUIET:-0}" = 1 ]; then cat >"$OUT/console.log"; \
-    else tee "$OUT/console.log"; fi
-vng_rc=${PIPESTATUS[0]}
-set -e
+vng_rc=0
+for attempt in $(seq 1 "${VM_BOOT_TRIES:-2}"); do
+    echo "booting $KVER under virtme-ng (${accel[*]:-with KVM}): this takes a while (attempt $attempt)"
+    rm -f "$OUT/started"
+    : >"$OUT/console.log"
+    # a session of its own, so that a guest that never boots can be stopped with its qemu
+    setsid timeout "${VM_TIMEOUT:-3600}" vng "${accel[@]}" --run "$KERNEL" --user root \
+        --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}" --rwdir "$OUT" --cwd "$ROOT" \
+        -- "$OUT/guest.sh" ${FILES[@]+"${FILES[@]}"} "$@" </dev/null >>"$OUT/console.log" 2>&1 &
+    VNG_PID=$!
+    if [ "${VM_QUIET:-0}" != 1 ]; then tail -n +1 -f "$OUT/console.log" & TAIL_PID=$!; fi
+    waited=0
+    while kill -0 "$VNG_PID" 2>/dev/null && [ ! -e "$OUT/started" ]; do
+        if [ "$waited" -ge "${VM_BOOT_TIMEOUT:-360}" ]; then
+            echo "tests/vm/run.sh: the guest had not started its tests after ${waited}s: stopping it" >&2
+            tail -n 20 "$OUT/console.log" >&2
+            kill -- -"$VNG_PID" 2>/dev/null || true
+            break
+        fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+    set +e
+    wait "$VNG_PID"
+    vng_rc=$?
+    set -e
+    VNG_PID=""
+    if [ -n "$TAIL_PID" ]; then
+        kill "$TAIL_PID" 2>/dev/null || true
+        wait "$TAIL_PID" 2>/dev/null || true
+        TAIL_PID=""
+    fi
+    if [ -e "$OUT/started" ]; then break; fi
+done
 elapsed=$(( $(date +%s) - start ))
 
 if [ ! -s "$OUT/rc" ]; then
