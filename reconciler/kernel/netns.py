@@ -148,14 +148,42 @@ _SESSION: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar
 )
 
 
+def thread_identity() -> tuple[int, int] | None:
+    """(dev, inode) of the calling thread's namespace: inside `entered`, the one entered (where
+    `identity(None)` is the process's)."""
+    return identity("/proc/thread-self/ns/net")
+
+
 def session_key(kind: str, path: str | None) -> tuple[str, tuple[int, int]] | None:
     """The session cache's key for a `kind` of handle to `path`'s namespace: the namespace itself
     (dev, inode), not its name, so a name re-created for another namespace never finds the old
     one's handle (a cached handle keeps its namespace, and so its inode number, alive). `path`
-    None is the calling thread's namespace (inside `entered`, the one entered). None when the
-    namespace is missing: nothing is cached for it."""
-    ident = identity(path or "/proc/thread-self/ns/net")
+    None is the calling thread's namespace. None when the namespace is missing: nothing is cached
+    for it."""
+    ident = identity(path) if path else thread_identity()
     return (kind, ident) if ident is not None else None
+
+
+@contextlib.contextmanager
+def cached(kind: str, netns: str | None, opener: Callable[[str | None], Any]) -> Iterator[Any]:
+    """`opener(path)`'s handle to `netns`: inside a `session`, the one cached for the namespace
+    (`session_key`), opened on first use and closed when the session ends; outside, a fresh one,
+    closed after the block."""
+    path = resolve(netns)
+    cache = _SESSION.get()
+    key = session_key(kind, path) if cache is not None else None
+    if key is not None:
+        assert cache is not None
+        handle = cache.get(key)
+        if handle is None:
+            handle = cache[key] = opener(path)
+        yield handle
+        return
+    handle = opener(path)
+    try:
+        yield handle
+    finally:
+        handle.close()
 
 
 @contextlib.contextmanager
@@ -175,24 +203,9 @@ def session() -> Iterator[None]:
                 ipr.close()
 
 
-@contextlib.contextmanager
-def ipr(netns: str | None) -> Iterator[Any]:
+def ipr(netns: str | None) -> contextlib.AbstractContextManager[Any]:
     """A pyroute2 IPRoute bound to `netns` (cached inside a `session`)."""
-    path = resolve(netns)
-    cache = _SESSION.get()
-    key = session_key("ipr", path) if cache is not None else None
-    if key is not None:
-        assert cache is not None
-        handle = cache.get(key)
-        if handle is None:
-            handle = cache[key] = _open_ipr(path)
-        yield handle
-        return
-    handle = _open_ipr(path)
-    try:
-        yield handle
-    finally:
-        handle.close()
+    return cached("ipr", netns, _open_ipr)
 
 
 def forget(netns: str | None) -> None:

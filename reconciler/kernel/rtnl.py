@@ -374,24 +374,9 @@ class Socket:
                 return out
 
 
-@contextlib.contextmanager
-def connect(netns: str | None) -> Iterator[Socket]:
-    """A socket in `netns` (cached per namespace inside `netns.session()`, by `netns.session_key`)."""
-    path = nsmod.resolve(netns)
-    cache = nsmod._SESSION.get()
-    key = nsmod.session_key("rtnl", path) if cache is not None else None
-    if key is not None:
-        assert cache is not None
-        sock = cache.get(key)
-        if sock is None:
-            sock = cache[key] = Socket(path)
-        yield sock
-        return
-    sock = Socket(path)
-    try:
-        yield sock
-    finally:
-        sock.close()
+def connect(netns: str | None) -> contextlib.AbstractContextManager[Socket]:
+    """A socket in `netns` (cached per namespace inside `netns.session()`: `netns.cached`)."""
+    return nsmod.cached("rtnl", netns, Socket)
 
 
 def request(netns: str | None, msg_type: int, flags: int, body: bytes) -> list[tuple[bytes, int, int, int]]:

@@ -70,7 +70,7 @@ IDLE_PER_NAMESPACE = 4
 
 def _pool_key() -> PoolKey | None:
     """Where this thread's contexts are pooled; None when it is not in the process's own namespace."""
-    here = nsmod.identity("/proc/thread-self/ns/net")
+    here = nsmod.thread_identity()
     return (os.getpid(), here) if here is not None and here == nsmod.identity(None) else None
 
 
