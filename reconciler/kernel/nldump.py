@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 
 from reconciler.kernel import netns as nsmod
+from reconciler.kernel import readscope
 from reconciler.kernel import snapshot as snapmod
 from reconciler.kernel.snapshot import Snapshot, read
 
@@ -22,7 +23,7 @@ def prime(namespaces: Iterable[str | None]) -> dict[str | None, Snapshot | None]
 
     Returns {namespace: snapshot}, None for a namespace that is gone. Already cached ones are reused.
     """
-    cache = snapmod._SHARED.get()
+    cache = readscope.slot(snapmod.SLOT)
     out: dict[str | None, Snapshot | None] = {}
     for netns in dict.fromkeys(namespaces):
         key = nsmod.identity(netns)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from reconciler.kernel import netns as nsmod
+from reconciler.kernel import readscope, rtnl
 from reconciler.kernel import routes as routemod
-from reconciler.kernel import rtnl
 from reconciler.kernel.addrs import Address
 from reconciler.kernel.links import Link
 from reconciler.kernel.routes import RouteEntry
@@ -61,36 +59,28 @@ class Snapshot:
         return any(a.address == address for a in self.addrs_of(name))
 
 
-_SHARED: contextvars.ContextVar[dict[object, Snapshot] | None] = contextvars.ContextVar(
-    "reconciler_kernel_snapshots", default=None)
+SLOT = "netlink-snapshots"  # this module's cache in a `readscope` scope: namespace identity -> Snapshot
 
 
-@contextlib.contextmanager
-def shared() -> Iterator[None]:
+def shared() -> contextlib.AbstractContextManager[None]:
     """Within the block, `snapshot(ns)` reads each namespace once and hands every caller the same copy.
 
     For a read-only pass (the reconciler's CHECKs); anything that changes the kernel inside the
-    block must call `invalidate(ns)`.
+    block must call `invalidate(ns)`. The block shares the firewall backends' reads too
+    (`kernel.readscope`).
     """
-    if _SHARED.get() is not None:
-        yield
-        return
-    token = _SHARED.set({})
-    try:
-        yield
-    finally:
-        _SHARED.reset(token)
+    return readscope.scope()
 
 
 def invalidate(netns: str | None = None) -> None:
-    cache = _SHARED.get()
+    cache = readscope.slot(SLOT)
     if cache is not None:
         cache.pop(nsmod.identity(netns) or nsmod.resolve(netns), None)
 
 
 def snapshot(netns: str | None = None) -> Snapshot:
     """Links, addresses and routes of `netns` (shared inside a `shared()` block)."""
-    cache = _SHARED.get()
+    cache = readscope.slot(SLOT)
     if cache is None:
         return read(netns)
     key = nsmod.identity(netns) or nsmod.resolve(netns)

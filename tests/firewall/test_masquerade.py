@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 import pytest
@@ -107,12 +108,22 @@ def test_masquerade_traffic(make_netns, tmp_path, backend: str, reference_plugin
         world.close()
 
 
-def test_shared_reads_reuse_one_table_read(hostns: str) -> None:
-    from reconciler.kernel.firewall import iptables
+def _shared_reads(opener: str, backend: str) -> contextlib.AbstractContextManager[None]:
+    """The backend's own read-sharing block, or a reconcile pass's (`snapshot.shared`, every kind)."""
+    if opener == "pass":
+        from reconciler.kernel import snapshot
 
+        return snapshot.shared()
+    from reconciler.kernel.firewall import iptables, nftables
+
+    return (iptables if backend == "iptables" else nftables).shared_reads()
+
+
+@pytest.mark.parametrize("opener", ["backend", "pass"])
+def test_shared_reads_reuse_one_table_read(hostns: str, opener: str) -> None:
     masquerade.setup("rcnnet", "ctr1", "eth0", [V4], "iptables", netns=hostns)
     chain = masquerade.chain_name("rcnnet", "ctr1")
-    with iptables.shared_reads():
+    with _shared_reads(opener, "iptables"):
         masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)
         # changed behind our back: the pass keeps judging the table it read once
         sh(hostns, "iptables-legacy", "-t", "nat", "-F", chain)
@@ -126,11 +137,10 @@ def test_shared_reads_reuse_one_table_read(hostns: str) -> None:
         masquerade.check("rcnnet", "ctr1", "eth0", [V4], "iptables", hostns)
 
 
-def test_nft_shared_reads_reuse_one_listing(hostns: str) -> None:
-    from reconciler.kernel.firewall import nftables
-
+@pytest.mark.parametrize("opener", ["backend", "pass"])
+def test_nft_shared_reads_reuse_one_listing(hostns: str, opener: str) -> None:
     masquerade.setup("rcnnet", "ctr1", "eth0", [V4], "nftables", netns=hostns)
-    with nftables.shared_reads():
+    with _shared_reads(opener, "nftables"):
         masquerade.check("rcnnet", "ctr1", "eth0", [V4], "nftables", hostns)
         sh(hostns, "nft", "flush", "chain", "inet", "cni_plugins_masquerade", "masq_checks")
         masquerade.check("rcnnet", "ctr1", "eth0", [V4], "nftables", hostns)  # the pass's listing

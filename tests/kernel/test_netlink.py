@@ -403,3 +403,13 @@ def test_tap_with_vnet_header_and_queues(make_netns):
     assert tap.info["IFLA_TUN_VNET_HDR"] == 1 and tap.info["IFLA_TUN_MULTI_QUEUE"] == 1
     assert links.find("rcntap0") is None  # made in the target namespace, not ours
     assert links.delete("rcntap0", ns)
+
+
+def test_a_firewall_only_block_does_not_share_snapshots(two):
+    from reconciler.kernel.firewall import iptables
+
+    hn, hp, cn, cp = two
+    with iptables.shared_reads():
+        first = snapshot.snapshot(cp)
+        links.create_veth("rcnsf0", "rcnsf1", netns=cp, peer_netns=cp)
+        assert snapshot.snapshot(cp) is not first and snapshot.snapshot(cp).link("rcnsf0") is not None

@@ -129,13 +129,7 @@ def gc(network: str, valid_ids: set[str], netns: str | None = None) -> int:
 
         return s.delete_where(PRIV, stale) if s.has_chain(PRIV) else 0
 
-    total = 0
-    for family in (4, 6):
-        try:
-            total += iptables.transact(netns, family, "filter", sweep, existing_only=True)
-        except BackendUnavailable:
-            continue
-    return total
+    return sum(iptables.in_each_family(netns, "filter", sweep))
 
 
 def isolation_rules(bridge: str, policy: str) -> dict[str, list[list[str]]]:

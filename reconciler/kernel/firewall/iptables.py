@@ -15,12 +15,12 @@ import contextlib
 import contextvars
 import ctypes
 import shlex
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from reconciler.kernel import readscope
 from reconciler.kernel.firewall import xtnft, xtregistry
 from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, batch_scope
 from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
@@ -297,41 +297,22 @@ def _comment_from_buf(match: Any) -> str | None:
         return None
 
 
-_SHARED: contextvars.ContextVar[dict[tuple[str, int, str], Session] | None] = contextvars.ContextVar(
-    "reconciler_iptables_sessions", default=None)
+Key = tuple[str, int, str]  # (netns path or "", family, table)
+SLOT = "iptables-tables"  # this module's cache in a `kernel.readscope` scope: Key -> Session
 
 
-@contextlib.contextmanager
-def shared_reads() -> Iterator[None]:
+def shared_reads() -> contextlib.AbstractContextManager[None]:
     """Within the block each (netns, family, table) is read once and reused by read-only operations.
 
     For a pass of CHECKs (the reconciler's observe): N attachments cost one table read, not N.
     An operation that changes a table commits it and drops the shared copy, so later readers
     see the change. The kernel layer's `snapshot.shared()` block turns this on too.
     """
-    if _shared() is not None:
-        yield
-        return
-    token = _SHARED.set({})
-    try:
-        yield
-    finally:
-        _SHARED.reset(token)
+    return readscope.scope(SLOT)
 
 
-def _shared() -> dict[tuple[str, int, str], Session] | None:
-    cache = _SHARED.get()
-    if cache is not None:
-        return cache
-    snap = sys.modules.get("reconciler.kernel.snapshot")  # the pass-wide block of the netlink snapshot
-    active = getattr(snap, "_SHARED", None) if snap is not None else None
-    if active is not None and active.get() is not None:
-        holder = active.get()
-        return holder.setdefault(("iptables-sessions",), {})  # type: ignore[no-any-return]
-    return None
-
-
-Key = tuple[str, int, str]  # (netns path or "", family, table)
+def _shared() -> dict[Key, Session] | None:
+    return readscope.slot(SLOT)
 
 
 @dataclass
@@ -499,6 +480,18 @@ def transact(netns: str | None, family: int, table: str, fn: Callable[[Session],
             raise AssertionError("unreachable")
 
     return run_in_netns(netns, body)
+
+
+def in_each_family(netns: str | None, table: str, fn: Callable[[Session], T]) -> list[T]:
+    """`fn(session)` on `table` of each IP family whose legacy table exists in `netns`; the results,
+    IPv4's first. For teardown, GC and lookups: they never make a table (see `transact`)."""
+    out: list[T] = []
+    for family in (4, 6):
+        try:
+            out.append(transact(netns, family, table, fn, existing_only=True))
+        except BackendUnavailable:
+            continue
+    return out
 
 
 @contextlib.contextmanager

@@ -146,41 +146,31 @@ class IptablesMasq(FeatureBackend):
     def gc(self, network: str, valid: set[tuple[str, str]], netns: str | None) -> None:
         prefix = f'name: "{network}" id: "'
         keep = {cid for cid, _ in valid}
-        for family in (4, 6):
 
-            def sweep(s: iptables.Session) -> None:
-                dead: set[str] = set()
+        def sweep(s: iptables.Session) -> None:
+            dead: set[str] = set()
 
-                def stale(rule: object) -> bool:
-                    cmt = s.comment_of(rule) or ""
-                    target = s.target_of(rule)
-                    if not (cmt.startswith(prefix) and target.startswith("CNI-")):
-                        return False
-                    cid = cmt[len(prefix):].rstrip('"')
-                    if cid in keep or target != chain_name(network, cid):
-                        return False
-                    dead.add(target)
-                    return True
+            def stale(rule: object) -> bool:
+                cmt = s.comment_of(rule) or ""
+                target = s.target_of(rule)
+                if not (cmt.startswith(prefix) and target.startswith("CNI-")):
+                    return False
+                cid = cmt[len(prefix):].rstrip('"')
+                if cid in keep or target != chain_name(network, cid):
+                    return False
+                dead.add(target)
+                return True
 
-                s.delete_where("POSTROUTING", stale)
-                for chain in dead:
-                    s.flush_delete_chain(chain)
+            s.delete_where("POSTROUTING", stale)
+            for chain in dead:
+                s.flush_delete_chain(chain)
 
-            try:
-                iptables.transact(netns, family, "nat", sweep, existing_only=True)
-            except BackendUnavailable:
-                continue
+        iptables.in_each_family(netns, "nat", sweep)
         xtnft.gc_masquerade(network, keep, netns)
 
     def has_attachment(self, network: str, container_id: str, netns: str | None, ifname: str = "") -> bool:
         chain = chain_name(network, container_id)
-        for family in (4, 6):
-            try:
-                if iptables.transact(netns, family, "nat", lambda s: s.has_chain(chain), existing_only=True):
-                    return True
-            except BackendUnavailable:
-                continue
-        return False
+        return any(iptables.in_each_family(netns, "nat", lambda s: s.has_chain(chain)))
 
 
 def instance_hash(network: str, container_id: str, ifname: str) -> str:

@@ -17,13 +17,13 @@ import contextvars
 import ctypes
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from reconciler.kernel import netns as nsmod
+from reconciler.kernel import readscope
 from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, batch_scope
 from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
@@ -223,31 +223,16 @@ class Nft:
         return view
 
 
-_SHARED: contextvars.ContextVar[ViewCache | None] = contextvars.ContextVar("reconciler_nft_views", default=None)
+SLOT = "nftables-views"  # this module's cache in a `kernel.readscope` scope (a ViewCache)
 
 
-@contextlib.contextmanager
-def shared_reads() -> Iterator[None]:
+def shared_reads() -> contextlib.AbstractContextManager[None]:
     """Within the block each nftables table is listed once per netns for read-only use."""
-    if _shared() is not None:
-        yield
-        return
-    token = _SHARED.set({})
-    try:
-        yield
-    finally:
-        _SHARED.reset(token)
+    return readscope.scope(SLOT)
 
 
 def _shared() -> ViewCache | None:
-    cache = _SHARED.get()
-    if cache is not None:
-        return cache
-    snap = sys.modules.get("reconciler.kernel.snapshot")  # the pass-wide block of the netlink snapshot
-    active = getattr(snap, "_SHARED", None) if snap is not None else None
-    if active is not None and active.get() is not None:
-        return active.get().setdefault(("nft-views",), {})  # type: ignore[no-any-return]
-    return None
+    return readscope.slot(SLOT)
 
 
 _BATCH: contextvars.ContextVar[WriteBatch | None] = contextvars.ContextVar("reconciler_nft_batch", default=None)

@@ -19,7 +19,6 @@ from reconciler.kernel.firewall import iptables, nftables, xtnft
 from reconciler.kernel.firewall.base import (
     IPTABLES,
     NFTABLES,
-    BackendUnavailable,
     FeatureBackend,
     RuleDrift,
     hash_name,
@@ -222,11 +221,7 @@ class IptablesPortmap(FeatureBackend):
                         s.delete_jumps(top, own)
                     s.flush_delete_chain(own)
 
-        for family in (4, 6):
-            try:
-                iptables.transact(netns, family, "nat", remove, existing_only=True)
-            except BackendUnavailable:
-                continue
+        iptables.in_each_family(netns, "nat", remove)
         xtnft.teardown_portmap(network, container_id, netns)  # the same layout in iptables-nft tables
 
     def check(self, fwd: Forward, netns: str | None) -> None:
@@ -262,22 +257,12 @@ class IptablesPortmap(FeatureBackend):
                 s.delete_jumps(TOP_DNAT, chain)
                 s.flush_delete_chain(chain)
 
-        for family in (4, 6):
-            try:
-                iptables.transact(netns, family, "nat", sweep, existing_only=True)
-            except BackendUnavailable:
-                continue
+        iptables.in_each_family(netns, "nat", sweep)
         xtnft.gc_portmap(network, valid_ids, netns)
 
     def has_attachment(self, network: str, container_id: str, netns: str | None) -> bool:
         chain = dn_chain(network, container_id)
-        for family in (4, 6):
-            try:
-                if iptables.transact(netns, family, "nat", lambda s: s.has_chain(chain), existing_only=True):
-                    return True
-            except BackendUnavailable:
-                continue
-        return False
+        return any(iptables.in_each_family(netns, "nat", lambda s: s.has_chain(chain)))
 
 
 def _nft_family(family: int) -> str:
