@@ -1,6 +1,6 @@
 """`reconciler plan|apply|check|gc|status|watch`: the reconciler's commands and exit codes.
 
-plan/check: 0 in sync, 2 changes pending or drift found, 1 error.
+plan/check: 0 in sync, 2 changes pending or drift found, 1 error (bad flags too: `cli.Parser`).
 apply: 0 converged, 3 partial, 1 error (bad flags, lock held with --no-wait, state unreadable).
 """
 
@@ -206,16 +206,3 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     watcher = Watcher(engine, interval=args.interval, debounce=args.debounce, on_pass=on_pass)
     return watcher.run(serve_socket=None if args.no_serve else args.socket)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m reconciler.cli.engine_cmd apply ...`)."""
-    parser = argparse.ArgumentParser(prog="reconciler")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

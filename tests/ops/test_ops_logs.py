@@ -58,6 +58,25 @@ def test_text_logs_are_not_json(ops_rig):
     assert not line.startswith("{") and "action=pass" in line
 
 
+
+def test_log_flags_after_the_command_name(ops_rig):
+    ops_rig.write_specs()
+    proc = ops_rig.run("--log-format", "text", "apply", "--log-format", "json", "--log-level", "INFO")
+    assert proc.returncode == 0, proc.stderr
+    assert any(o.get("action") == "pass" for o in json_lines(proc.stderr))  # the later flag wins
+    proc = ops_rig.run("--log-level", "INFO", "status")  # given before the name only: kept
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["plan", "check", "apply"])
+def test_a_usage_error_exits_1_not_a_verdict(ops_rig, command):
+    """argparse's own exit code is 2, which `check` uses for drift and `plan` for pending changes."""
+    ops_rig.write_specs()
+    proc = ops_rig.run(command, "--no-such-flag")
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr and proc.stdout == ""
+    assert not ops_rig.our_namespaces()  # nothing ran
+
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_plugin_stdout_stays_pure_json_when_verbose(plugin_dir, host_netns, make_netns, tmp_path, fmt):
     host, _ = host_netns
