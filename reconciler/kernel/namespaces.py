@@ -12,7 +12,7 @@ import ctypes
 import os
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +118,7 @@ def _unshare_and_mount(path: str) -> None:
                 libc.umount2(path.encode(), 2)  # MNT_DETACH
                 raise
         finally:
-            nsmod._setns(home)  # back; if this failed the thread would stay in the new namespace: let it raise
+            nsmod.setns(home)  # back; if this failed the thread would stay in the new namespace: let it raise
     finally:
         os.close(home)
 
@@ -145,15 +145,9 @@ def session() -> contextlib.AbstractContextManager[None]:
     return nsmod.session()
 
 
-@contextlib.contextmanager
-def fresh_session() -> Iterator[None]:
-    """A new netlink session, ignoring any this process inherited (a forked worker must not share its parent's sockets)."""
-    token = nsmod._SESSION.set(None)
-    try:
-        with nsmod.session():
-            yield
-    finally:
-        nsmod._SESSION.reset(token)
+def fresh_session() -> contextlib.AbstractContextManager[None]:
+    """A new netlink session, ignoring any this process inherited: see kernel.netns.fresh_session."""
+    return nsmod.fresh_session()
 
 
 @dataclass

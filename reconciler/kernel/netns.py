@@ -235,7 +235,20 @@ def libc() -> Any:
     return _LIBC
 
 
-def _setns(fd: int, kind: int = CLONE_NEWNET) -> None:
+@contextlib.contextmanager
+def fresh_session() -> Iterator[None]:
+    """A new `session`, ignoring any this process inherited (a forked worker must not share its
+    parent's sockets)."""
+    token = _SESSION.set(None)
+    try:
+        with session():
+            yield
+    finally:
+        _SESSION.reset(token)
+
+
+def setns(fd: int, kind: int = CLONE_NEWNET) -> None:
+    """Move the calling thread into the namespace `fd` refers to (OSError if the kernel refuses)."""
     if libc().setns(fd, kind) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -249,8 +262,8 @@ def join_process(pid: int, *, mounts: bool = False) -> None:
            for name in (("mnt", "net") if mounts else ("net",))]
     try:
         if mounts:
-            _setns(fds[0], CLONE_NEWNS)
-        _setns(fds[-1], CLONE_NEWNET)
+            setns(fds[0], CLONE_NEWNS)
+        setns(fds[-1], CLONE_NEWNET)
     finally:
         for fd in fds:
             os.close(fd)
@@ -286,7 +299,7 @@ def entered(netns: str | None) -> Iterator[None]:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _setns(target)
+            setns(target)
         except OSError as exc:
             raise NetnsNotFound(path, f"not a network namespace ({exc})") from exc
         _SWITCHED.depth = getattr(_SWITCHED, "depth", 0) + 1
@@ -294,7 +307,7 @@ def entered(netns: str | None) -> Iterator[None]:
             yield
         finally:
             _SWITCHED.depth -= 1
-            _setns(own)  # if this failed the thread would stay in the wrong namespace: let it raise
+            setns(own)  # if this failed the thread would stay in the wrong namespace: let it raise
     finally:
         os.close(own)
         os.close(target)
@@ -314,7 +327,7 @@ def run_in(netns: str | None, fn: Callable[..., T], *args: Any) -> T:
     if pid == 0:  # child: enter the namespace, run, report, exit without cleanup handlers
         os.close(rd)
         try:
-            _setns(fd)
+            setns(fd)
             payload = pickle.dumps((True, fn(*args)))
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
             try:

@@ -24,7 +24,7 @@ sysctl.write_many({"net/ipv6/conf/lo/accept_dad": 0}, other)  # the same through
 
 def moved_thread():  # a thread moved by setns alone (as a library might do it), not through `entered`
     fd = os.open(other, os.O_RDONLY)
-    netns._setns(fd)
+    netns.setns(fd)
     os.close(fd)
     sysctl.write_many({"net/ipv4/conf/lo/arp_announce": 2})
 

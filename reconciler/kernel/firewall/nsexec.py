@@ -27,7 +27,7 @@ def netns_path(netns: str) -> str:
 def _setns(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        nsmod._setns(fd)
+        nsmod.setns(fd)
     except OSError as exc:
         raise OSError(exc.errno, f"setns({path}): {exc.strerror}") from exc
     finally:
