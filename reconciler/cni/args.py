@@ -121,13 +121,30 @@ class CmdArgs:
         return rc if isinstance(rc, dict) else {}
 
 
+# The keys every network config shares (libcni's NetConf), matched case-insensitively as Go's
+# decoder does, and the JSON type it insists on; null leaves them unset.
+_SHARED_KEYS: dict[str, tuple[type, str]] = {
+    "cniversion": (str, "a string"), "name": (str, "a string"), "type": (str, "a string"),
+    "capabilities": (dict, "an object"), "ipam": (dict, "an object"), "dns": (dict, "an object"),
+    "prevresult": (dict, "an object"),
+}
+_JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+
+
 def decode_config(stdin: bytes) -> dict[str, Any]:
+    """The network config on stdin as a dict: a decoding failure (6) unless it is a JSON object
+    whose shared keys have their JSON types (an empty stdin is not a config)."""
     try:
-        data = json.loads(stdin or b"{}")
+        data = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CNIError(DECODING_FAILURE, "error parsing configuration", str(exc)) from exc
     if not isinstance(data, dict):
         raise CNIError(DECODING_FAILURE, "error parsing configuration", "network config is not a JSON object")
+    for key, value in data.items():
+        want = _SHARED_KEYS.get(key.lower())
+        if want is not None and value is not None and not isinstance(value, want[0]):
+            raise CNIError(DECODING_FAILURE, "error parsing configuration",
+                           f"{key}: must be {want[1]}, not {_JSON_TYPES.get(type(value), 'a value')} {json.dumps(value)}")
     return data
 
 

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 class CNIModel(BaseModel):
     model_config = ConfigDict(
         extra="allow",
+        strict=True,
         populate_by_name=True,
         alias_generator=to_camel,
         validate_assignment=False,

@@ -60,6 +60,12 @@ def test_bad_environment(environ: dict[str, str], code: int, words: str) -> None
     [
         (b"{not json", 6, "parsing"),
         (b"[1, 2]", 6, "not a JSON object"),
+        (b"", 6, "parsing"),  # no config is not an empty one
+        ({"cniVersion": 1.0, "name": "n", "type": "loopback"}, 6, "cniVersion: must be a string, not a number"),
+        ({"cniVersion": "1.0.0", "name": 5, "type": "loopback"}, 6, "name: must be a string"),
+        ({"cniVersion": "1.0.0", "Name": ["n"], "type": "loopback"}, 6, "Name: must be a string, not an array"),
+        ({"cniVersion": "1.0.0", "name": "n", "type": "loopback", "prevResult": "x"}, 6, "prevResult: must be an object"),
+        ({"cniVersion": "1.0.0", "name": "n", "type": "loopback", "capabilities": "x"}, 6, "capabilities"),
         ({"cniVersion": "7.7.7", "name": "n", "type": "loopback"}, 1, "7.7.7"),
         ({"cniVersion": "1.0.0", "name": "", "type": "loopback"}, 7, "network name"),
         ({"cniVersion": "1.0.0", "name": "bad name", "type": "loopback"}, 7, "network name"),

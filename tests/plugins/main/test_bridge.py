@@ -190,6 +190,12 @@ def test_add_twice_fails_and_keeps_the_first(world):
     (dict(vlanTrunk=[{"minID": 10}]), "vlanTrunk"),
     (dict(ipMasqBackend="pf"), "ipMasqBackend"),
     (dict(disableContainerInterface=True), "disableContainerInterface"),
+    # JSON types as Go's decoder insists on them: no coercion of strings, numbers or floats
+    (dict(isGateway="yes"), "isGateway: Input should be a valid boolean"),
+    (dict(ipMasq=1), "ipMasq"),
+    (dict(mtu="1500"), "mtu: Input should be a valid integer"),
+    (dict(mtu=1500.0), "mtu"),
+    (dict(bridge=7), "bridge"),
 ])
 def test_bad_config_is_rejected_with_the_field_named(world, fields, needle):
     _, ns = world.container()
