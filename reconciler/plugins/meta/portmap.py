@@ -195,8 +195,9 @@ def add(args: CmdArgs) -> Result:
         return result
     v4, v6 = container_addresses(result, args.ifname)
     addrs = [a for a in (v4, v6) if a is not None]
-    if not addrs:
-        raise CNIError(INTERNAL, f"portmap: no IP address of interface {args.ifname} in prevResult")
+    if not addrs:  # as the reference: nothing to forward to, the chain goes on
+        log.warning("portmap: no IP address of interface %s in prevResult: no ports mapped", args.ifname)
+        return result
     from reconciler.kernel.firewall import select
     from reconciler.kernel.firewall.portmap import IMPLS
 
@@ -251,6 +252,8 @@ def check(args: CmdArgs) -> None:
         return
     v4, v6 = container_addresses(result, args.ifname)
     addrs = [a for a in (v4, v6) if a is not None]
+    if not addrs:  # ADD mapped nothing (see there)
+        return
     from reconciler.kernel.firewall.base import BACKENDS, RuleDrift
     from reconciler.kernel.firewall.portmap import IMPLS
 

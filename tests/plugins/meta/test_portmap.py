@@ -163,6 +163,20 @@ def test_bad_options(world: World, plugin_dir, extra, needle) -> None:
     assert not ours(world.host)
 
 
+def test_no_address_on_the_interface_passes_the_result_through(world: World, plugin_dir) -> None:
+    """As the reference: a prevResult without an IP on CNI_IFNAME (a bridge without IPAM) maps nothing."""
+    srv, srv_path, prev = world.container("srv1")
+    bare = {**prev, "ips": []}
+    conf = portmap_conf(world.name, bare, [{"hostPort": 8080, "containerPort": 80}])
+    for verb in ("ADD", "CHECK", "DEL"):
+        run = run_plugin(plugin_dir / "portmap", verb, conf, world, "srv1", srv_path)
+        assert run.code == 0, (verb, run.stdout, run.stderr)
+        if verb == "ADD":
+            assert run.json.get("ips", []) == [] and run.json["interfaces"] == bare["interfaces"], run.json
+            assert "no ports mapped" in run.stderr
+        assert not ours(world.host)
+
+
 def test_bad_conditions_roll_back(world: World, plugin_dir) -> None:
     srv, srv_path, prev = world.container("srv1")
     conf = portmap_conf(world.name, prev, [{"hostPort": 8080, "containerPort": 80}], backend="iptables",
