@@ -130,9 +130,10 @@ def add(args: CmdArgs) -> Result:
 
 
 def delete(args: CmdArgs) -> None:
-    conf = args.conf(MacvlanConf)
+    """Release the IPAM and delete the link. The config is not validated: the reference checks
+    `mode` on ADD only, and a config that became invalid must not block cleanup."""
     if is_layer3(args):
-        delegate("DEL", str(conf.ipam["type"]), args)  # type: ignore[index]
+        delegate("DEL", str(args.config["ipam"]["type"]), args)
     if not args.netns:
         return
     with nsmod.session(), kernel_errors("macvlan"):

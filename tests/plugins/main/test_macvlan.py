@@ -115,6 +115,19 @@ def test_del_twice_and_after_netns_deleted(world):
     assert allocated(world) == []
 
 
+def test_del_of_a_config_that_became_invalid_cleans_up(world, make_netns, reference_plugins):
+    """The reference checks `mode` on ADD only: its DEL of such a config succeeds, so ours must."""
+    name, ns = world.container()
+    c = conf(world)
+    r = world.run(ours(world), "ADD", c, ns)
+    assert r.code == 0 and allocated(world) == ["10.79.0.2"]
+    broken = {**c, "mode": "bogus", "prevResult": r.json}
+    for binary in (ours(world), REFERENCE / "macvlan"):
+        d = world.run(binary, "DEL", broken, ns)
+        assert d.code == 0, (binary, d.stdout + d.stderr)
+    assert allocated(world) == [] and "eth0" not in links_state(name)
+
+
 def test_link_in_container(world, make_netns):
     cname, ns = world.container()
     run("ip", "-n", cname, "link", "add", "rcnin0", "type", "veth", "peer", "name", "rcnin1")
