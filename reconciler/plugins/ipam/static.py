@@ -5,6 +5,7 @@ and `GATEWAY=` assigned to every address whose subnet contains it;
 `args.cni.ips`, then `runtimeConfig.ips` (the `ips` capability) each replace
 the whole list. Validation is stricter than the reference's: CIDR everywhere,
 gateways of the address's family, no duplicates, no network/broadcast hosts.
+No addresses at all is a result of routes and DNS alone, as the reference's.
 """
 
 from __future__ import annotations
@@ -106,8 +107,6 @@ def load_addresses(config: dict[str, Any], cni_args: dict[str, str]) -> list[Sta
     runtime = config.get("runtimeConfig")
     replaced = _replacement(runtime.get("ips") if isinstance(runtime, dict) else None, "runtimeConfig.ips")
     out = replaced if replaced is not None else out
-    if not out:
-        raise config_error("ipam.addresses", "no addresses configured")
     seen: set[Addr] = set()
     for addr in out:
         if addr.iface.ip in seen:

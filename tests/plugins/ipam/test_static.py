@@ -74,7 +74,6 @@ def test_args_then_runtime_config_replace() -> None:
         ),
         (st_conf(addresses=[{"address": "10.10.0.0/24"}]), "", "network or broadcast"),
         (st_conf(addresses=[{"address": "10.10.0.5/24"}, {"address": "10.10.0.5/16"}]), "", "duplicate"),
-        (st_conf(), "", "no addresses"),
         (st_conf(addresses=[{"address": "10.10.0.5/24"}]), "IP=10.1.1.1", "CNI_ARGS IP"),
         (st_conf(addresses=[{"address": "10.10.0.5/24"}]), "GATEWAY=x", "CNI_ARGS GATEWAY"),
         (BASE | {"runtimeConfig": {"ips": ["10.1.1.1"]}}, "", "runtimeConfig.ips[0]"),
@@ -120,6 +119,8 @@ ORACLE_CASES = [
     (BASE | {"runtimeConfig": {"ips": ["10.50.0.2/24", "fd00:50::2/64"]}}, ""),
     (st_conf("0.3.1", addresses=[{"address": "10.60.0.2/24", "gateway": "10.60.0.1"}]), ""),
     (st_conf("0.2.0", addresses=[{"address": "10.60.0.2/24", "gateway": "10.60.0.1"}]), ""),
+    (st_conf(routes=[{"dst": "10.70.0.0/16", "gw": "10.60.0.1"}], dns={"nameservers": ["10.60.0.53"]}), ""),
+    (st_conf(), ""),  # no addresses: the routes and DNS alone, as the reference
 ]
 
 
