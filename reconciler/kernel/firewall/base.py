@@ -23,6 +23,20 @@ NFTABLES = "nftables"
 BACKENDS = (IPTABLES, NFTABLES)
 
 
+def alternative() -> str | None:
+    """The backend the host's `iptables` command points at (its Debian alternative), if it can be told."""
+    import os
+
+    for path in ("/usr/sbin/iptables", "/sbin/iptables", "/etc/alternatives/iptables"):
+        if os.path.exists(path):
+            real = os.path.realpath(path)
+            if "legacy" in real:
+                return IPTABLES
+            if "nft" in real:
+                return NFTABLES
+    return None
+
+
 class FirewallError(RuntimeError):
     """A firewall operation failed (the kernel or the library refused it)."""
 

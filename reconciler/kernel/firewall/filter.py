@@ -1,4 +1,12 @@
-"""The firewall plugin's rules (filter table, iptables-legacy), in the reference's layout.
+"""The firewall plugin's rules (filter table), in the reference's layout, in the host's iptables.
+
+The reference execs `iptables`, so its rules land wherever that command writes: on a host whose
+`iptables` is the nft variant (Debian's default), the iptables-nft tables, written here through
+iptables-nft's own tools (`iptnft`); on a legacy host, the x_tables tables, through python-iptables.
+A verdict in one does not reach the other (an ACCEPT in legacy FORWARD passes nothing through an
+nft `FORWARD DROP` policy, and the operator's `iptables -A CNI-ADMIN` lands in the nft one), so
+`xtables()` follows the host's command; `RECONCILER_IPTABLES=legacy|nft` overrides it. DEL and GC
+clean both.
 
   FORWARD      (first) -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD
   CNI-FORWARD  (first) -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN
@@ -20,10 +28,12 @@ still use the bridge), as the reference:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from reconciler.kernel.firewall import iptables, xtnft
-from reconciler.kernel.firewall.base import BackendUnavailable, RuleDrift
+from reconciler.kernel.firewall import iptables, iptnft, xtnft
+from reconciler.kernel.firewall.base import NFTABLES, BackendUnavailable, RuleDrift, alternative
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 PRIV = "CNI-FORWARD"
@@ -31,6 +41,37 @@ ADMIN = "CNI-ADMIN"
 STAGE1 = "CNI-ISOLATION-STAGE-1"
 STAGE2 = "CNI-ISOLATION-STAGE-2"
 POLICIES = ("same-bridge", "isolated")
+LEGACY, NFT = "legacy", "nft"
+T = TypeVar("T")
+XtSession = iptables.Session | iptnft.Session
+
+
+def xtables() -> str:
+    """Which iptables the rules go to: RECONCILER_IPTABLES (legacy or nft), else the one the host's
+    `iptables` command drives (legacy when it cannot be told or iptables-nft's tools are missing)."""
+    forced = os.environ.get("RECONCILER_IPTABLES", "").strip().lower()
+    if forced in (LEGACY, NFT):
+        return forced
+    return NFT if alternative() == NFTABLES and iptnft.available() else LEGACY
+
+
+def _transact(netns: str | None, family: int, fn: Callable[[XtSession], T], variant: str | None = None,
+              existing_only: bool = False) -> T:
+    if (variant or xtables()) == NFT:
+        return iptnft.transact(netns, family, "filter", fn, existing_only=existing_only)
+    return iptables.transact(netns, family, "filter", fn, existing_only=existing_only)
+
+
+def _in_each(netns: str | None, fn: Callable[[XtSession], T]) -> list[T]:
+    """`fn` on the filter table of each family, in both iptables, wherever that table exists."""
+    out: list[T] = list(iptables.in_each_family(netns, "filter", fn))
+    if iptnft.available():
+        for family in (4, 6):
+            try:
+                out.append(iptnft.transact(netns, family, "filter", fn, existing_only=True))
+            except BackendUnavailable:
+                continue
+    return out
 
 
 def comment(network: str, container_id: str) -> str:
@@ -64,7 +105,7 @@ def setup(network: str, container_id: str, addresses: Sequence[IP], admin: str =
     cmt = comment(network, container_id)
     for family, ips in sorted(_by_family(addresses).items()):
 
-        def apply(s: iptables.Session, ips: list[IP] = ips) -> None:
+        def apply(s: XtSession, ips: list[IP] = ips) -> None:
             s.ensure_chain(PRIV)
             s.ensure_chain(admin)
             if not s.has("FORWARD", priv_rule()):
@@ -75,7 +116,7 @@ def setup(network: str, container_id: str, addresses: Sequence[IP], admin: str =
                 for args in ip_rules(ip, cmt):
                     s.append_unique(PRIV, args)
 
-        iptables.transact(netns, family, "filter", apply)
+        _transact(netns, family, apply)
 
 
 def teardown(network: str, container_id: str, addresses: Sequence[IP], netns: str | None = None) -> None:
@@ -94,7 +135,7 @@ def teardown(network: str, container_id: str, addresses: Sequence[IP], netns: st
             iptables.transact(netns, family, "filter", remove, existing_only=True)
         except BackendUnavailable:
             continue
-    xtnft.teardown_filter(addresses, netns)  # the reference's per-IP rules in iptables-nft tables
+    xtnft.teardown_filter(addresses, netns)  # ours and the reference's per-IP rules in iptables-nft tables
 
 
 def check(network: str, container_id: str, addresses: Sequence[IP], admin: str = ADMIN,
@@ -102,7 +143,7 @@ def check(network: str, container_id: str, addresses: Sequence[IP], admin: str =
     cmt = comment(network, container_id)
     for family, ips in sorted(_by_family(addresses).items()):
 
-        def verify(s: iptables.Session, ips: list[IP] = ips) -> None:
+        def verify(s: XtSession, ips: list[IP] = ips) -> None:
             for chain in (PRIV, admin):
                 if not s.has_chain(chain):
                     raise RuleDrift(f"firewall: chain {chain} missing from IPv{s.family} filter table")
@@ -115,21 +156,21 @@ def check(network: str, container_id: str, addresses: Sequence[IP], admin: str =
                     if not (s.has(PRIV, mine) or s.has(PRIV, theirs)):
                         raise RuleDrift(f"firewall: rule missing in {PRIV}: {iptables.render(mine)}")
 
-        iptables.transact(netns, family, "filter", verify)
+        _transact(netns, family, verify)
 
 
 def gc(network: str, valid_ids: set[str], netns: str | None = None) -> int:
     """Delete per-IP rules of `network` whose container id is not valid; returns how many."""
     prefix = f'name: "{network}" id: "'
 
-    def sweep(s: iptables.Session) -> int:
+    def sweep(s: XtSession) -> int:
         def stale(rule: object) -> bool:
-            cmt = s.comment_of(rule) or ""
+            cmt = s.comment_of(rule) or ""  # type: ignore[arg-type]
             return cmt.startswith(prefix) and cmt[len(prefix):].rstrip('"') not in valid_ids
 
         return s.delete_where(PRIV, stale) if s.has_chain(PRIV) else 0
 
-    return sum(iptables.in_each_family(netns, "filter", sweep))
+    return sum(_in_each(netns, sweep))
 
 
 def isolation_rules(bridge: str, policy: str) -> dict[str, list[list[str]]]:
@@ -149,7 +190,7 @@ def setup_isolation(bridge: str, families: set[int], policy: str, netns: str | N
         raise ValueError(f"unknown ingress policy {policy!r}")
     rules = isolation_rules(bridge, policy)
 
-    def apply(s: iptables.Session) -> None:
+    def apply(s: XtSession) -> None:
         s.ensure_chain(STAGE1)
         s.ensure_chain(STAGE2)
         for chain, chain_rules in rules.items():
@@ -162,17 +203,17 @@ def setup_isolation(bridge: str, families: set[int], policy: str, netns: str | N
             s.append_unique(chain, last)
 
     for family in sorted(families):
-        iptables.transact(netns, family, "filter", apply)
+        _transact(netns, family, apply)
 
 
 def check_isolation(bridge: str, families: set[int], policy: str, netns: str | None = None) -> None:
     rules = isolation_rules(bridge, policy)
 
-    def verify(s: iptables.Session) -> None:
+    def verify(s: XtSession) -> None:
         for chain, chain_rules in rules.items():
             for args in chain_rules:
                 if not s.has(chain, args):
                     raise RuleDrift(f"firewall: rule missing in {chain}: {iptables.render(args)}")
 
     for family in sorted(families):
-        iptables.transact(netns, family, "filter", verify)
+        _transact(netns, family, verify)

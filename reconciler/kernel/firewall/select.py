@@ -17,26 +17,13 @@ differs in step 4 and says so in the log line.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 from reconciler.kernel.firewall import iptables, nftables
-from reconciler.kernel.firewall.base import BACKENDS, IPTABLES, NFTABLES, BackendUnavailable
+from reconciler.kernel.firewall.base import BACKENDS, IPTABLES, NFTABLES, BackendUnavailable, alternative
 
 log = logging.getLogger(__name__)
 NFT_TABLES = (("inet", "cni_plugins_masquerade"), ("ip", "cni_hostport"), ("ip6", "cni_hostport"))
-
-
-def alternative() -> str | None:
-    """The backend the host's `iptables` command points at, if it can be told."""
-    for path in ("/usr/sbin/iptables", "/sbin/iptables", "/etc/alternatives/iptables"):
-        if os.path.exists(path):
-            real = os.path.realpath(path)
-            if "legacy" in real:
-                return IPTABLES
-            if "nft" in real:
-                return NFTABLES
-    return None
 
 
 def existing(netns: str | None = None) -> str | None:

@@ -1,7 +1,11 @@
-"""firewall plugin (iptables backend): rules, admin chain, CHECK/DEL/GC, traffic, reference diff."""
+"""firewall plugin (iptables backend): rules, admin chain, CHECK/DEL/GC, traffic, reference diff.
+
+Every test runs against both iptables (RECONCILER_IPTABLES): the legacy tables and the iptables-nft
+ones (this host's `iptables` command, and where the reference writes)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -15,13 +19,21 @@ PREV = {"cniVersion": "1.0.0",
                 {"address": "fd00:250::5/64", "interface": 0}]}
 
 
+@pytest.fixture(params=["legacy", "nft"], autouse=True)
+def xt(request, monkeypatch) -> str:
+    monkeypatch.setenv("RECONCILER_IPTABLES", request.param)
+    return request.param
+
+
 def conf(prev=PREV, **extra):
     c = {"cniVersion": "1.0.0", "name": "rcnfw", "type": "firewall", "backend": "iptables", "prevResult": prev}
     c.update(extra)
     return c
 
 
-def filter_lines(ns: str, family: int = 4, tool: str = "legacy") -> list[str]:
+def filter_lines(ns: str, family: int = 4, tool: str | None = None) -> list[str]:
+    """The filter table's chains and rules as `ip[6]tables-<tool>-save` prints them (tool: the test's)."""
+    tool = tool or os.environ["RECONCILER_IPTABLES"]
     save = f"ip{'' if family == 4 else '6'}tables-{tool}-save"
     out = sh(ns, save, "-t", "filter", check=False)
     return [line.split(" [")[0] if line.startswith(":") else line
@@ -33,7 +45,7 @@ def call(plugin_dir, cmd: str, config: dict, hostns: str, cid: str = "ctr1", bin
                        container_id=cid, cni_path=REF, netns_exec=hostns)
 
 
-def test_add_check_del_keeps_admin_chain(host_netns, plugin_dir) -> None:
+def test_add_check_del_keeps_admin_chain(host_netns, plugin_dir, xt) -> None:
     host = host_netns[0]
     for _ in range(2):  # ADD twice: no duplicates
         run = call(plugin_dir, "ADD", conf(), host)
@@ -49,7 +61,7 @@ def test_add_check_del_keeps_admin_chain(host_netns, plugin_dir) -> None:
     assert f"-A CNI-FORWARD -s fd00:250::5/128 {cmt} -j ACCEPT" in filter_lines(host, 6)
     assert call(plugin_dir, "CHECK", conf(), host).code == 0
     # the operator's own rule in the admin chain
-    sh(host, "iptables-legacy", "-A", "CNI-ADMIN", "-s", "10.99.0.0/16", "-j", "DROP")
+    sh(host, f"iptables-{xt}", "-A", "CNI-ADMIN", "-s", "10.99.0.0/16", "-j", "DROP")
     for _ in range(2):  # DEL twice
         assert call(plugin_dir, "DEL", conf(), host).code == 0
     lines = filter_lines(host)
@@ -60,12 +72,12 @@ def test_add_check_del_keeps_admin_chain(host_netns, plugin_dir) -> None:
     assert run.code != 0 and "10.250.0.5" in run.json["msg"]
 
 
-def test_custom_admin_chain_and_drift(host_netns, plugin_dir) -> None:
+def test_custom_admin_chain_and_drift(host_netns, plugin_dir, xt) -> None:
     host = host_netns[0]
     c = conf(iptablesAdminChainName="RCN-ADMIN")
     assert call(plugin_dir, "ADD", c, host).code == 0
     assert ":RCN-ADMIN -" in filter_lines(host)
-    sh(host, "iptables-legacy", "-F", "FORWARD")
+    sh(host, f"iptables-{xt}", "-F", "FORWARD")
     run = call(plugin_dir, "CHECK", c, host)
     assert run.code != 0 and "FORWARD" in run.json["msg"]
     assert call(plugin_dir, "ADD", c, host).code == 0
@@ -116,23 +128,23 @@ def test_same_rules_as_reference(make_netns, plugin_dir, reference_plugins) -> N
     assert not [line for line in filter_lines(ref_host, tool="nft") if "10.250.0.5" in line]
 
 
-def test_forwarding_follows_the_rules(make_netns, tmp_path, plugin_dir, reference_plugins) -> None:
+def test_forwarding_follows_the_rules(make_netns, tmp_path, plugin_dir, reference_plugins, xt) -> None:
     world = World(make_netns, tmp_path)
     try:
         srv, srv_path, prev = world.container("srv1")
         world.serve(srv, 80, "fw-ok")
         client, _ = world.outside_client()
         ip = prev["ips"][0]["address"].split("/")[0]
-        sh(world.host, "iptables-legacy", "-P", "FORWARD", "DROP")
+        sh(world.host, f"iptables-{xt}", "-P", "FORWARD", "DROP")
         assert world.connect(client, ip, 80).startswith("ERR")
         c = {"cniVersion": "1.0.0", "name": world.name, "type": "firewall", "prevResult": prev}
         assert run_plugin(plugin_dir / "firewall", "ADD", c, world, "srv1", srv_path).code == 0
         # replies to the client are RELATED/ESTABLISHED; the client's own SYN needs -d IP... so allow it
         # through the admin chain the way an operator would
-        sh(world.host, "iptables-legacy", "-A", "CNI-ADMIN", "-d", ip, "-p", "tcp", "--dport", "80", "-j", "ACCEPT")
+        sh(world.host, f"iptables-{xt}", "-A", "CNI-ADMIN", "-d", ip, "-p", "tcp", "--dport", "80", "-j", "ACCEPT")
         assert world.connect(client, ip, 80) == "fw-ok"
         assert run_plugin(plugin_dir / "firewall", "DEL", c, world, "srv1", srv_path).code == 0
-        sh(world.host, "iptables-legacy", "-F", "CNI-ADMIN")
+        sh(world.host, f"iptables-{xt}", "-F", "CNI-ADMIN")
         assert world.connect(client, ip, 80).startswith("ERR")
     finally:
         world.close()
@@ -171,3 +183,15 @@ def test_ingress_policy_isolates_bridges(make_netns, tmp_path, plugin_dir, refer
     finally:
         net_a.close()
         net_b.close()
+
+
+def test_default_follows_the_hosts_iptables_command(host_netns, plugin_dir, monkeypatch) -> None:
+    """Without the override the rules land where this host's `iptables` reads them (where the
+    reference puts its own and where an operator's `iptables -A CNI-ADMIN` goes); DEL takes them away."""
+    monkeypatch.delenv("RECONCILER_IPTABLES")
+    host = host_netns[0]
+    assert call(plugin_dir, "ADD", conf(), host).code == 0
+    assert "-A CNI-FORWARD -s 10.250.0.5/32" in sh(host, "iptables-save", "-t", "filter")
+    assert call(plugin_dir, "CHECK", conf(), host).code == 0
+    assert call(plugin_dir, "DEL", conf(), host).code == 0
+    assert "10.250.0.5" not in sh(host, "iptables-save", "-t", "filter")
