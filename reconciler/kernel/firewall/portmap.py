@@ -282,7 +282,9 @@ def nft_rules(fwd: Forward) -> list[tuple[str, str]]:
         out.append(("hostports", f'{dst}{m.protocol} dport {m.host_port} dnat to {_ip_port(ip, m.container_port)}'
                                  f' comment "{cid}"'))
     if fwd.snat:
-        src = ("0.0.0.0/0" if fwd.family == 4 else "::/0") if fwd.masq_all else str(ip)
+        # the container's whole subnet, as the iptables layout's hairpin mark: a neighbour on the same
+        # bridge reaching the mapped port through the host must be answered through the host too
+        src = ("0.0.0.0/0" if fwd.family == 4 else "::/0") if fwd.masq_all else str(fwd.address.network)
         out.append(("masquerading", f'{fam} saddr {src} {fam} daddr {ip} masquerade comment "{cid}"'))
         if fwd.family == 4 and not fwd.masq_all:
             out.append(("masquerading", f'ip saddr 127.0.0.1 ip daddr {ip} masquerade comment "{cid}"'))

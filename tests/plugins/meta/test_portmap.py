@@ -58,6 +58,24 @@ def test_traffic_hairpin_localhost_and_del(world: World, plugin_dir, backend: st
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_a_neighbour_reaches_the_mapped_port_through_the_host(world: World, plugin_dir, backend: str) -> None:
+    """Container b -> bridge address:hostPort -> container a on the same bridge. The reply must come
+    back through the host to be un-NATed: masqueraded for the whole subnet, as the reference's
+    iptables hairpin rule does. Without br_netfilter's call into the firewall (as here) a reply
+    bridged straight to b would carry a's address and be dropped."""
+    sh(world.host, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0", check=False)
+    srv, srv_path, prev = world.container("srv1")
+    peer, _, _ = world.container("peer1")
+    world.serve(srv, 80, "hello-srv1")
+    conf = portmap_conf(world.name, prev, [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                        backend=backend)
+    assert run_plugin(plugin_dir / "portmap", "ADD", conf, world, "srv1", srv_path).code == 0
+    assert world.connect(peer, prev["ips"][0]["gateway"], 8080) == "hello-srv1"
+    assert run_plugin(plugin_dir / "portmap", "CHECK", conf, world, "srv1", srv_path).code == 0
+    assert run_plugin(plugin_dir / "portmap", "DEL", conf, world, "srv1", srv_path).code == 0
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_dual_stack_traffic(make_netns, tmp_path, plugin_dir, backend: str) -> None:
     world = World(make_netns, tmp_path, subnet6="fd00:250::/64")
     try:
