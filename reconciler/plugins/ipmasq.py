@@ -42,8 +42,9 @@ def check(network: str, container_id: str, ifname: str, addresses: list[Address]
         _module().check(network, container_id, ifname, addresses, backend, netns=host_netns)
     except CNIError:
         raise
-    except Exception as exc:
-        raise CNIError(INTERNAL, f"ipMasq: {exc}") from exc
+    except Exception as exc:  # RuleDrift's messages already start with "ipMasq: "
+        text = str(exc)
+        raise CNIError(INTERNAL, text if text.startswith("ipMasq: ") else f"ipMasq: {text}") from exc
 
 
 def gc(network: str, valid: set[tuple[str, str]], host_netns: str | None) -> None:

@@ -153,8 +153,8 @@ def add(args: CmdArgs) -> Result:
     conf = args.conf(SbrConf)
     result = _prev(conf)
     ips = ip_configs(result, args.ifname)
-    if not ips:
-        return result
+    if not ips:  # the reference's error too: source routing without a source address is a mistake
+        raise CNIError(INTERNAL, f"sbr: no IP addresses supplied on interface {args.ifname} in prevResult")
     with _locked(args.netns), contextlib.ExitStack() as undo:
         try:
             if conf.table is not None:

@@ -268,6 +268,17 @@ def test_check_reports_each_drift(world):
     assert "not found" in check_msg()
 
 
+def test_check_reports_missing_masquerade_rules_once(world):
+    cname, ns = world.container()
+    c = conf(world, isGateway=True, ipMasq=True, ipMasqBackend="nftables")
+    r = world.run(ours(world), "ADD", c, ns)
+    assert r.code == 0, r.stdout + r.stderr
+    run("ip", "netns", "exec", world.host, "nft", "delete", "table", "inet", "cni_plugins_masquerade")
+    out = world.run(ours(world), "CHECK", {**c, "prevResult": r.json}, ns)
+    assert out.code != 0 and out.json["msg"].startswith("ipMasq: ") and "ipMasq: ipMasq" not in out.json["msg"], out.stdout
+    assert world.run(ours(world), "DEL", {**c, "prevResult": r.json}, ns).code == 0
+
+
 def test_port_isolation_and_mac_from_runtime_config(world):
     cname, ns = world.container()
     c = conf(world, isGateway=True, portIsolation=True, runtimeConfig={"mac": "0a:58:0a:4d:00:42"})

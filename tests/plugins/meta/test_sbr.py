@@ -180,7 +180,7 @@ c, peer = s.accept(); print("from", peer[0], flush=True)
 CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], 15301), timeout=10, source_address=(sys.argv[2], 0))"
 
 
-def test_errors(attach, plugin_dir):
+def test_errors(attach, plugin_dir, reference_plugins):
     att = attach()
     conf = att.conf()
     conf.pop("prevResult")
@@ -188,5 +188,11 @@ def test_errors(attach, plugin_dir):
     assert res.json["code"] == 7 and "prevResult" in res.json["msg"]
     res = att.run(plugin_dir / "sbr", "ADD", att.conf(table=254))
     assert res.json["code"] == 7 and "table" in res.json["msg"]
+    # an interface without addresses: an error, as the reference's (nothing is written)
+    bare = att.conf()
+    bare["prevResult"] = {**bare["prevResult"], "ips": []}
+    for binary in (plugin_dir / "sbr", reference_plugins / "sbr"):
+        res = att.run(binary, "ADD", bare)
+        assert res.code == 1 and "no ip addresses supplied on interface" in res.json["msg"].lower(), res.stdout
     # DEL with the netns gone is fine
     assert att.run(plugin_dir / "sbr", "DEL", att.conf(), netns="/run/netns/rcn-gone").code == 0
