@@ -20,6 +20,7 @@ from reconciler.errors import (
     INVALID_NETWORK_CONFIG,
     UNKNOWN_CONTAINER,
     CNIError,
+    config_error,
 )
 
 ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
@@ -146,6 +147,15 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
             raise CNIError(DECODING_FAILURE, "error parsing configuration",
                            f"{key}: must be {want[1]}, not {_JSON_TYPES.get(type(value), 'a value')} {json.dumps(value)}")
     return data
+
+
+def field_error(exc: ValidationError, field: str) -> CNIError:
+    """The first problem of validating `field`'s value as code 7, naming the key inside it that failed
+    (`ipam.routes[0].gw`, not `ipam.routes[0]`), without pydantic's "Value error, " prefix."""
+    err = exc.errors()[0] if exc.errors() else {}
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return config_error(f"{field}.{loc}" if loc else field, msg)
 
 
 def validation_error(exc: ValidationError, prefix: str = "") -> CNIError:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reconciler.cni.args import CmdArgs
+from reconciler.cni.args import CmdArgs, field_error
 from reconciler.cni.types import DNS, IPConfig, Result, Route
 from reconciler.cni.version import ALL_VERSIONS, at_least
 from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, CNIError, config_error
@@ -130,14 +130,14 @@ def _routes_dns(ipam: dict[str, Any]) -> tuple[list[Route], DNS | None]:
         try:
             routes.append(Route.model_validate(item))
         except ValidationError as exc:
-            raise config_error(f"ipam.routes[{i}]", str(exc.errors()[0].get("msg", "invalid"))) from exc
+            raise field_error(exc, f"ipam.routes[{i}]") from exc
     dns_raw = _key(ipam, "dns")
     dns = None
     if dns_raw is not None:
         try:
             dns = DNS.model_validate(dns_raw)
         except ValidationError as exc:
-            raise config_error("ipam.dns", str(exc.errors()[0].get("msg", "invalid"))) from exc
+            raise field_error(exc, "ipam.dns") from exc
     return routes, dns
 
 

@@ -59,7 +59,7 @@ def _load(args: CmdArgs) -> tuple[TapConf, str | None]:
         mac = conf.mac.lower()
         parts = mac.split(":")
         if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid args {conf.mac} for MAC addr")
+            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid network config: mac: invalid args {conf.mac} for MAC addr")
     return conf, mac
 
 

@@ -148,7 +148,8 @@ def test_requested_ip_sources(tmp_path: Path, how: dict) -> None:
     ("cni_args", "problem"),
     [
         ("IP=10.9.0.1", "subnet's gateway"),
-        ("IP=10.8.0.5", "failed to allocate all requested IPs: 10.8.0.5"),
+        ("IP=10.8.0.5", "requested IPs (CNI_ARGS IP, args.cni.ips, runtimeConfig.ips): not in any range: "
+                        "failed to allocate all requested IPs: 10.8.0.5"),
         ("IP=10.9.0.7", "failed to allocate all requested IPs"),  # broadcast: outside rangeEnd
         ("IP=banana", "CNI_ARGS IP"),
         ("IP=10.9.0.3,10.9.0.4", "failed to allocate all requested IPs: 10.9.0.4"),

@@ -78,7 +78,11 @@ def test_args_then_runtime_config_replace() -> None:
         (st_conf(addresses=[{"address": "10.10.0.5/24"}]), "GATEWAY=x", "CNI_ARGS GATEWAY"),
         (BASE | {"runtimeConfig": {"ips": ["10.1.1.1"]}}, "", "runtimeConfig.ips[0]"),
         (BASE | {"args": {"cni": {"ips": "10.1.1.1/24"}}}, "", "args.cni.ips"),
-        (st_conf(addresses=[{"address": "10.1.0.5/24"}], routes=[{"dst": "x"}]), "", "ipam.routes[0]"),
+        (st_conf(addresses=[{"address": "10.1.0.5/24"}], routes=[{"dst": "x"}]), "", "ipam.routes[0].dst: 'x'"),
+        (st_conf(addresses=[{"address": "10.1.0.5/24"}], routes=[{"dst": "10.0.0.0/8", "gw": "zz"}]), "",
+         "ipam.routes[0].gw: 'zz' does not"),
+        (st_conf(addresses=[{"address": "10.1.0.5/24"}], dns={"nameservers": "10.1.0.53"}), "",
+         "ipam.dns.nameservers: Input should be a valid list"),
         (
             st_conf("0.2.0", addresses=[{"address": "10.1.0.5/24"}, {"address": "10.2.0.5/24"}]),
             "",

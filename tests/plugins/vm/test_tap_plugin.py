@@ -93,7 +93,7 @@ def test_missing_bridge_and_taken_ifname_leave_nothing_behind(env: Env) -> None:
 def test_bad_fields_are_config_errors(env: Env, field: str, value: object) -> None:
     name, path = env.container()
     err = failed(env.run("ADD", env.conf("tap", **{field: value}), path))
-    assert err["code"] == 7, err
+    assert err["code"] == 7 and field in err["msg"], err
     assert link_names(name) == ["lo"]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler import ipparse
-from reconciler.cni.args import CmdArgs, validate_container_id, validate_ifname
+from reconciler.cni.args import CmdArgs, field_error, validate_container_id, validate_ifname
 from reconciler.cni.types import IPConfig, Result, Route
 from reconciler.cni.version import ALL_VERSIONS
 from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, NOT_AVAILABLE, CNIError, config_error
@@ -39,8 +39,7 @@ def _routes(raw: tuple[dict[str, Any], ...]) -> list[Route]:
         try:
             out.append(Route.model_validate(item))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise config_error(f"ipam.routes[{i}]", str(err.get("msg", "invalid route"))) from exc
+            raise field_error(exc, f"ipam.routes[{i}]") from exc
     return out
 
 

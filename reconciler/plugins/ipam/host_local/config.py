@@ -325,5 +325,6 @@ def match_requests(sets: Sequence[RangeSet], requested: Sequence[IPAddr]) -> lis
         else:
             out[idx] = ip
     if left:
-        raise config_error("ips", "failed to allocate all requested IPs: " + " ".join(str(ip) for ip in left))
+        raise config_error("requested IPs (CNI_ARGS IP, args.cni.ips, runtimeConfig.ips)",
+                           "not in any range: failed to allocate all requested IPs: " + " ".join(str(ip) for ip in left))
     return out
