@@ -81,7 +81,7 @@ class Session:
 
     def __init__(self, netns: str | None, family: int, table: str) -> None:
         self.netns, self.family, self.table = netns, family, table
-        self.present = False  # the table exists
+        self.present = False  # the table holds a rule or a chain of its own (see `_read`)
         self._chains: dict[str, list[Rule]] = {}
         self._queue: list[str] = []
         self._read()
@@ -92,15 +92,18 @@ class Session:
             raise FirewallError(f"iptables-nft-save -t {self.table}: {done.stderr.strip()}")
         self._chains.clear()
         self._queue.clear()
+        # The save prints a missing table with its built-in chains (policy ACCEPT) without making it,
+        # so a table counts as present once it has a rule or a chain that is not built in.
         self.present = False
         for line in done.stdout.splitlines():
-            if line.startswith(f"*{self.table}"):
-                self.present = True
-            elif line.startswith(":"):
-                self._chains[line[1:].split()[0]] = []
+            if line.startswith(":"):
+                name, policy = (line[1:].split() + ["-"])[:2]
+                self._chains[name] = []
+                self.present = self.present or policy == "-"
             elif line.startswith("-A "):
                 chain, _, rest = line[3:].partition(" ")
                 self._chains.setdefault(chain, []).append(_normal(shlex.split(rest)))
+                self.present = True
 
     def has_chain(self, chain: str) -> bool:
         return chain in self._chains
