@@ -149,20 +149,23 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
     return data
 
 
+def _problem(err: Any, field: str = "") -> tuple[str, str]:
+    """(the key path that failed, under `field`; the message without pydantic's "Value error, ")."""
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+    path = f"{field}.{loc}" if field and loc else field or loc
+    return path, str(err.get("msg", "invalid")).removeprefix("Value error, ")
+
+
 def field_error(exc: ValidationError, field: str) -> CNIError:
     """The first problem of validating `field`'s value as code 7, naming the key inside it that failed
-    (`ipam.routes[0].gw`, not `ipam.routes[0]`), without pydantic's "Value error, " prefix."""
-    err = exc.errors()[0] if exc.errors() else {}
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    return config_error(f"{field}.{loc}" if loc else field, msg)
+    (`ipam.routes[0].gw`, not `ipam.routes[0]`)."""
+    return config_error(*_problem(exc.errors()[0] if exc.errors() else {}, field))
 
 
 def validation_error(exc: ValidationError, prefix: str = "") -> CNIError:
-    """A pydantic error as CNI code 7, naming the field path of the first problem."""
+    """A pydantic error as CNI code 7, naming the field path of the first problems (`prefix`: where)."""
     problems = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        problems.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+        path, msg = _problem(err)
+        problems.append(f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}")
     return CNIError(INVALID_NETWORK_CONFIG, "invalid network config: " + "; ".join(problems))

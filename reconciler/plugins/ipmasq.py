@@ -38,13 +38,16 @@ def teardown(network: str, container_id: str, ifname: str, addresses: list[Addre
 
 def check(network: str, container_id: str, ifname: str, addresses: list[Address], backend: str | None,
           host_netns: str | None) -> None:
+    from reconciler.kernel.firewall.base import RuleDrift
+
     try:
         _module().check(network, container_id, ifname, addresses, backend, netns=host_netns)
     except CNIError:
         raise
-    except Exception as exc:  # RuleDrift's messages already start with "ipMasq: "
-        text = str(exc)
-        raise CNIError(INTERNAL, text if text.startswith("ipMasq: ") else f"ipMasq: {text}") from exc
+    except RuleDrift as exc:  # says what drifted, "ipMasq: ..." included
+        raise CNIError(INTERNAL, str(exc)) from exc
+    except Exception as exc:
+        raise CNIError(INTERNAL, f"ipMasq: {exc}") from exc
 
 
 def gc(network: str, valid: set[tuple[str, str]], host_netns: str | None) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 B = TypeVar("B")
+S = TypeVar("S")
+T = TypeVar("T")
 
 IPTABLES = "iptables"
 NFTABLES = "nftables"
@@ -35,6 +37,18 @@ def alternative() -> str | None:
             if "nft" in real:
                 return NFTABLES
     return None
+
+
+def each_family(transact: Callable[..., T], netns: str | None, table: str, fn: Callable[[S], T]) -> list[T]:
+    """`transact(netns, family, table, fn, existing_only=True)` for IPv4 then IPv6, skipping a family
+    whose table is not there (BackendUnavailable): teardown, GC and lookups never make a table."""
+    out: list[T] = []
+    for family in (4, 6):
+        try:
+            out.append(transact(netns, family, table, fn, existing_only=True))
+        except BackendUnavailable:
+            continue
+    return out
 
 
 class FirewallError(RuntimeError):

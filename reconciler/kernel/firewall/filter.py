@@ -55,23 +55,10 @@ def xtables() -> str:
     return NFT if alternative() == NFTABLES and iptnft.available() else LEGACY
 
 
-def _transact(netns: str | None, family: int, fn: Callable[[XtSession], T], variant: str | None = None,
-              existing_only: bool = False) -> T:
-    if (variant or xtables()) == NFT:
-        return iptnft.transact(netns, family, "filter", fn, existing_only=existing_only)
-    return iptables.transact(netns, family, "filter", fn, existing_only=existing_only)
-
-
-def _in_each(netns: str | None, fn: Callable[[XtSession], T]) -> list[T]:
-    """`fn` on the filter table of each family, in both iptables, wherever that table exists."""
-    out: list[T] = list(iptables.in_each_family(netns, "filter", fn))
-    if iptnft.available():
-        for family in (4, 6):
-            try:
-                out.append(iptnft.transact(netns, family, "filter", fn, existing_only=True))
-            except BackendUnavailable:
-                continue
-    return out
+def _transact(netns: str | None, family: int, fn: Callable[[XtSession], T]) -> T:
+    """`fn` on the filter table of `family` in the iptables `xtables()` picks."""
+    xt = iptnft if xtables() == NFT else iptables
+    return xt.transact(netns, family, "filter", fn)
 
 
 def comment(network: str, container_id: str) -> str:
@@ -170,7 +157,7 @@ def gc(network: str, valid_ids: set[str], netns: str | None = None) -> int:
 
         return s.delete_where(PRIV, stale) if s.has_chain(PRIV) else 0
 
-    return sum(_in_each(netns, sweep))
+    return sum(iptables.in_each_family(netns, "filter", sweep) + iptnft.in_each_family(netns, "filter", sweep))
 
 
 def isolation_rules(bridge: str, policy: str) -> dict[str, list[list[str]]]:

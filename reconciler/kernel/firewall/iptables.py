@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from reconciler.kernel import readscope
 from reconciler.kernel.firewall import xtnft, xtregistry
-from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, batch_scope
+from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, batch_scope, each_family
 from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
 
 T = TypeVar("T")
@@ -485,13 +485,7 @@ def transact(netns: str | None, family: int, table: str, fn: Callable[[Session],
 def in_each_family(netns: str | None, table: str, fn: Callable[[Session], T]) -> list[T]:
     """`fn(session)` on `table` of each IP family whose legacy table exists in `netns`; the results,
     IPv4's first. For teardown, GC and lookups: they never make a table (see `transact`)."""
-    out: list[T] = []
-    for family in (4, 6):
-        try:
-            out.append(transact(netns, family, table, fn, existing_only=True))
-        except BackendUnavailable:
-            continue
-    return out
+    return each_family(transact, netns, table, fn)
 
 
 @contextlib.contextmanager

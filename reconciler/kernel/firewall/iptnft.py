@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import shlex
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError
+from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, each_family
 from reconciler.kernel.firewall.nsexec import netns_path
+
+if TYPE_CHECKING:
+    import subprocess
 
 T = TypeVar("T")
 Rule = list[str]  # the tokens after "-A CHAIN"
@@ -33,7 +33,13 @@ ATTEMPTS = 2
 _ADDRESS_OPTIONS = {"-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d"}
 
 
+# shutil, subprocess and shlex are imported where used: this module comes with firewall.xtnft on
+# every cold ipMasq/portmap start, most of which never exec a tool (~11 ms of imports).
+
+
 def _tool(family: int, verb: str) -> str:
+    import shutil
+
     name = f"{'ip' if family == 4 else 'ip6'}tables-nft-{verb}"
     path = shutil.which(name)
     if path is None:
@@ -42,16 +48,28 @@ def _tool(family: int, verb: str) -> str:
 
 
 def available() -> bool:
+    import shutil
+
     return shutil.which("iptables-nft-restore") is not None and shutil.which("iptables-nft-save") is not None
 
 
 def _run(netns: str | None, cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     if netns:
         cmd = ["nsenter", f"--net={netns_path(netns)}", *cmd]
     try:
         return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FirewallError(f"{cmd[0]}: {exc}") from exc
+
+
+def save(netns: str | None, family: int, table: str) -> str:
+    """`ip[6]tables-nft-save -t table` inside `netns` (FirewallError if the tool is missing or fails)."""
+    done = _run(netns, [_tool(family, "save"), "-t", table])
+    if done.returncode != 0:
+        raise FirewallError(f"iptables-nft-save -t {table}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def _normal(tokens: Sequence[str]) -> Rule:
@@ -87,15 +105,13 @@ class Session:
         self._read()
 
     def _read(self) -> None:
-        done = _run(self.netns, [_tool(self.family, "save"), "-t", self.table])
-        if done.returncode != 0:
-            raise FirewallError(f"iptables-nft-save -t {self.table}: {done.stderr.strip()}")
-        self._chains.clear()
-        self._queue.clear()
+        import shlex
+
+        text = save(self.netns, self.family, self.table)
         # The save prints a missing table with its built-in chains (policy ACCEPT) without making it,
         # so a table counts as present once it has a rule or a chain that is not built in.
         self.present = False
-        for line in done.stdout.splitlines():
+        for line in text.splitlines():
             if line.startswith(":"):
                 name, policy = (line[1:].split() + ["-"])[:2]
                 self._chains[name] = []
@@ -107,9 +123,6 @@ class Session:
 
     def has_chain(self, chain: str) -> bool:
         return chain in self._chains
-
-    def rules(self, chain: str) -> list[Rule]:
-        return list(self._chains.get(chain, []))
 
     @staticmethod
     def comment_of(rule: Rule) -> str | None:
@@ -177,3 +190,9 @@ def transact(netns: str | None, family: int, table: str, fn: Callable[[Session],
             continue
         return result
     raise AssertionError("unreachable")
+
+
+def in_each_family(netns: str | None, table: str, fn: Callable[[Session], T]) -> list[T]:
+    """`fn(session)` on `table` of each IP family where it holds something (`Session.present`), as
+    `iptables.in_each_family` does for the legacy tables; nothing when the tools are missing."""
+    return each_family(transact, netns, table, fn)

@@ -162,6 +162,15 @@ def entry_rules(fwd: Forward) -> list[list[str]]:
     return out
 
 
+def hairpin_source(fwd: Forward) -> str:
+    """Whose connections to a mapped port are masqueraded: everyone with `masqAll`, else the container's
+    subnet, so that the container itself and its neighbours on the bridge, reaching the port through
+    the host, are answered through the host too (both layouts)."""
+    if fwd.masq_all:
+        return "0.0.0.0/0" if fwd.family == 4 else "::/0"
+    return str(fwd.address.network)
+
+
 def dn_rules(fwd: Forward) -> list[list[str]]:
     """The per-container chain: for each mapping, hairpin/localhost marks then the DNAT."""
     setmark = fwd.external_setmark or SETMARK
@@ -173,8 +182,7 @@ def dn_rules(fwd: Forward) -> list[list[str]]:
         if m.dest:
             base = ["-d", m.dest, *base]
         if fwd.snat:
-            src = ("0.0.0.0/0" if fwd.family == 4 else "::/0") if fwd.masq_all else str(fwd.address.network)
-            rules.append(["-s", src, *base, "-j", setmark])
+            rules.append(["-s", hairpin_source(fwd), *base, "-j", setmark])
             if fwd.family == 4 and not fwd.masq_all:
                 rules.append(["-s", "127.0.0.1/32", *base, "-j", setmark])
         rules.append([*base, "-j", "DNAT", "--to-destination", _ip_port(fwd.address.ip, m.container_port)])
@@ -282,10 +290,7 @@ def nft_rules(fwd: Forward) -> list[tuple[str, str]]:
         out.append(("hostports", f'{dst}{m.protocol} dport {m.host_port} dnat to {_ip_port(ip, m.container_port)}'
                                  f' comment "{cid}"'))
     if fwd.snat:
-        # the container's whole subnet, as the iptables layout's hairpin mark: a neighbour on the same
-        # bridge reaching the mapped port through the host must be answered through the host too
-        src = ("0.0.0.0/0" if fwd.family == 4 else "::/0") if fwd.masq_all else str(fwd.address.network)
-        out.append(("masquerading", f'{fam} saddr {src} {fam} daddr {ip} masquerade comment "{cid}"'))
+        out.append(("masquerading", f'{fam} saddr {hairpin_source(fwd)} {fam} daddr {ip} masquerade comment "{cid}"'))
         if fwd.family == 4 and not fwd.masq_all:
             out.append(("masquerading", f'ip saddr 127.0.0.1 ip daddr {ip} masquerade comment "{cid}"'))
     return out

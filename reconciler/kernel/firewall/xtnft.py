@@ -18,14 +18,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import shutil
-import subprocess
 from collections.abc import Iterable
 from typing import Any
 
-from reconciler.kernel.firewall import nftables
-from reconciler.kernel.firewall.base import BackendUnavailable, hash_name
-from reconciler.kernel.firewall.nsexec import netns_path, run_in_netns
+from reconciler.kernel.firewall import iptnft, nftables
+from reconciler.kernel.firewall.base import BackendUnavailable, FirewallError, hash_name
+from reconciler.kernel.firewall.nsexec import run_in_netns
 
 log = logging.getLogger(__name__)
 NAT = (("ip", 4), ("ip6", 6))
@@ -116,17 +114,10 @@ def teardown_portmap(network: str, container_id: str, netns: str | None = None) 
 
 def _saved(netns: str | None, family: int, table: str) -> str:
     """`iptables-nft-save -t table` inside `netns` ('' when the tool is missing or fails)."""
-    tool = shutil.which("iptables-nft-save" if family == 4 else "ip6tables-nft-save")
-    if not tool:
-        return ""
-    cmd = [tool, "-t", table]
-    if netns:
-        cmd = ["nsenter", f"--net={netns_path(netns)}", *cmd]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        return iptnft.save(netns, family, table)
+    except FirewallError:
         return ""
-    return done.stdout if done.returncode == 0 else ""
 
 
 def commented_ids(netns: str | None, family: int, table: str, chain: str, prefix: str) -> dict[str, set[str]]:

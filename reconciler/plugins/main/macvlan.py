@@ -30,6 +30,7 @@ from reconciler.plugins.iface import (
     prev_result,
     undo_quietly,
 )
+from reconciler.plugins.sandboxlink import ipam_type
 
 log = logging.getLogger(__name__)
 SUPPORTED_VERSIONS = ALL_VERSIONS
@@ -132,8 +133,9 @@ def add(args: CmdArgs) -> Result:
 def delete(args: CmdArgs) -> None:
     """Release the IPAM and delete the link. The config is not validated: the reference checks
     `mode` on ADD only, and a config that became invalid must not block cleanup."""
-    if is_layer3(args):
-        delegate("DEL", str(args.config["ipam"]["type"]), args)
+    ipam = ipam_type(args.config)
+    if ipam:
+        delegate("DEL", ipam, args)
     if not args.netns:
         return
     with nsmod.session(), kernel_errors("macvlan"):

@@ -13,7 +13,7 @@ from reconciler.cni.args import CmdArgs
 from reconciler.cni.model import CNIModel
 from reconciler.cni.types import DNS, Result
 from reconciler.cni.version import ALL_VERSIONS
-from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, UNSUPPORTED_FIELD, CNIError
+from reconciler.errors import INTERNAL, UNSUPPORTED_FIELD, CNIError, config_error
 from reconciler.kernel import devices, links
 from reconciler.kernel.links import Link
 from reconciler.kernel.snapshot import Snapshot
@@ -59,7 +59,7 @@ def _load(args: CmdArgs) -> tuple[TapConf, str | None]:
         mac = conf.mac.lower()
         parts = mac.split(":")
         if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid network config: mac: invalid args {conf.mac} for MAC addr")
+            raise config_error("mac", f"invalid args {conf.mac} for MAC addr")
     return conf, mac
 
 
