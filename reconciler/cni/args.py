@@ -60,8 +60,13 @@ def validate_network_name(name: str) -> None:
         raise CNIError(INVALID_NETWORK_CONFIG, "invalid characters found in network name", name)
 
 
+IGNORE_UNKNOWN = "IgnoreUnknown"
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # Go's strconv.ParseBool
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
 def parse_cni_args(raw: str) -> dict[str, str]:
-    """`K1=V1;K2=V2` -> dict. Unknown keys are the caller's business (IgnoreUnknown)."""
+    """`K1=V1;K2=V2` -> dict. Unknown keys are the reading plugin's business (`refuse_unknown_args`)."""
     out: dict[str, str] = {}
     if not raw:
         return out
@@ -73,6 +78,27 @@ def parse_cni_args(raw: str) -> dict[str, str]:
             raise CNIError(INVALID_ENVIRONMENT, f"ARGS: invalid pair {pair!r}")
         out[parts[0]] = parts[1]
     return out
+
+
+def refuse_unknown_args(pairs: dict[str, str], known: tuple[str, ...], reader: str) -> None:
+    """Refuse keys outside `known` (what plugin `reader` reads) unless `IgnoreUnknown` is true, as the reference's LoadArgs does.
+
+    Runtimes send `IgnoreUnknown=1` with keys meant for other plugins of the chain; without it a
+    misspelt key (`Ip=`) is an error, not an address silently chosen by someone else.
+    """
+    flag = pairs.get(IGNORE_UNKNOWN)
+    if flag is not None and flag not in _TRUE and flag not in _FALSE:
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_ARGS {IGNORE_UNKNOWN}={flag!r} is not a boolean", "use 1 or 0")
+    if flag in _TRUE:
+        return
+    unknown = [key for key in pairs if key not in known and key != IGNORE_UNKNOWN]
+    if unknown:
+        reads = ", ".join(known) if known else "no keys"
+        raise CNIError(
+            INVALID_ENVIRONMENT,
+            f"CNI_ARGS: unknown {'key' if len(unknown) == 1 else 'keys'} {', '.join(map(repr, unknown))}",
+            f"{reader} reads {reads}; add {IGNORE_UNKNOWN}=1 to pass keys meant for other plugins",
+        )
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,14 @@ class CmdArgs:
     @property
     def cni_args(self) -> dict[str, str]:
         return parse_cni_args(self.args)
+
+    def known_args(self, reader: str, *known: str) -> dict[str, str]:
+        """CNI_ARGS for plugin `reader`, which reads the `known` keys: on ADD any other key is refused
+        (`refuse_unknown_args`); other verbs read leniently, so a DEL never fails over its args."""
+        pairs = parse_cni_args(self.args)
+        if self.command == "ADD":
+            refuse_unknown_args(pairs, known, reader)
+        return pairs
 
     def conf(self, model: type[M]) -> M:
         """Validate the config against a plugin's model; errors name the field (code 7)."""

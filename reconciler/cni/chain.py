@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.cni import cache
-from reconciler.cni.args import CmdArgs, validate_container_id, validate_ifname, validate_network_name
+from reconciler.cni.args import (
+    IGNORE_UNKNOWN,
+    CmdArgs,
+    validate_container_id,
+    validate_ifname,
+    validate_network_name,
+)
 from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
 from reconciler.cni.invoke import run_plugin
 from reconciler.cni.types import Result
@@ -37,6 +43,14 @@ class RuntimeConf:
     @property
     def cni_args(self) -> str:
         return ";".join(f"{k}={v}" for k, v in self.args)
+
+
+def runtime_args(args: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """CNI_ARGS as container runtimes send them: `IgnoreUnknown=1` first (unless given), so each
+    plugin of a chain reads the keys it knows and leaves the others' alone."""
+    if not args or any(key == IGNORE_UNKNOWN for key, _ in args):
+        return args
+    return ((IGNORE_UNKNOWN, "1"), *args)
 
 
 def plugin_stdin(

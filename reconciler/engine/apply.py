@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from reconciler.cni import cache, registry
 from reconciler.cni.cache import CacheEntry
-from reconciler.cni.chain import Runner, RuntimeConf
+from reconciler.cni.chain import Runner, RuntimeConf, runtime_args
 from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
 from reconciler.engine.inventory import Inventory, Record
 from reconciler.engine.journal import Intent, Journal
@@ -210,7 +210,7 @@ class Engine:
         for intent in pending:
             rt = RuntimeConf(
                 intent.container_id, intent.netns, intent.ifname,
-                tuple((k, v) for k, v in intent.cni_args), intent.capability_args,
+                runtime_args(tuple((k, v) for k, v in intent.cni_args)), intent.capability_args,
             )
             entry = cache.read(self.state_dir, intent.network, intent.container_id, intent.ifname)
             try:
@@ -268,7 +268,7 @@ class Engine:
         )
 
     def _runtime(self, att: Attachment) -> RuntimeConf:
-        return RuntimeConf(att.id, att.netns_path, att.ifname, att.args, att.capabilities)
+        return RuntimeConf(att.id, att.netns_path, att.ifname, runtime_args(att.args), att.capabilities)
 
     def _add(self, att: Attachment, specs: Specs, requested: list[str] | None = None, action: str = "add") -> Pending:
         """ADD (verification comes later, for the whole batch); on failure undo what this call did and raise."""

@@ -53,7 +53,7 @@ def undo_quietly(fn: Callable[..., object], *args: object) -> Callable[[], None]
 def mac_from_args(args: CmdArgs) -> str | None:
     """The requested container MAC: CNI_ARGS MAC < args.cni.mac < runtimeConfig.mac."""
     mac = None
-    cni_args = args.cni_args
+    cni_args = args.known_args(str(args.config.get("type") or "this plugin"), "MAC")
     if cni_args.get("MAC"):
         mac = cni_args["MAC"]
     a = args.config.get("args")

@@ -142,7 +142,7 @@ def _routes_dns(ipam: dict[str, Any]) -> tuple[list[Route], DNS | None]:
 
 
 def add(args: CmdArgs) -> Result:
-    addresses = load_addresses(args.config, args.cni_args)
+    addresses = load_addresses(args.config, args.known_args("static", "IP", "GATEWAY"))
     routes, dns = _routes_dns(args.config["ipam"])
     ips = [IPConfig(address=str(a.iface), gateway=str(a.gateway) if a.gateway else None) for a in addresses]
     return Result(cni_version=args.cni_version, ips=ips, routes=routes, dns=dns)
@@ -154,7 +154,7 @@ def delete(args: CmdArgs) -> None:
 
 def check(args: CmdArgs) -> None:
     """Every configured address must be in prevResult with the configured gateway."""
-    addresses = load_addresses(args.config, args.cni_args)
+    addresses = load_addresses(args.config, args.known_args("static", "IP", "GATEWAY"))
     prev = args.config.get("prevResult")
     if not isinstance(prev, dict):
         raise config_error("prevResult", "required prevResult missing")

@@ -47,7 +47,7 @@ def add(args: CmdArgs) -> Result:
     """Reserve one address per range set (or return the ones already held)."""
     validate_container_id(args.container_id)
     validate_ifname(args.ifname)
-    conf = cfgmod.load(args.config, args.cni_args)
+    conf = cfgmod.load(args.config, args.known_args("host-local", "IP"))
     routes = _routes(conf.routes)
     wanted = cfgmod.match_requests(conf.range_sets, conf.requested)
     dns = parse_resolv_conf(conf.resolv_conf) if conf.resolv_conf else None

@@ -130,7 +130,7 @@ def wanted(conf: TuningConf, args: CmdArgs) -> Wanted:
     sysctl: dict[str, Any] = dict(conf.sysctl or {})
     mac: tuple[Any, str] | None = (conf.mac, "mac") if conf.mac else None
     w.promisc, w.mtu, w.allmulti, w.txqlen = conf.promisc, conf.mtu, conf.allmulti, conf.tx_q_len
-    env_mac = args.cni_args.get("MAC")
+    env_mac = args.known_args("tuning", "MAC").get("MAC")
     if env_mac:
         mac = (env_mac, "CNI_ARGS.MAC")
     rc_mac = args.runtime_config().get("mac")
