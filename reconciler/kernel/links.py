@@ -298,6 +298,13 @@ def set_mac(name: str, mac: str, netns: str | None = None) -> None:
     set_link(name, netns, address=mac)
 
 
+def random_mac() -> str:
+    """A random unicast, locally administered MAC (the kernel's eth_random_addr)."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 def set_master(name: str, master: str | None, netns: str | None = None) -> None:
     """Enslave `name` to `master` (None: release)."""
     set_link(name, netns, master=_index(master, netns) if master else 0)

@@ -14,6 +14,7 @@ from tests.plugins.main.maintest import (
     REFERENCE,
     World,
     addrs_state,
+    ip_json,
     links_state,
     normalise_result,
     ping,
@@ -277,6 +278,28 @@ def test_check_reports_missing_masquerade_rules_once(world):
     out = world.run(ours(world), "CHECK", {**c, "prevResult": r.json}, ns)
     assert out.code != 0 and out.json["msg"].startswith("ipMasq: ") and "ipMasq: ipMasq" not in out.json["msg"], out.stdout
     assert world.run(ours(world), "DEL", {**c, "prevResult": r.json}, ns).code == 0
+
+
+def _stp_id_and_mac(host: str) -> tuple[list[int], list[int]]:
+    """(the bridge's STP bridge id address, its MAC) as bytes; `ip` prints the id's bytes unpadded."""
+    link = ip_json(host, "link", "show", BR)[0]
+    bridge_id = link["linkinfo"]["info_data"]["bridge_id"].split(".", 1)[1]
+    return [int(b, 16) for b in bridge_id.split(":")], [int(b, 16) for b in link["address"].split(":")]
+
+
+@pytest.mark.parametrize("gateway", [False, True], ids=["l2", "gateway"])
+def test_a_created_bridge_takes_its_stp_id_from_its_mac(world, gateway, make_netns, reference_plugins, tmp_path):
+    """The bridge id is the pinned MAC, as the reference's is: a bridge whose id stayed zero would win
+    every root election the moment someone turned STP on, on whatever LAN its uplink joins."""
+    ref_host, _ = make_netns("rcn-h-")
+    ref = World(ref_host, make_netns, tmp_path / "ipam-ref", str(REFERENCE), net=world.net)
+    for w, binary in ((world, ours(world)), (ref, REFERENCE / "bridge")):
+        _, ns = w.container()
+        r = w.run(binary, "ADD", conf(w, isGateway=gateway), ns)
+        assert r.code == 0, r.stdout + r.stderr
+        bridge_id, mac = _stp_id_and_mac(w.host)
+        assert bridge_id == mac != [0] * 6, f"{binary}: bridge id {bridge_id} vs MAC {mac}"
+        assert r.json["interfaces"][0]["mac"] == ":".join(f"{b:02x}" for b in mac)
 
 
 def test_port_isolation_and_mac_from_runtime_config(world):

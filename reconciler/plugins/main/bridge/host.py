@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -43,8 +44,13 @@ def ensure_bridge(conf: BridgeConf, host: str | None, undo: contextlib.ExitStack
         undo.callback(undo_quietly(delete_if_unused, conf.bridge, host))
         # Pin the MAC now: an unpinned bridge takes its lowest port's MAC and changes it as containers
         # come and go, which makes every other attachment's CHECK fail (the reference pins only with isGateway).
-        links.set_mac(conf.bridge, br.mac, host)
-        _remember_pin(host, br.index, br.mac)
+        # Pin a new MAC rather than the kernel's own: the bridge takes its STP bridge id from a MAC
+        # change only, so a MAC set to itself before any port joined leaves the id 8000.000000000000,
+        # which wins every root election once someone turns STP on.
+        mac = links.random_mac()
+        links.set_mac(conf.bridge, mac, host)
+        _remember_pin(host, br.index, mac)
+        br = dataclasses.replace(br, mac=mac)
     if conf.promisc_mode and not br.promisc:
         links.set_promisc(conf.bridge, True, host)
     host_sysctls[f"net/ipv6/conf/{conf.bridge}/accept_ra"] = 0
