@@ -118,9 +118,11 @@ def add(args: CmdArgs) -> Result:
             result.interfaces = [iface]
             for ipc in result.ips:
                 ipc.interface = 0
+            notify = {f"net/ipv4/conf/{args.ifname}/arp_notify": 1}  # as sandboxlink: NAs only with IPv6
+            if any(ipc.version == 6 for ipc in result.ips):
+                notify[f"net/ipv6/conf/{args.ifname}/ndisc_notify"] = 1
             with contextlib.suppress(OSError, ValueError):
-                sysctl.write_many({f"net/ipv4/conf/{args.ifname}/arp_notify": 1,
-                                   f"net/ipv6/conf/{args.ifname}/ndisc_notify": 1}, args.netns, missing_ok=True)
+                sysctl.write_many(notify, args.netns, missing_ok=True)
             configure_iface(args.netns, args.ifname, result)
         else:
             links.set_up(args.ifname, args.netns)
