@@ -95,7 +95,12 @@ def delete(ifname: str, address: IPInterface | str, netns: str | None = None) ->
 
 
 def settle(ifname: str, netns: str | None = None, timeout: float = 5.0) -> None:
-    """Wait until no IPv6 address of `ifname` is tentative; raise if DAD failed or time ran out."""
+    """Wait until no IPv6 address of `ifname` is tentative; raise if DAD failed or time ran out.
+
+    Without carrier there is nothing to wait for: DAD starts only when the carrier comes (a NIC
+    without its cable, a veth whose peer is down), and the addresses settle then. The reference
+    returns with them tentative too; failing the ADD after the timeout would refuse a device
+    that works the moment it is plugged in."""
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -105,7 +110,7 @@ def settle(ifname: str, netns: str | None = None, timeout: float = 5.0) -> None:
                 raise KernelError(errno.EADDRINUSE, f"{addr.address} on {ifname!r}: duplicate address detected")
             if addr.tentative:
                 pending.append(addr)
-        if not pending:
+        if not pending or not get_link(ifname, netns).carrier:
             return
         if time.monotonic() >= deadline:
             raise KernelError(errno.ETIMEDOUT, f"{ifname!r}: addresses still tentative after {timeout}s: "

@@ -52,6 +52,7 @@ class Link:
     link_netnsid: int | None = None  # set when `link` lives in another namespace
     slave_kind: str = ""
     alias: str = ""
+    carrier: bool = False  # IFF_LOWER_UP: set at once with the carrier, where operstate lags behind it
     linkinfo: Any = field(default=None, compare=False, repr=False)  # raw IFLA_LINKINFO, decoded on demand
 
     @functools.cached_property

@@ -54,7 +54,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE
 RT_TABLE_MAIN, RTN_UNICAST, IP6_RT_PRIO_USER = 254, 1, 1024
 FRA_DST, FRA_SRC, FRA_IIFNAME, FRA_PRIORITY, FRA_TABLE, FRA_OIFNAME = 1, 2, 3, 6, 15, 17
 FR_ACT_TO_TBL, RT_TABLE_COMPAT = 1, 252
-IFF_UP, IFF_PROMISC = 0x1, 0x100
+IFF_UP, IFF_PROMISC, IFF_LOWER_UP = 0x1, 0x100, 0x10000
 NLA_F_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
 
 NLMSG = struct.Struct("=IHHII")
@@ -255,6 +255,7 @@ def decode_link(data: bytes, start: int, end: int) -> Any:
         link_netnsid=I32.unpack_from(netnsid)[0] if netnsid and len(netnsid) >= 4 else None,
         slave_kind=slave_kind,
         alias=string(a.get(IFLA_IFALIAS)),
+        carrier=bool(flags & IFF_LOWER_UP),
         linkinfo=LazyLinkinfo(bytes(data[start:end]), info) if info is not None else None,
     )
 

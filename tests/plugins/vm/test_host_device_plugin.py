@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 from linktest import Env, container_state, failed, in_process, ip, link_json, link_names, normalise, ok
+
+from tests.conftest import wait_until
 
 DEV_MAC = "02:00:00:aa:00:01"
 
@@ -136,3 +139,30 @@ def test_kernelpath_selects_a_device_listed_under_it(env: Env, device: str) -> N
     assert result["interfaces"][0]["mac"] == DEV_MAC
     ok(env.run("DEL", conf, path, prev=result))
     assert link_json(env.host, device) is not None
+
+
+def _v6_flags(netns: str) -> list[tuple[str, bool]]:
+    """(IPv6 global address, still tentative) on the container's eth0."""
+    links = json.loads(ip("-n", netns, "-j", "addr", "show", "dev", "eth0").stdout or "[]")
+    return [(a["local"], bool(a.get("tentative"))) for lk in links for a in lk.get("addr_info", [])
+            if a["family"] == "inet6" and a.get("scope") == "global"]
+
+
+def test_ipv6_on_a_device_without_carrier_is_added_and_settles_when_the_carrier_comes(env: Env, device: str,
+                                                                                        reference_plugins) -> None:
+    """A NIC without its cable (here: its veth peer down) cannot run DAD until the carrier comes, so
+    nothing is waited for: ADD succeeds, as the reference's, with the address tentative; plugging
+    the cable in (the peer up) settles it. We used to wait 10 s and fail the ADD."""
+    conf = env.conf("host-device", device=device,
+                    ipam={"type": "static", "addresses": [{"address": "fd00:84::5/64"}, {"address": "10.84.0.5/24"}]})
+    for reference in (True, False):
+        name, path = env.container()
+        result = ok(env.run("ADD", conf, path, reference=reference))
+        assert [ip["address"] for ip in result["ips"]] == ["fd00:84::5/64", "10.84.0.5/24"]
+        assert _v6_flags(name) == [("fd00:84::5", True)]
+        if not reference:
+            ok(env.run("CHECK", conf, path, prev=result))
+            ip("-n", env.host, "link", "set", "rcnhd1", "up")  # the cable goes in
+            assert wait_until(lambda name=name: _v6_flags(name) == [("fd00:84::5", False)], timeout=30)
+        ok(env.run("DEL", conf, path, reference=reference, prev=result))
+        assert link_json(env.host, device) is not None
