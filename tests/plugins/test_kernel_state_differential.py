@@ -4,7 +4,7 @@ The per-plugin differentials compare results and a chosen subset of state. This 
 chain through ours and the reference in fresh stand-in namespaces and compares, after ADD and again
 after DEL, everything `ip -d -j` says about links and addresses, the routes of every table, the
 policy rules, the qdiscs and every per-interface sysctl in both namespaces. What may differ is
-listed in KNOWN below, each with its reason; anything else is a finding. It found a zero STP
+listed in KNOWN_LINK_KEYS and KNOWN_SYSCTLS, each with its reason; anything else is a finding. It found a zero STP
 bridge id, a 10-second DAD wait on links without carrier and a stray ndisc_notify.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.cnitest import REFERENCE_DIR, exec_plugin
-from tests.conftest import run
+from tests.conftest import run, wait_until
 
 # Differences that are ours on purpose (each key is dropped from both sides before comparing):
 KNOWN_LINK_KEYS = {
@@ -86,9 +86,19 @@ def _bridge_ids(links: list[dict]) -> None:
             assert ident == mac, f"bridge {lk['ifname']}: STP id {ident} is not its MAC {mac}"
 
 
+def _linkwatch_done(ns: str) -> bool:
+    """No link has carrier yet an operstate still down: the kernel's linkwatch has caught up, and
+    with it what it triggers (an IPv6 link-local address appears then). The reference's ptp returns
+    before that; ours waits for the veth to be up."""
+    return not any("LOWER_UP" in lk.get("flags", []) and "NO-CARRIER" in lk.get("flags", [])
+                   for lk in _ip_json(ns, "link", "show"))
+
+
 def state(namespaces: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
     """Everything comparable in each namespace ({label: netns name})."""
     out: dict[str, Any] = {}
+    for ns in namespaces.values():
+        wait_until(lambda ns=ns: _linkwatch_done(ns), timeout=5, step=0.05)
     for label, ns in namespaces.items():
         links = _ip_json(ns, "link", "show")
         _bridge_ids(links)
@@ -163,6 +173,11 @@ CASES: dict[str, tuple[Callable[[Path], list[dict]], Setup | None]] = {
         {"type": "sbr"},
     ], None),
     "loopback": (lambda d: [{"type": "loopback"}], None),
+    "ptp-ipmasq": (lambda d: [{"type": "ptp", "ipMasq": True, "ipam": _v4("10.224.0.0/24", d, routes=DEFAULTS)}],
+                   None),
+    "bridge-gateway-ipmasq": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "isGateway": True, "ipMasq": True,
+                                          "ipam": _v4("10.225.0.0/24", d)}], None),
+    "macvlan-vepa-l2": (lambda d: [{"type": "macvlan", "master": "rcnksup0", "mode": "vepa", "mtu": 1400}], _uplink),
 }
 
 
