@@ -135,9 +135,10 @@ def configure(args: CmdArgs, result: Result, link: Link, *, notify: bool = True,
 
 
 def standard_add(args: CmdArgs, create: Callable[[str], Link], *, dns: DNS | None,
-                 prior: Result | None = None, what: str, no_dad: bool = False) -> Result:
+                 prior: Result | None = None, what: str, no_dad: bool = False, notify: bool = True) -> Result:
     """The whole ADD of a stacked link: checks, create+rename, IPAM (or `prior` IPs), configure.
-    Anything created is removed again if a later step fails."""
+    Anything created is removed again if a later step fails. `notify`: announce the addresses
+    (arp_notify, ndisc_notify), as the reference's ipvlan and tap do and its vlan and dummy do not."""
     require_netns(args)
     with nsmod.session(), contextlib.ExitStack() as undo, kernel_errors(what):
         ensure_ifname_free(args)
@@ -148,7 +149,7 @@ def standard_add(args: CmdArgs, create: Callable[[str], Link], *, dns: DNS | Non
             result = prior.model_copy(deep=True)
         else:
             result = Result()
-        result = configure(args, result, link, dns=dns, no_dad=no_dad)
+        result = configure(args, result, link, dns=dns, no_dad=no_dad, notify=notify)
         undo.pop_all()
     return result
 

@@ -14,14 +14,13 @@ import difflib
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cnitest import REFERENCE_DIR, exec_plugin
+from tests.cnitest import REFERENCE_DIR, run_plugin
 from tests.conftest import run, wait_until
 
 # Differences that are ours on purpose (each key is dropped from both sides before comparing):
@@ -56,19 +55,14 @@ def _normalise(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
-SYSCTLS = r"""
-import os
-for fam in ("ipv4", "ipv6"):
-    base = f"/proc/sys/net/{fam}/conf"
-    for iface in sorted(os.listdir(base)):
-        for key in sorted(os.listdir(f"{base}/{iface}")):
-            try:
-                print(fam, iface, key, open(f"{base}/{iface}/{key}").read().strip().replace("\n", " "))
-            except OSError:
-                pass
-for key in ("ipv4/ip_forward", "ipv6/conf/all/forwarding"):
-    print(key, open("/proc/sys/net/" + key).read().strip())
-"""
+SYSCTL_DIRS = ("/proc/sys/net/ipv4/conf", "/proc/sys/net/ipv6/conf", "/proc/sys/net/ipv4/ip_forward")
+
+
+def _sysctls(ns: str) -> list[str]:
+    """`<path>:<value>` of every per-interface sysctl (and ip_forward) inside `ns`."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "grep", "-r", "", *SYSCTL_DIRS], capture_output=True, text=True)
+    return sorted(out.stdout.splitlines())  # stable_secret and the like refuse reads: grep skips them
+
 
 
 def _ip_json(ns: str, *args: str) -> Any:
@@ -116,9 +110,8 @@ def state(namespaces: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
         out[f"{label} rules"] = _normalise(run("ip", "-n", ns, "rule").stdout.splitlines(), names)
         out[f"{label} qdiscs"] = sorted(_normalise(
             run("ip", "netns", "exec", ns, "tc", "qdisc", "show").stdout.splitlines(), names))
-        sysctls = run("ip", "netns", "exec", ns, sys.executable, "-c", SYSCTLS).stdout.splitlines()
         out[f"{label} sysctls"] = _normalise(
-            [line for line in sysctls if len(line.split()) < 3 or line.split()[2] not in KNOWN_SYSCTLS], names)
+            [line for line in _sysctls(ns) if line.split(":", 1)[0].rsplit("/", 1)[-1] not in KNOWN_SYSCTLS], names)
     return out
 
 
@@ -138,6 +131,7 @@ def _dual(subnet: str, subnet6: str, data: Path, **extra: Any) -> dict:
 
 DEFAULTS = [{"dst": "0.0.0.0/0"}]
 Setup = Callable[[str], None]
+Case = tuple[Callable[[Path], list[dict]], Setup | None]  # the chain (given a dataDir), a host setup
 
 
 def _uplink(host: str) -> None:
@@ -149,7 +143,7 @@ def _unplugged_device(host: str) -> None:
     run("ip", "-n", host, "link", "add", "rcnksdev0", "type", "veth", "peer", "name", "rcnksdev1")
 
 
-CASES: dict[str, tuple[Callable[[Path], list[dict]], Setup | None]] = {
+CASES: dict[str, Case] = {
     "bridge-gateway-dual": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "isGateway": True,
                                         "ipam": _dual("10.216.0.0/24", "fd00:216::/64", d, routes=DEFAULTS)}], None),
     "bridge-l2-promisc": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "promiscMode": True, "mtu": 1400}],
@@ -185,9 +179,10 @@ def _plugin(conf: dict) -> str:
     return str(conf.get("type") or conf["ipam"]["type"])
 
 
-def _through(directory: Path, case: str, make_netns, data: Path) -> tuple[dict, dict]:
-    """ADD the case's chain with `directory`'s plugins, DEL it again: (state after ADD, state after DEL)."""
-    build, setup = CASES[case]
+def _through(directory: Path, case: Case, make_netns, data: Path) -> tuple[dict, dict]:
+    """ADD the case's chain with `directory`'s plugins, DEL it again: (state after ADD, state after DEL).
+    Ours runs exec'd on the host and in-process inside the VM job (`run_plugin`), the reference exec'd."""
+    build, setup = case
     host, _ = make_netns("rcn-h-")
     ctr, ctr_path = make_netns("rcn-t-")
     run("ip", "-n", host, "link", "set", "lo", "up")
@@ -196,8 +191,8 @@ def _through(directory: Path, case: str, make_netns, data: Path) -> tuple[dict, 
     confs = [{"cniVersion": "1.0.0", "name": "rcnks", **plugin} for plugin in build(data)]
 
     def call(verb: str, conf: dict) -> Any:
-        got = exec_plugin(directory / _plugin(conf), verb, conf, netns=ctr_path, netns_exec=host,
-                          container_id="rcnks", extra_env={"RECONCILER_PLUGIN_SOCKET": "/dev/null"})
+        got = run_plugin(directory / _plugin(conf), verb, conf, netns=ctr_path, host_netns=host,
+                         container_id="rcnks", extra_env={"RECONCILER_PLUGIN_SOCKET": "/dev/null"})
         assert got.code == 0, f"{directory} {_plugin(conf)} {verb}: {got.stdout} {got.stderr[-1500:]}"
         return got.json
 
@@ -212,15 +207,20 @@ def _through(directory: Path, case: str, make_netns, data: Path) -> tuple[dict, 
     return after_add, state(spaces, names)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_kernel_state_matches_the_reference(case: str, plugin_dir: Path, reference_plugins: Path, make_netns,
-                                            tmp_path: Path) -> None:
+def assert_same_as_reference(name: str, case: Case, plugin_dir: Path, make_netns, tmp_path: Path) -> None:
+    """Run `case` through ours and the reference; every compared key must match after ADD and after DEL."""
     ours = _through(plugin_dir, case, make_netns, tmp_path / "ours")
     ref = _through(REFERENCE_DIR, case, make_netns, tmp_path / "ref")
     for moment, mine, theirs in (("after ADD", ours[0], ref[0]), ("after DEL", ours[1], ref[1])):
         for key in theirs:
-            assert mine[key] == theirs[key], f"{case} {moment}: {key} differs (- reference, + ours):\n" + _diff(
+            assert mine[key] == theirs[key], f"{name} {moment}: {key} differs (- reference, + ours):\n" + _diff(
                 theirs[key], mine[key])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_state_matches_the_reference(case: str, plugin_dir: Path, reference_plugins: Path, make_netns,
+                                            tmp_path: Path) -> None:
+    assert_same_as_reference(case, CASES[case], plugin_dir, make_netns, tmp_path)
 
 
 def test_state_sees_what_it_compares(make_netns) -> None:
@@ -231,7 +231,7 @@ def test_state_sees_what_it_compares(make_netns) -> None:
     run("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf.rcnksx0.proxy_arp=1")
     links = state({"host": host}, {})
     assert links["host links"] != before["host links"]
-    assert any("rcnksx0 proxy_arp 1" in line for line in links["host sysctls"])
+    assert "/proc/sys/net/ipv4/conf/rcnksx0/proxy_arp:1" in links["host sysctls"]
     run("ip", "-n", host, "link", "set", "rcnksx0", "up")
     run("ip", "-n", host, "route", "add", "10.222.0.0/24", "dev", "rcnksx0")
     assert state({"host": host}, {})["host routes-4"] != links["host routes-4"]

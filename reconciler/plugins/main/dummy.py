@@ -34,7 +34,7 @@ def add(args: CmdArgs) -> Result:
     def create(tmp: str) -> Link:
         return links.create_dummy(tmp, netns=args.netns)
 
-    return sandboxlink.standard_add(args, create, dns=conf.dns, what="dummy")
+    return sandboxlink.standard_add(args, create, dns=conf.dns, what="dummy", notify=False)
 
 
 def delete(args: CmdArgs) -> None:

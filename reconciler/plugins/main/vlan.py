@@ -60,7 +60,7 @@ def add(args: CmdArgs) -> Result:
         return links.create_vlan(tmp, conf.master, conf.vlan_id, netns=master_ns, target_netns=args.netns,
                                  mtu=conf.mtu or None)
 
-    return sandboxlink.standard_add(args, create, dns=conf.dns, what="vlan")
+    return sandboxlink.standard_add(args, create, dns=conf.dns, what="vlan", notify=False)
 
 
 def delete(args: CmdArgs) -> None:
