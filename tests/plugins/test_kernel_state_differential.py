@@ -88,8 +88,9 @@ def _linkwatch_done(ns: str) -> bool:
                    for lk in _ip_json(ns, "link", "show"))
 
 
-def state(namespaces: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
-    """Everything comparable in each namespace ({label: netns name})."""
+def state(namespaces: dict[str, str], names: dict[str, str], known: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Everything comparable in each namespace ({label: netns name}); sysctls named in KNOWN_SYSCTLS
+    or `known` are left out."""
     out: dict[str, Any] = {}
     for ns in namespaces.values():
         wait_until(lambda ns=ns: _linkwatch_done(ns), timeout=5, step=0.05)
@@ -111,7 +112,8 @@ def state(namespaces: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
         out[f"{label} qdiscs"] = sorted(_normalise(
             run("ip", "netns", "exec", ns, "tc", "qdisc", "show").stdout.splitlines(), names))
         out[f"{label} sysctls"] = _normalise(
-            [line for line in _sysctls(ns) if line.split(":", 1)[0].rsplit("/", 1)[-1] not in KNOWN_SYSCTLS], names)
+            [line for line in _sysctls(ns) if line.split(":", 1)[0].rsplit("/", 1)[-1] not in KNOWN_SYSCTLS | known],
+            names)
     return out
 
 
@@ -172,6 +174,16 @@ CASES: dict[str, Case] = {
     "bridge-gateway-ipmasq": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "isGateway": True, "ipMasq": True,
                                           "ipam": _v4("10.225.0.0/24", d)}], None),
     "macvlan-vepa-l2": (lambda d: [{"type": "macvlan", "master": "rcnksup0", "mode": "vepa", "mtu": 1400}], _uplink),
+    "bridge-portmap-tuning": (lambda d: [
+        {"type": "bridge", "bridge": "rcnks0", "isGateway": True, "ipam": _v4("10.230.0.0/24", d, routes=DEFAULTS)},
+        {"type": "portmap", "snat": True, "runtimeConfig": {"portMappings": [
+            {"hostPort": 18230, "containerPort": 80, "protocol": "tcp"}]}},
+        {"type": "tuning", "mtu": 1450, "sysctl": {"net.ipv4.conf.IFNAME.rp_filter": "2"}},
+    ], None),
+    "bridge-static-l2-routes": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "ipam": {
+        "type": "static", "addresses": [{"address": "10.231.0.5/24"}, {"address": "fd00:231::5/64"}],
+        "routes": [{"dst": "10.131.0.0/16", "gw": "10.231.0.1"}, {"dst": "fd00:131::/48", "gw": "fd00:231::1"}]}}],
+        None),
 }
 
 
@@ -179,7 +191,8 @@ def _plugin(conf: dict) -> str:
     return str(conf.get("type") or conf["ipam"]["type"])
 
 
-def _through(directory: Path, case: Case, make_netns, data: Path) -> tuple[dict, dict]:
+def _through(directory: Path, case: Case, make_netns, data: Path,
+             known: frozenset[str] = frozenset()) -> tuple[dict, dict]:
     """ADD the case's chain with `directory`'s plugins, DEL it again: (state after ADD, state after DEL).
     Ours runs exec'd on the host and in-process inside the VM job (`run_plugin`), the reference exec'd."""
     build, setup = case
@@ -201,16 +214,18 @@ def _through(directory: Path, case: Case, make_netns, data: Path) -> tuple[dict,
         prev = call("ADD", conf if prev is None else {**conf, "prevResult": prev})
     names = {host: "HOST", ctr: "CTR"}
     spaces = {"host": host, "container": ctr}
-    after_add = state(spaces, names)
+    after_add = state(spaces, names, known)
     for conf in reversed(confs):
         call("DEL", {**conf, "prevResult": prev})
-    return after_add, state(spaces, names)
+    return after_add, state(spaces, names, known)
 
 
-def assert_same_as_reference(name: str, case: Case, plugin_dir: Path, make_netns, tmp_path: Path) -> None:
-    """Run `case` through ours and the reference; every compared key must match after ADD and after DEL."""
-    ours = _through(plugin_dir, case, make_netns, tmp_path / "ours")
-    ref = _through(REFERENCE_DIR, case, make_netns, tmp_path / "ref")
+def assert_same_as_reference(name: str, case: Case, plugin_dir: Path, make_netns, tmp_path: Path,
+                             known: frozenset[str] = frozenset()) -> None:
+    """Run `case` through ours and the reference; every compared key must match after ADD and after DEL
+    (`known`: sysctls this case may set differently, on top of KNOWN_SYSCTLS)."""
+    ours = _through(plugin_dir, case, make_netns, tmp_path / "ours", known)
+    ref = _through(REFERENCE_DIR, case, make_netns, tmp_path / "ref", known)
     for moment, mine, theirs in (("after ADD", ours[0], ref[0]), ("after DEL", ours[1], ref[1])):
         for key in theirs:
             assert mine[key] == theirs[key], f"{name} {moment}: {key} differs (- reference, + ours):\n" + _diff(

@@ -20,9 +20,13 @@ def _uplink(host: str) -> None:
     run("ip", "-n", host, "link", "set", "rcnksup0", "up")
 
 
+# ipvlan announces IPv6 addresses (ndisc_notify), as upstream since plugins#979, after the 1.1.1 we run.
+IPVLAN_KNOWN = frozenset({"ndisc_notify"})
 CASES: dict[str, tuple[str, Case]] = {  # name -> (the link kind it needs, the case)
     "ipvlan-l2": ("ipvlan", (lambda d: [{"type": "ipvlan", "master": "rcnksup0", "mode": "l2",
                                          "ipam": _v4("10.227.0.0/24", d, routes=DEFAULTS)}], _uplink)),
+    "ipvlan-l3-dual": ("ipvlan", (lambda d: [{"type": "ipvlan", "master": "rcnksup0", "mode": "l3",
+                                              "ipam": _dual("10.232.0.0/24", "fd00:232::/64", d)}], _uplink)),
     "vlan-dual-mtu": ("vlan", (lambda d: [{"type": "vlan", "master": "rcnksup0", "vlanId": 42, "mtu": 1400,
                                            "ipam": _dual("10.228.0.0/24", "fd00:228::/64", d)}], _uplink)),
     # No routes beyond the connected one: enslaving drops the others, and 1.1.1 does not re-add them in the
@@ -37,4 +41,5 @@ def test_kernel_state_matches_the_reference(name: str, need_kind, plugin_dir: Pa
                                             make_netns, tmp_path: Path) -> None:
     kind, case = CASES[name]
     need_kind(kind)
-    assert_same_as_reference(name, case, plugin_dir, make_netns, tmp_path)
+    assert_same_as_reference(name, case, plugin_dir, make_netns, tmp_path,
+                             IPVLAN_KNOWN if kind == "ipvlan" else frozenset())
