@@ -40,10 +40,6 @@ class RuntimeConf:
     args: tuple[tuple[str, str], ...] = ()
     capability_args: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def cni_args(self) -> str:
-        return ";".join(f"{k}={v}" for k, v in self.args)
-
 
 def runtime_args(args: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """CNI_ARGS as container runtimes send them: `IgnoreUnknown=1` first (unless given), so each
@@ -74,7 +70,9 @@ def plugin_stdin(
 
 
 class Runner:
-    """Drives plugin chains; our types in-process unless `exec_mode`."""
+    """Drives plugin chains; our types in-process unless `exec_mode`. With `ignore_unknown_args` it
+    sends CNI_ARGS as container runtimes do (`runtime_args`); without, as given, as cnitool does.
+    The cache records the args as given either way."""
 
     def __init__(
         self,
@@ -82,11 +80,13 @@ class Runner:
         cache_dir: str,
         exec_mode: bool = False,
         host_netns: str | None = None,
+        ignore_unknown_args: bool = False,
     ) -> None:
         self.cni_path = cni_path if isinstance(cni_path, str) else os.pathsep.join(cni_path)
         self.cache_dir = cache_dir
         self.exec_mode = exec_mode
         self.host_netns = host_netns
+        self.ignore_unknown_args = ignore_unknown_args
 
     def _call(
         self, command: str, plugin: dict[str, Any], stdin: dict[str, Any], rt: RuntimeConf | None
@@ -96,7 +96,7 @@ class Runner:
             container_id=rt.container_id if rt else "",
             netns=rt.netns if rt else "",
             ifname=rt.ifname if rt else "",
-            args=rt.cni_args if rt else "",
+            args=self._cni_args(rt),
             path=self.cni_path,
             stdin=json.dumps(stdin).encode(),
             host_netns=self.host_netns,
@@ -109,6 +109,12 @@ class Runner:
             raise CNIError(
                 err.code, f"plugin type={plugin['type']!r} failed ({verb}): {err.msg}", err.details
             ) from err
+
+    def _cni_args(self, rt: RuntimeConf | None) -> str:
+        if rt is None:
+            return ""
+        pairs = runtime_args(rt.args) if self.ignore_unknown_args else rt.args
+        return ";".join(f"{k}={v}" for k, v in pairs)
 
     def add(self, netlist: NetworkConfigList, rt: RuntimeConf) -> Result:
         return self.add_cached(netlist, rt)[0]

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from reconciler.cni import cache, registry
 from reconciler.cni.cache import CacheEntry
-from reconciler.cni.chain import Runner, RuntimeConf, runtime_args
+from reconciler.cni.chain import Runner, RuntimeConf
 from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
 from reconciler.engine.inventory import Inventory, Record
 from reconciler.engine.journal import Intent, Journal
@@ -128,7 +128,7 @@ class Engine:
         path = cni_path or os.environ.get("CNI_PATH") or DEFAULT_CNI_PATH
         if exec_mode is None:
             exec_mode = os.environ.get("RECONCILER_EXEC_MODE") == "1"
-        self.runner = Runner(path, self.state_dir, exec_mode=exec_mode)
+        self.runner = Runner(path, self.state_dir, exec_mode=exec_mode, ignore_unknown_args=True)  # a runtime
         self.data_dir = str(Path(self.state_dir) / "networks")
         os.environ.setdefault("RECONCILER_IPAM_DATADIR", self.data_dir)
         self.verify_retries = verify_retries
@@ -210,7 +210,7 @@ class Engine:
         for intent in pending:
             rt = RuntimeConf(
                 intent.container_id, intent.netns, intent.ifname,
-                runtime_args(tuple((k, v) for k, v in intent.cni_args)), intent.capability_args,
+                tuple((k, v) for k, v in intent.cni_args), intent.capability_args,
             )
             entry = cache.read(self.state_dir, intent.network, intent.container_id, intent.ifname)
             try:
@@ -268,7 +268,7 @@ class Engine:
         )
 
     def _runtime(self, att: Attachment) -> RuntimeConf:
-        return RuntimeConf(att.id, att.netns_path, att.ifname, runtime_args(att.args), att.capabilities)
+        return RuntimeConf(att.id, att.netns_path, att.ifname, att.args, att.capabilities)
 
     def _add(self, att: Attachment, specs: Specs, requested: list[str] | None = None, action: str = "add") -> Pending:
         """ADD (verification comes later, for the whole batch); on failure undo what this call did and raise."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler import ipparse
 from reconciler.cni import cache
-from reconciler.cni.chain import Runner, RuntimeConf, runtime_args
+from reconciler.cni.chain import Runner, RuntimeConf
 from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
 from reconciler.engine.inventory import Record
 from reconciler.errors import CNIError
@@ -109,10 +109,7 @@ def judge(rec: Record, obs: Observation, runner: Runner, deep: bool = True, fres
         return drift
     try:
         netlist = fresh[1] if fresh is not None else conflist_from_bytes(entry.config, f"cache:{rec.network}")
-        rt = RuntimeConf(
-            rec.id, entry.netns or rec.netns_path, rec.ifname, runtime_args(tuple(entry.cni_args)),
-            entry.capability_args,
-        )
+        rt = RuntimeConf(rec.id, entry.netns or rec.netns_path, rec.ifname, tuple(entry.cni_args), entry.capability_args)
         runner.check(netlist, rt, entry)
     except CNIError as err:
         detail = f": {err.details}" if err.details else ""

@@ -104,13 +104,14 @@ def settle(ifname: str, netns: str | None = None, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
+        link = get_link(ifname, netns)  # its index for the dump, and its carrier
         pending = []
-        for addr in list_addrs(netns, ifname, family=6):
+        for addr in list_addrs(netns, family=6, index=link.index):
             if addr.dad_failed:
                 raise KernelError(errno.EADDRINUSE, f"{addr.address} on {ifname!r}: duplicate address detected")
             if addr.tentative:
                 pending.append(addr)
-        if not pending or not get_link(ifname, netns).carrier:
+        if not pending or not link.carrier:
             return
         if time.monotonic() >= deadline:
             raise KernelError(errno.ETIMEDOUT, f"{ifname!r}: addresses still tentative after {timeout}s: "

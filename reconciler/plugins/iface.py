@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from reconciler.cni.args import CmdArgs
 from reconciler.cni.types import Interface, IPConfig, Result, Route
@@ -80,9 +81,14 @@ def prev_result(args: CmdArgs, required: bool = True) -> Result | None:
     return parse_result(raw, args.cni_version)
 
 
+def ipam_type(config: dict[str, Any]) -> str:
+    """The config's IPAM plugin type; '' without one."""
+    ipam = config.get("ipam")
+    return str(ipam.get("type") or "") if isinstance(ipam, dict) else ""
+
+
 def is_layer3(args: CmdArgs) -> bool:
-    ipam = args.config.get("ipam")
-    return isinstance(ipam, dict) and bool(ipam.get("type"))
+    return bool(ipam_type(args.config))
 
 
 # --- ConfigureIface ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 from reconciler.cni.args import CmdArgs
 from reconciler.cni.invoke import delegate
@@ -28,6 +27,7 @@ from reconciler.plugins.iface import (
     check_routes,
     configure_iface,
     find_sandbox_iface,
+    ipam_type,
     kernel_errors,
     prev_result,
     undo_quietly,
@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 def temp_name() -> str:
     """A random host-unique name for a link before it is renamed inside the container."""
     return "veth" + os.urandom(4).hex()
-
-
-def ipam_type(config: dict[str, Any]) -> str:
-    ipam = config.get("ipam")
-    return str(ipam.get("type") or "") if isinstance(ipam, dict) else ""
 
 
 def require_netns(args: CmdArgs) -> None:

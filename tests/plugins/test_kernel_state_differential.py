@@ -22,6 +22,7 @@ import pytest
 
 from tests.cnitest import REFERENCE_DIR, run_plugin
 from tests.conftest import run, wait_until
+from tests.plugins.main.maintest import ip_json, stp_id_and_mac
 
 # Differences that are ours on purpose (each key is dropped from both sides before comparing):
 KNOWN_LINK_KEYS = {
@@ -65,18 +66,14 @@ def _sysctls(ns: str) -> list[str]:
 
 
 
-def _ip_json(ns: str, *args: str) -> Any:
-    return json.loads(run("ip", "-n", ns, "-j", "-d", *args).stdout or "[]")
-
-
 def _bridge_ids(links: list[dict]) -> None:
     """A bridge's STP id must be its own MAC (a zero id under a real MAC wins every root election): checked,
     then dropped. (An unpinned bridge without ports has MAC and id zero, as the reference leaves it.)"""
     for lk in links:
         data = lk.get("linkinfo", {}).get("info_data", {})
         if lk.get("linkinfo", {}).get("info_kind") == "bridge" and "bridge_id" in data:
-            ident = [int(b, 16) for b in data.pop("bridge_id").split(".", 1)[1].split(":")]
-            mac = [int(b, 16) for b in lk["address"].split(":")]
+            ident, mac = stp_id_and_mac(lk)
+            del data["bridge_id"]
             assert ident == mac, f"bridge {lk['ifname']}: STP id {ident} is not its MAC {mac}"
 
 
@@ -85,7 +82,7 @@ def _linkwatch_done(ns: str) -> bool:
     with it what it triggers (an IPv6 link-local address appears then). The reference's ptp returns
     before that; ours waits for the veth to be up."""
     return not any("LOWER_UP" in lk.get("flags", []) and "NO-CARRIER" in lk.get("flags", [])
-                   for lk in _ip_json(ns, "link", "show"))
+                   for lk in ip_json(ns, "link", "show"))
 
 
 def state(namespaces: dict[str, str], names: dict[str, str], known: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -95,13 +92,13 @@ def state(namespaces: dict[str, str], names: dict[str, str], known: frozenset[st
     for ns in namespaces.values():
         wait_until(lambda ns=ns: _linkwatch_done(ns), timeout=5, step=0.05)
     for label, ns in namespaces.items():
-        links = _ip_json(ns, "link", "show")
+        links = ip_json(ns, "link", "show")
         _bridge_ids(links)
         for lk in links:  # carrier: dynamic state (a port-less bridge of the reference's kept it a while)
             lk["flags"] = [flag for flag in lk.get("flags", []) if flag not in ("NO-CARRIER", "LOWER_UP")]
         out[f"{label} links"] = _normalise(sorted(links, key=lambda lk: lk["ifname"]), names)
         out[f"{label} addresses"] = sorted(_normalise(
-            [[a["ifname"], a.get("addr_info", [])] for a in _ip_json(ns, "addr", "show")], names))
+            [[a["ifname"], a.get("addr_info", [])] for a in ip_json(ns, "addr", "show")], names))
         for family in ("-4", "-6"):
             lines = [line.replace(" linkdown", "")  # the carrier again (see the links)
                      for line in run("ip", "-n", ns, family, "route", "show", "table", "all").stdout.splitlines()]
@@ -122,11 +119,11 @@ def _diff(theirs: Any, mine: Any) -> str:
     return "\n".join(difflib.unified_diff(a, b, lineterm="", n=2))
 
 
-def _v4(subnet: str, data: Path, **extra: Any) -> dict:
+def host_local_v4(subnet: str, data: Path, **extra: Any) -> dict:
     return {"type": "host-local", "dataDir": str(data), "ranges": [[{"subnet": subnet}]], **extra}
 
 
-def _dual(subnet: str, subnet6: str, data: Path, **extra: Any) -> dict:
+def host_local_dual(subnet: str, subnet6: str, data: Path, **extra: Any) -> dict:
     return {"type": "host-local", "dataDir": str(data), "ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]],
             **extra}
 
@@ -136,7 +133,7 @@ Setup = Callable[[str], None]
 Case = tuple[Callable[[Path], list[dict]], Setup | None]  # the chain (given a dataDir), a host setup
 
 
-def _uplink(host: str) -> None:
+def uplink(host: str) -> None:
     run("ip", "-n", host, "link", "add", "rcnksup0", "type", "veth", "peer", "name", "rcnksup1")
     run("ip", "-n", host, "link", "set", "rcnksup0", "up")
 
@@ -147,21 +144,21 @@ def _unplugged_device(host: str) -> None:
 
 CASES: dict[str, Case] = {
     "bridge-gateway-dual": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "isGateway": True,
-                                        "ipam": _dual("10.216.0.0/24", "fd00:216::/64", d, routes=DEFAULTS)}], None),
+                                        "ipam": host_local_dual("10.216.0.0/24", "fd00:216::/64", d, routes=DEFAULTS)}], None),
     "bridge-l2-promisc": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "promiscMode": True, "mtu": 1400}],
                           None),
     "bridge-default-gateway": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "isDefaultGateway": True,
-                                           "hairpinMode": True, "ipam": _v4("10.217.0.0/24", d)}], None),
+                                           "hairpinMode": True, "ipam": host_local_v4("10.217.0.0/24", d)}], None),
     "ptp-dual": (lambda d: [{"type": "ptp", "mtu": 1400,
-                             "ipam": _dual("10.218.0.0/24", "fd00:218::/64", d,
+                             "ipam": host_local_dual("10.218.0.0/24", "fd00:218::/64", d,
                                            routes=[{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])}], None),
     "macvlan-v4": (lambda d: [{"type": "macvlan", "master": "rcnksup0", "mode": "bridge",
-                               "ipam": _v4("10.219.0.0/24", d, routes=DEFAULTS)}], _uplink),
+                               "ipam": host_local_v4("10.219.0.0/24", d, routes=DEFAULTS)}], uplink),
     "host-device-unplugged-dual": (lambda d: [{"type": "host-device", "device": "rcnksdev0", "ipam": {
         "type": "static", "addresses": [{"address": "10.220.0.5/24", "gateway": "10.220.0.1"},
                                         {"address": "fd00:220::5/64"}], "routes": DEFAULTS}}], _unplugged_device),
     "ptp-tuning-bandwidth-sbr": (lambda d: [
-        {"type": "ptp", "ipam": _v4("10.221.0.0/24", d, routes=DEFAULTS)},
+        {"type": "ptp", "ipam": host_local_v4("10.221.0.0/24", d, routes=DEFAULTS)},
         {"type": "tuning", "mtu": 1300, "promisc": True, "allmulti": True, "mac": "02:00:00:21:00:05",
          "sysctl": {"net.ipv4.conf.IFNAME.arp_ignore": "1", "net.ipv4.conf.eth0.proxy_arp": "1"}},
         {"type": "bandwidth", "ingressRate": 1000000, "ingressBurst": 100000, "egressRate": 2000000,
@@ -169,13 +166,13 @@ CASES: dict[str, Case] = {
         {"type": "sbr"},
     ], None),
     "loopback": (lambda d: [{"type": "loopback"}], None),
-    "ptp-ipmasq": (lambda d: [{"type": "ptp", "ipMasq": True, "ipam": _v4("10.224.0.0/24", d, routes=DEFAULTS)}],
+    "ptp-ipmasq": (lambda d: [{"type": "ptp", "ipMasq": True, "ipam": host_local_v4("10.224.0.0/24", d, routes=DEFAULTS)}],
                    None),
     "bridge-gateway-ipmasq": (lambda d: [{"type": "bridge", "bridge": "rcnks0", "isGateway": True, "ipMasq": True,
-                                          "ipam": _v4("10.225.0.0/24", d)}], None),
-    "macvlan-vepa-l2": (lambda d: [{"type": "macvlan", "master": "rcnksup0", "mode": "vepa", "mtu": 1400}], _uplink),
+                                          "ipam": host_local_v4("10.225.0.0/24", d)}], None),
+    "macvlan-vepa-l2": (lambda d: [{"type": "macvlan", "master": "rcnksup0", "mode": "vepa", "mtu": 1400}], uplink),
     "bridge-portmap-tuning": (lambda d: [
-        {"type": "bridge", "bridge": "rcnks0", "isGateway": True, "ipam": _v4("10.230.0.0/24", d, routes=DEFAULTS)},
+        {"type": "bridge", "bridge": "rcnks0", "isGateway": True, "ipam": host_local_v4("10.230.0.0/24", d, routes=DEFAULTS)},
         {"type": "portmap", "snat": True, "runtimeConfig": {"portMappings": [
             {"hostPort": 18230, "containerPort": 80, "protocol": "tcp"}]}},
         {"type": "tuning", "mtu": 1450, "sysctl": {"net.ipv4.conf.IFNAME.rp_filter": "2"}},

@@ -11,18 +11,17 @@ from pydantic import field_validator
 from reconciler.cni.args import CmdArgs
 from reconciler.cni.invoke import delegate
 from reconciler.cni.model import CNIModel
-from reconciler.cni.types import DNS, Interface, Result
+from reconciler.cni.types import DNS, Result
 from reconciler.cni.version import ALL_VERSIONS
 from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, UNSUPPORTED_FIELD, CNIError
-from reconciler.kernel import links, routes, sysctl
+from reconciler.kernel import links, routes
 from reconciler.kernel import netns as nsmod
 from reconciler.kernel.snapshot import snapshot
-from reconciler.plugins import hostveth
+from reconciler.plugins import hostveth, sandboxlink
 from reconciler.plugins.iface import (
     check_interface_ips,
     check_link,
     check_routes,
-    configure_iface,
     find_sandbox_iface,
     is_layer3,
     kernel_errors,
@@ -30,7 +29,6 @@ from reconciler.plugins.iface import (
     prev_result,
     undo_quietly,
 )
-from reconciler.plugins.sandboxlink import ipam_type
 
 log = logging.getLogger(__name__)
 SUPPORTED_VERSIONS = ALL_VERSIONS
@@ -105,29 +103,8 @@ def add(args: CmdArgs) -> Result:
         links.rename(tmp, args.ifname, args.netns)
         undo.callback(undo_quietly(links.delete, args.ifname, args.netns))
         cont = links.get(args.ifname, args.netns)
-        iface = Interface(name=args.ifname, mac=cont.mac, sandbox=args.netns)
-        result = Result(cni_version=args.cni_version, interfaces=[iface])
-        if layer3:
-            ipam_type = str(conf.ipam["type"])  # type: ignore[index]
-            ipam_result = delegate("ADD", ipam_type, args)
-            undo.callback(undo_quietly(delegate, "DEL", ipam_type, args))
-            if ipam_result is None or not ipam_result.ips:
-                raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
-            result = ipam_result
-            result.cni_version = args.cni_version
-            result.interfaces = [iface]
-            for ipc in result.ips:
-                ipc.interface = 0
-            notify = {f"net/ipv4/conf/{args.ifname}/arp_notify": 1}  # as sandboxlink: NAs only with IPv6
-            if any(ipc.version == 6 for ipc in result.ips):
-                notify[f"net/ipv6/conf/{args.ifname}/ndisc_notify"] = 1
-            with contextlib.suppress(OSError, ValueError):
-                sysctl.write_many(notify, args.netns, missing_ok=True)
-            configure_iface(args.netns, args.ifname, result)
-        else:
-            links.set_up(args.ifname, args.netns)
-        if conf.dns is not None and not conf.dns.is_empty():
-            result.dns = conf.dns
+        result = sandboxlink.run_ipam(args, undo) if layer3 else Result()
+        result = sandboxlink.configure(args, result, cont, dns=conf.dns)  # addresses announced, as the reference
         undo.pop_all()
     return result
 
@@ -135,7 +112,7 @@ def add(args: CmdArgs) -> Result:
 def delete(args: CmdArgs) -> None:
     """Release the IPAM and delete the link. The config is not validated: the reference checks
     `mode` on ADD only, and a config that became invalid must not block cleanup."""
-    ipam = ipam_type(args.config)
+    ipam = sandboxlink.ipam_type(args.config)
     if ipam:
         delegate("DEL", ipam, args)
     if not args.netns:

@@ -79,6 +79,13 @@ def ip_json(ns: str, *args: str) -> Any:
     return json.loads(out or "[]")
 
 
+def stp_id_and_mac(link: dict) -> tuple[list[int], list[int]]:
+    """(the STP bridge id's address, the MAC) of a bridge from `ip -j -d link`, as bytes (`ip` prints
+    the id's bytes unpadded)."""
+    bridge_id = link["linkinfo"]["info_data"]["bridge_id"].split(".", 1)[1]
+    return [int(b, 16) for b in bridge_id.split(":")], [int(b, 16) for b in link["address"].split(":")]
+
+
 def ns_exists(name: str) -> bool:
     return Path("/run/netns", name).exists()
 

@@ -20,6 +20,7 @@ from tests.plugins.main.maintest import (
     ping,
     read_sysctl,
     routes_state,
+    stp_id_and_mac,
 )
 
 BR = "rcnbr0"
@@ -280,13 +281,6 @@ def test_check_reports_missing_masquerade_rules_once(world):
     assert world.run(ours(world), "DEL", {**c, "prevResult": r.json}, ns).code == 0
 
 
-def _stp_id_and_mac(host: str) -> tuple[list[int], list[int]]:
-    """(the bridge's STP bridge id address, its MAC) as bytes; `ip` prints the id's bytes unpadded."""
-    link = ip_json(host, "link", "show", BR)[0]
-    bridge_id = link["linkinfo"]["info_data"]["bridge_id"].split(".", 1)[1]
-    return [int(b, 16) for b in bridge_id.split(":")], [int(b, 16) for b in link["address"].split(":")]
-
-
 @pytest.mark.parametrize("gateway", [False, True], ids=["l2", "gateway"])
 def test_a_created_bridge_takes_its_stp_id_from_its_mac(world, gateway, make_netns, reference_plugins, tmp_path):
     """The bridge id is the pinned MAC, as the reference's is: a bridge whose id stayed zero would win
@@ -297,7 +291,7 @@ def test_a_created_bridge_takes_its_stp_id_from_its_mac(world, gateway, make_net
         _, ns = w.container()
         r = w.run(binary, "ADD", conf(w, isGateway=gateway), ns)
         assert r.code == 0, r.stdout + r.stderr
-        bridge_id, mac = _stp_id_and_mac(w.host)
+        bridge_id, mac = stp_id_and_mac(ip_json(w.host, "link", "show", BR)[0])
         assert bridge_id == mac != [0] * 6, f"{binary}: bridge id {bridge_id} vs MAC {mac}"
         assert r.json["interfaces"][0]["mac"] == ":".join(f"{b:02x}" for b in mac)
 

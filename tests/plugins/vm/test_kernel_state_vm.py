@@ -8,30 +8,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
-from tests.plugins.test_kernel_state_differential import Case, _dual, _v4, assert_same_as_reference
+from tests.plugins.test_kernel_state_differential import (
+    DEFAULTS,
+    Case,
+    assert_same_as_reference,
+    host_local_dual,
+    host_local_v4,
+    uplink,
+)
 
 pytestmark = pytest.mark.kernelvm
-DEFAULTS = [{"dst": "0.0.0.0/0"}]
-
-
-def _uplink(host: str) -> None:
-    run("ip", "-n", host, "link", "add", "rcnksup0", "type", "veth", "peer", "name", "rcnksup1")
-    run("ip", "-n", host, "link", "set", "rcnksup0", "up")
-
 
 # ipvlan announces IPv6 addresses (ndisc_notify), as upstream since plugins#979, after the 1.1.1 we run.
 IPVLAN_KNOWN = frozenset({"ndisc_notify"})
 CASES: dict[str, tuple[str, Case]] = {  # name -> (the link kind it needs, the case)
     "ipvlan-l2": ("ipvlan", (lambda d: [{"type": "ipvlan", "master": "rcnksup0", "mode": "l2",
-                                         "ipam": _v4("10.227.0.0/24", d, routes=DEFAULTS)}], _uplink)),
+                                         "ipam": host_local_v4("10.227.0.0/24", d, routes=DEFAULTS)}], uplink)),
     "ipvlan-l3-dual": ("ipvlan", (lambda d: [{"type": "ipvlan", "master": "rcnksup0", "mode": "l3",
-                                              "ipam": _dual("10.232.0.0/24", "fd00:232::/64", d)}], _uplink)),
+                                              "ipam": host_local_dual("10.232.0.0/24", "fd00:232::/64", d)}], uplink)),
     "vlan-dual-mtu": ("vlan", (lambda d: [{"type": "vlan", "master": "rcnksup0", "vlanId": 42, "mtu": 1400,
-                                           "ipam": _dual("10.228.0.0/24", "fd00:228::/64", d)}], _uplink)),
+                                           "ipam": host_local_dual("10.228.0.0/24", "fd00:228::/64", d)}], uplink)),
     # No routes beyond the connected one: enslaving drops the others, and 1.1.1 does not re-add them in the
     # VRF's table where later versions (and ours) do (tests/plugins/meta/test_vrf.py covers that).
-    "ptp-vrf": ("vrf", (lambda d: [{"type": "ptp", "ipam": _v4("10.229.0.0/24", d)},
+    "ptp-vrf": ("vrf", (lambda d: [{"type": "ptp", "ipam": host_local_v4("10.229.0.0/24", d)},
                                    {"type": "vrf", "vrfname": "rcnksvrf", "table": 1229}], None)),
 }
 
