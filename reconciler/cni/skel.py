@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
@@ -92,10 +93,27 @@ def dispatch(module: ModuleType, args: CmdArgs) -> dict[str, Any] | None:
         return None  # GC/STATUS not implemented: success, as the reference skel does
     result = func(args)
     if args.command == "ADD":
-        if result is None:
-            raise CNIError(INTERNAL, f"plugin {getattr(module, '__name__', '?')} returned no result from ADD")
-        return result_for_version(result, args.cni_version)
+        try:
+            if result is None:
+                raise CNIError(INTERNAL, f"plugin {getattr(module, '__name__', '?')} returned no result from ADD")
+            return result_for_version(result, args.cni_version)
+        except CNIError:
+            roll_back_add(module, args)
+            raise
     return None
+
+
+def roll_back_add(module: ModuleType, args: CmdArgs) -> None:
+    """DEL what an ADD made when its result cannot be returned (a 0.1.0/0.2.0 result needs an IP
+    address): the caller gets an error, so nothing of the ADD may stay behind. A DEL that fails is
+    logged; the error the caller gets is the ADD's."""
+    delete = getattr(module, "delete", None)
+    if delete is None:
+        return
+    try:
+        delete(replace(args, command="DEL"))
+    except Exception as exc:  # noqa: BLE001 - the ADD's error is the one to report
+        log.warning("rolling back the ADD of %s failed: %s", getattr(module, "__name__", "?"), exc)
 
 
 def args_from_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:

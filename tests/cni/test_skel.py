@@ -162,3 +162,33 @@ def test_fuzz_answer_is_result_or_error(environ: dict[str, str], stdin: bytes) -
         assert isinstance(err["code"], int) and isinstance(err["msg"], str) and err["msg"]
         assert err["code"] != 999, err
     assert _links() == before  # loopback can only touch links; namespaces are never created by a plugin
+
+
+def _link_names(ns: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show"], capture_output=True, text=True, check=True)
+    return {link["ifname"] for link in json.loads(out.stdout or "[]")}
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0"])
+@pytest.mark.parametrize("plugin", ["bridge", "host-device"])
+def test_add_whose_result_cannot_be_returned_is_rolled_back(plugin: str, version: str, make_netns) -> None:
+    """A 0.1.0/0.2.0 result must carry an IP address. When an ADD without IPAM made the interface but
+    its result cannot be written in the config's version, the caller gets code 1 and the ADD is
+    undone (the reference 1.1.1 answers 999 and leaves the interface in the container)."""
+    host, _ = make_netns("rcn-h-")
+    ctr, ctr_path = make_netns("rcn-t-")
+    subprocess.run(["ip", "-n", host, "link", "add", "rcnrbdev0", "type", "veth", "peer", "name", "rcnrbdev1"],
+                   check=True)
+    conf = {"cniVersion": version, "name": "rcn-rollback", "type": plugin}
+    conf.update({"bridge": "rcnrbbr0"} if plugin == "bridge" else {"device": "rcnrbdev0"})
+    before = _link_names(host)
+    environ = env(CNI_NETNS=ctr_path, CNI_IFNAME="eth0", RECONCILER_HOST_NETNS=f"/run/netns/{host}")
+    code, out = run(plugin, environ, json.dumps(conf).encode())
+    error = json.loads(out)
+    assert code == 1 and error["code"] == 1, error
+    assert version in error["msg"] and "no valid IP addresses" in error["msg"], error
+    assert _link_names(ctr) == {"lo"}
+    assert _link_names(host) - before <= {"rcnrbbr0"}  # the bridge stays, as it does after a DEL
+    assert before <= _link_names(host)  # host-device's device is back on the host
+    code, out = run(plugin, {**environ, "CNI_COMMAND": "DEL"}, json.dumps(conf).encode())
+    assert (code, out) == (0, "")
