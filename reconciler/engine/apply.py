@@ -671,6 +671,8 @@ class Engine:
             rec = records.get(step.key)
             intent = self._add_intent(att, specs, step.kind, rec.ips if rec and step.kind == "repair" else None)
             if att.owns_netns and att.netns not in creating and not namespaces.exists(att.netns):
+                if namespaces.clear_stale(att.netns):  # here, before any ADD of the pass creates one
+                    log.warning("netns %s: removed its file, on which no namespace was mounted", att.netns)
                 intent.netns_name = att.netns
                 creating.add(att.netns)
             intents.append(intent)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,13 +59,38 @@ def create(name: str) -> bool:
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
     except FileExistsError:
-        return False
+        return _mounted_by_another(path)
     try:
         _unshare_and_mount(path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
+    return True
+
+
+def _mounted_by_another(path: str, wait_s: float = 1.0) -> bool:
+    """The file is there but no namespace is mounted on it: another creator of the same name is
+    between its two steps (wait for its mount: False, it exists), or it is stale (OSError)."""
+    deadline = time.monotonic() + wait_s
+    while not os.path.ismount(path):
+        if time.monotonic() > deadline:
+            raise OSError(errno.EEXIST, f"{path} exists but no network namespace is mounted on it "
+                                        f"(stale: `ip netns delete {os.path.basename(path)}` removes it)")
+        time.sleep(0.01)
+    return False
+
+
+def clear_stale(name: str) -> bool:
+    """Remove /run/netns/NAME when it is a file with no namespace mounted on it, as a namespace
+    leaves when its mount is lost without its file: a reboot where /run is not a tmpfs, a crash
+    between `create`'s two steps. True when one was removed. Only for names the caller owns and
+    no one is creating at the same time (between `create`'s two steps the file is not yet a mount)."""
+    path = path_for(name)
+    if not os.path.isfile(path) or os.path.ismount(path):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     return True
 
 

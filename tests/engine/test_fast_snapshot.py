@@ -7,6 +7,8 @@ import ipaddress
 import json
 import subprocess
 
+import pytest
+
 from reconciler.kernel import nldump, snapshot
 
 TABLES = {"main": 254, "local": 255, "default": 253}
@@ -114,3 +116,28 @@ def test_namespace_created_in_process_like_ip_netns_add():
     finally:
         namespaces.delete(name)
     assert not namespaces.exists(name)
+
+
+def test_a_namespace_file_with_nothing_mounted_is_refused_then_cleared():
+    """A file at /run/netns/NAME with no namespace on it (its mount lost): create() says so rather
+    than answering "exists" for a path no plugin can enter; clear_stale() removes it, and only it."""
+    import os
+    import uuid
+
+    from reconciler.kernel import namespaces
+
+    name = f"rcn-fs-{uuid.uuid4().hex[:6]}"
+    path = f"/run/netns/{name}"
+    try:
+        assert namespaces.create(name)
+        assert not namespaces.clear_stale(name)  # mounted: kept
+        subprocess.run(["umount", path], check=True)
+        assert os.path.isfile(path) and not namespaces.exists(name)
+        with pytest.raises(OSError, match="no network namespace is mounted"):
+            namespaces.create(name)
+        assert namespaces.clear_stale(name) and not os.path.exists(path)
+        assert not namespaces.clear_stale(name)  # gone: nothing to do
+        assert namespaces.create(name) and namespaces.exists(name)
+    finally:
+        namespaces.delete(name)
+    assert not os.path.exists(path)

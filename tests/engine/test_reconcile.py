@@ -135,6 +135,28 @@ def test_drift_is_named_and_repaired_keeping_address(rig):
     assert len(rig.allocations()) == 3
 
 
+def test_namespaces_lost_with_their_mounts_come_back_keeping_addresses(rig):
+    """After a reboot where /run is on disk (as on this VM), /run/netns/NAME is still a file but no
+    namespace is mounted on it. The next pass removes those files of namespaces it owns, creates
+    the namespaces again and repairs the attachments with their old addresses at the first try."""
+    rig.network()
+    rig.attachments(three(rig))
+    assert rig.run("apply").returncode == 0
+    before = {i: rig.addrs(rig.ns(f"c{i}")) for i in range(3)}
+    for i in (0, 2):
+        subprocess.run(["umount", f"/run/netns/{rig.ns(f'c{i}')}"], check=True)
+        assert os.path.isfile(f"/run/netns/{rig.ns(f'c{i}')}")
+    check = rig.run("check")
+    assert check.returncode == 2 and f"netns {rig.ns('c0')} is gone" in check.stdout, check.stdout
+    out = rig.run("apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "no namespace was mounted" in out.stderr and "failed" not in out.stderr, out.stderr
+    assert {i: rig.addrs(rig.ns(f"c{i}")) for i in range(3)} == before
+    assert all(os.path.ismount(f"/run/netns/{rig.ns(f'c{i}')}") for i in range(3))
+    assert rig.run("check").returncode == 0
+    assert len(rig.allocations()) == 3
+
+
 def _flush_portmap(rig) -> list[str]:
     """Flush the stand-in host's portmap DNAT chains, whichever firewall backend holds them."""
     flushed = []
