@@ -132,8 +132,8 @@ def args_from_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
     config = decode_config(stdin)
     validate_network_name(str(config.get("name") or ""))
     netns = env.get("CNI_NETNS", "")
-    if command in ("ADD", "CHECK") and not os.path.exists(netns):
-        raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: no such file or directory")
+    if command in ("ADD", "CHECK"):
+        check_netns(netns)
     return CmdArgs(
         command=command,
         container_id=env.get("CNI_CONTAINERID", ""),
@@ -145,6 +145,20 @@ def args_from_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
         config=config,
         host_netns=env.get("RECONCILER_HOST_NETNS") or None,
     )
+
+
+def check_netns(netns: str) -> None:
+    """CNI_NETNS must name a network namespace (code 8 otherwise, as the reference's "failed to open
+    netns"): a file that is not on nsfs, such as one left when a namespace's mount was lost, would
+    otherwise fail deep inside the plugin with EINVAL."""
+    try:
+        dev = os.stat(netns).st_dev
+    except FileNotFoundError:
+        raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: no such file or directory") from None
+    except OSError as exc:
+        raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: {exc.strerror}") from None
+    if dev != os.stat("/proc/self/ns/net").st_dev:  # every namespace file lives on the one nsfs
+        raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: not a network namespace")
 
 
 def run(plugin_type: str, env: Mapping[str, str], stdin: bytes) -> tuple[int, str]:

@@ -46,6 +46,8 @@ def answer(environ: dict[str, str], stdin: bytes | dict = CONF) -> tuple[int, di
         (env(CNI_IFNAME=".."), 4, "."),
         (env(CNI_IFNAME="a b"), 4, "whitespace"),
         (env(), 8, "/run/netns/none"),
+        (env(CNI_NETNS="/dev/null"), 8, "'/dev/null': not a network namespace"),
+        (env(CNI_NETNS="/dev/null", CNI_COMMAND="CHECK"), 8, "not a network namespace"),
     ],
 )
 def test_bad_environment(environ: dict[str, str], code: int, words: str) -> None:
