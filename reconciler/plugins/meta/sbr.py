@@ -209,10 +209,14 @@ def delete(args: CmdArgs) -> None:
 def check(args: CmdArgs) -> None:
     """Each IP of the interface has a source rule; without `table`, its table has the default route."""
     from reconciler.kernel import routes
+    from reconciler.kernel.netns import KernelError
 
     conf = args.conf(SbrConf)
     result = _prev(conf)
-    rules = [r for family in (4, 6) for r in routes.list_rules(args.netns, family)]
+    try:
+        rules = [r for family in (4, 6) for r in routes.list_rules(args.netns, family)]
+    except KernelError as exc:
+        raise CNIError(INTERNAL, f"sbr: cannot read the rules of {args.netns}", str(exc)) from exc
     for ip in ip_configs(result, args.ifname):
         src = _host_net(ip)
         mine = [r for r in rules if r.src == src and r.dst is None]
