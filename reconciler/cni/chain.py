@@ -11,11 +11,12 @@ plugins that declare the capability.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.cni import cache
+from reconciler.cni import cache, registry
 from reconciler.cni.args import (
     IGNORE_UNKNOWN,
     CmdArgs,
@@ -28,6 +29,8 @@ from reconciler.cni.invoke import run_plugin
 from reconciler.cni.types import Result
 from reconciler.cni.version import at_least, parse_result, result_for_version
 from reconciler.errors import INCOMPATIBLE_VERSION, CNIError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,14 +122,51 @@ class Runner:
     def add(self, netlist: NetworkConfigList, rt: RuntimeConf) -> Result:
         return self.add_cached(netlist, rt)[0]
 
-    def add_cached(self, netlist: NetworkConfigList, rt: RuntimeConf) -> tuple[Result, cache.CacheEntry]:
-        """ADD the chain; its result and the cache entry written for it."""
+    def add_cached(self, netlist: NetworkConfigList, rt: RuntimeConf,
+                   roll_back: bool = False) -> tuple[Result, cache.CacheEntry]:
+        """ADD the chain; its result and the cache entry written for it.
+
+        `roll_back`: when the chain fails, DEL (in reverse, with the result they made) the plugins
+        whose ADD succeeded, and the one that failed only if it was exec'd: a plugin of ours undoes
+        its own failed ADD, and its DEL would remove what was there before it (an interface of the
+        same name, the container's address reservations). Without it, the caller DELs, as libcni's
+        callers do."""
         validate_container_id(rt.container_id)
         validate_network_name(netlist.name)
         validate_ifname(rt.ifname)
         prev: dict[str, Any] | None = None
-        for plugin in netlist.plugins:
-            prev = self._call("ADD", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
+        done = 0  # plugins whose ADD succeeded
+        try:
+            for plugin in netlist.plugins:
+                try:
+                    prev = self._call("ADD", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
+                except CNIError:
+                    if not self._undoes_own_add(plugin):
+                        done += 1
+                    raise
+                done += 1
+            return self._finish_add(netlist, rt, prev)
+        except BaseException:
+            if roll_back and done:
+                self._delete_plugins(netlist, netlist.plugins[:done], rt, prev)
+            raise
+
+    def _undoes_own_add(self, plugin: dict[str, Any]) -> bool:
+        """A plugin of ours, run in-process: a failed ADD of it leaves nothing behind."""
+        return not self.exec_mode and registry.module_for(str(plugin.get("type", ""))) is not None
+
+    def _delete_plugins(self, netlist: NetworkConfigList, plugins: list[dict[str, Any]], rt: RuntimeConf,
+                        prev: dict[str, Any] | None) -> None:
+        """Best-effort DEL of `plugins` in reverse order (a failed ADD's roll-back): failures are logged."""
+        prev = prev if at_least(netlist.cni_version, "0.4.0") else None
+        for plugin in reversed(plugins):
+            try:
+                self._call("DEL", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
+            except CNIError as err:
+                log.warning("rolling back %s/%s/%s: %s", netlist.name, rt.container_id, rt.ifname, err)
+
+    def _finish_add(self, netlist: NetworkConfigList, rt: RuntimeConf,
+                    prev: dict[str, Any] | None) -> tuple[Result, cache.CacheEntry]:
         if prev is None:
             raise CNIError(INCOMPATIBLE_VERSION, f"network {netlist.name!r}: no result from the chain")
         result = parse_result(prev, netlist.cni_version)

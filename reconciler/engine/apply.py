@@ -18,13 +18,14 @@ from reconciler.cni import cache, registry
 from reconciler.cni.cache import CacheEntry
 from reconciler.cni.chain import Runner, RuntimeConf
 from reconciler.cni.conf import NetworkConfigList, conflist_from_bytes
+from reconciler.engine.adopt import from_cache, new_record
 from reconciler.engine.inventory import Inventory, Record
 from reconciler.engine.journal import Intent, Journal
 from reconciler.engine.netconf import with_data_dir, with_requested_ips
 from reconciler.engine.observe import Fresh, Observation, judge, observe
 from reconciler.engine.planner import Plan, Step, make_plan
 from reconciler.engine.progress import Progress
-from reconciler.engine.specs import Attachment, Specs, load_specs, network_hash
+from reconciler.engine.specs import Attachment, Specs, load_specs
 from reconciler.engine.workers import WorkerFailed, default_count, fork_map, fork_queue
 from reconciler.errors import CNIError, SpecError
 from reconciler.kernel import durable, namespaces
@@ -177,7 +178,9 @@ class Engine:
     def plan(self, specs: Specs | None = None, records: dict[str, Record] | None = None) -> tuple[Plan, Observation]:
         """The plan against the live state (`records`: the inventory, if the caller has just read it)."""
         specs = specs or self.load()
-        records = self.inventory.records() if records is None else records
+        if records is None:  # a plan on its own: shows what a pass would do with the records it would rebuild
+            records = self.inventory.records()
+            records = {**records, **self._records_from_cache(specs, records)}
         # only attachments that stay as they are need a live verdict
         keep = {
             k
@@ -251,6 +254,14 @@ class Engine:
         namespaces.create(att.netns)
         return True
 
+    def _records_from_cache(self, specs: Specs, records: dict[str, Record]) -> dict[str, Record]:
+        """Records rebuilt from the result cache for desired attachments that have none (`adopt`)."""
+        missing = [k for k in specs.attachments if k not in records]
+        if not missing:
+            return {}
+        return from_cache(specs, records, self.state_dir, lambda att: self._netlist(att, specs),
+                          self.inventory.namespaces())
+
     def _netlist(self, att: Attachment, specs: Specs, requested: list[str] | None = None) -> NetworkConfigList:
         """The config an attachment's ADD runs with (host-local's dataDir filled in, once per pass
         and network; `requested`: its addresses asked for again)."""
@@ -282,23 +293,21 @@ class Engine:
         pending = Pending(att, netlist, rt)
         try:
             pending.created_netns = self._ensure_namespace(att, intent)
-            result, pending.entry = self.runner.add_cached(netlist, rt)
+            result, pending.entry = self.runner.add_cached(netlist, rt, roll_back=True)
         except BaseException:
-            self._undo(pending)
+            self._undo(pending, delete=False)  # the chain rolled back what this ADD made, and only that
             raise
-        pending.record = Record(
-            key=att.key, network=att.network, id=att.id, ifname=att.ifname, netns=att.netns,
-            netns_path=att.netns_path, owns_netns=att.owns_netns or att.netns in self.inventory.namespaces(),
-            file=os.path.abspath(att.file), network_file=os.path.abspath(network.source),
-            fingerprint=att.fingerprint(network), ips=[ip.address for ip in result.ips], applied_at=time.time(),
-            network_hash=network_hash(network),
-        )
+        pending.record = new_record(att, network, [ip.address for ip in result.ips],
+                                    att.owns_netns or att.netns in self.inventory.namespaces())
         return pending
 
-    def _undo(self, pending: Pending) -> None:
-        """Roll back one ADD: DEL with the config it used, drop a namespace it created, clear its intent."""
-        with contextlib.suppress(Exception):
-            self.runner.delete(pending.netlist, pending.rt)
+    def _undo(self, pending: Pending, delete: bool = True) -> None:
+        """Roll back one ADD: DEL with the config it used (`delete`; not after a failed ADD, which
+        rolled itself back: a DEL would also remove what was there before it), drop a namespace it
+        created, clear its intent."""
+        if delete:
+            with contextlib.suppress(Exception):
+                self.runner.delete(pending.netlist, pending.rt)
         if pending.created_netns:
             with contextlib.suppress(Exception):
                 self.drop_namespace(pending.att.netns)
@@ -488,6 +497,9 @@ class Engine:
         specs = self.load()
         self._netlists = {}
         records = self.inventory.records()
+        for rec in self._records_from_cache(specs, records).values():
+            self.inventory.put(rec)  # saved with the pass's records
+            records[rec.key] = rec
         plan, _obs = self.plan(specs, records)
         report = PassReport(plan, recovered=recovered)
         status = self.inventory.status()
@@ -542,8 +554,10 @@ class Engine:
                 continue
             if step.kind == "noop":
                 entry.update(repairs=0, backoff_until=0)
-                entry.setdefault("action", "noop")
-                entry.setdefault("result", "ok")
+                if entry.get("result") != "ok":  # in sync now: a failure, or a broken spec, is over
+                    rec = records.get(step.key)
+                    entry.update(action="noop", result="ok", error="", time=time.time(),
+                                 ips=list(rec.ips) if rec else entry.get("ips", []))
             elif step.kind == "backoff":
                 entry.update(result="failing", error="repair backing off: " + "; ".join(step.drift), time=time.time())
                 report.outcomes.append(Outcome(step.key, "backoff", "failing", entry["error"]))

@@ -98,6 +98,34 @@ def test_failed_add_names_the_plugin(env) -> None:
     assert cache.read(cache_dir, "rcn-chain", "ctr-1", "eth0") is None
 
 
+def test_roll_back_deletes_only_what_the_failed_add_made(env) -> None:
+    """With roll_back (the reconciler's ADDs), a failed chain DELs the plugins whose ADD succeeded,
+    in reverse with the result they made, and the failing one only if it was exec'd: a plugin of
+    ours undoes its own failed ADD, and its DEL would remove what was there before it."""
+    bindir, record, cache_dir = env
+    runner = Runner([str(bindir)], str(cache_dir))
+    data = json.loads(netlist())
+    data["plugins"][1]["fail"] = True
+    failing_exec = conflist_from_bytes(json.dumps(data).encode())
+    with pytest.raises(CNIError):
+        runner.add_cached(failing_exec, RT)  # libcni's semantics: the caller DELs
+    assert [(x["env"]["CNI_COMMAND"], x["stdin"]["tag"]) for x in calls(record)] == [("ADD", "a"), ("ADD", "b")]
+    with pytest.raises(CNIError):
+        runner.add_cached(failing_exec, RT, roll_back=True)
+    got = calls(record)
+    assert [(x["env"]["CNI_COMMAND"], x["stdin"]["tag"]) for x in got] == [
+        ("ADD", "a"), ("ADD", "b"), ("DEL", "b"), ("DEL", "a")]
+    assert [i["name"] for i in got[3]["stdin"]["prevResult"]["interfaces"]] == ["a"]
+
+    ours_failing = {"cniVersion": "1.1.0", "name": "rcn-chain", "plugins": [
+        {"type": "rec-a", "tag": "a"}, {"type": "tuning", "sysctl": {"kernel.hostname": "x"}}]}
+    with pytest.raises(CNIError, match="only net"):
+        runner.add_cached(conflist_from_bytes(json.dumps(ours_failing).encode()), RuntimeConf("ctr-1", "/run/netns/x"),
+                          roll_back=True)
+    assert [(x["env"]["CNI_COMMAND"], x["stdin"]["tag"]) for x in calls(record)] == [("ADD", "a"), ("DEL", "a")]
+    assert cache.read(cache_dir, "rcn-chain", "ctr-1", "eth0") is None
+
+
 def test_disable_check_and_old_versions(env) -> None:
     bindir, record, cache_dir = env
     runner = Runner([str(bindir)], str(cache_dir))

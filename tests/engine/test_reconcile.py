@@ -226,6 +226,62 @@ def test_bad_files_are_reported_and_nothing_is_removed(rig):
     assert out.returncode == 3
     assert "net1.conflist" in out.stdout
     assert rig.addrs(rig.ns("c0")) == ips and len(rig.allocations()) == 2
+    # fixed: the attachments are in sync again, and the status says so rather than "kept"
+    rig.network()
+    assert rig.run("apply").returncode == 0
+    status = json.loads(rig.run("status", "--output", "json").stdout)
+    assert [(r["last_action"], r["last_result"], r["error"]) for r in status["attachments"]] == [("noop", "ok", "")] * 2
+
+
+def _results(rig) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (rig.state / "results").iterdir()}
+
+
+def test_lost_records_are_rebuilt_from_the_result_cache(rig):
+    """The records file lost (deleted after it was found corrupt, say): the attachments, their cache
+    entries and reservations are all there. The pass takes each record back from its cache entry
+    (it matches the spec exactly) instead of ADDing again, which would fail on the live interface."""
+    rig.network()
+    rig.attachments(three(rig))
+    assert rig.run("apply").returncode == 0
+    ips = {i: rig.addrs(rig.ns(f"c{i}")) for i in range(3)}
+    links = {i: _link_index(rig.ns(f"c{i}")) for i in range(3)}
+    (rig.state / "reconciler" / "attachments.json").write_text('{"attach')
+    assert rig.run("plan").returncode == 1  # unreadable state: refused, nothing touched
+    (rig.state / "reconciler" / "attachments.json").unlink()
+    plan = rig.run("plan")
+    assert plan.returncode == 0 and "record taken from it" in plan.stderr, plan.stdout + plan.stderr
+    out = rig.run("apply")
+    assert out.returncode == 0 and "Nothing to do" in out.stdout, out.stdout + out.stderr
+    assert {i: rig.addrs(rig.ns(f"c{i}")) for i in range(3)} == ips
+    assert {i: _link_index(rig.ns(f"c{i}")) for i in range(3)} == links  # the same interfaces: no ADD
+    assert rig.run("check").returncode == 0
+    status = json.loads(rig.run("status", "--output", "json").stdout)
+    assert {r["id"]: r["ips"] for r in status["attachments"]} == {f"c{i}": ips[i] for i in range(3)}
+    rig.attachments(three(rig)[:2])  # and they are ours again: pruning one releases it
+    assert rig.run("apply").returncode == 0
+    assert rig.ns("c2") not in rig.our_namespaces() and len(rig.allocations()) == 2
+
+
+def test_a_failed_add_never_removes_what_was_there_before_it(rig):
+    """Records lost and the network changed since: the cache entries no longer match, so the pass
+    ADDs, and the bridge plugin refuses (eth0 exists). The failed ADD rolls back only what it made:
+    the live interfaces and their reservations stay (a DEL of the attachment would remove them)."""
+    rig.network()
+    rig.attachments(three(rig)[:2])
+    assert rig.run("apply").returncode == 0
+    ips = {i: rig.addrs(rig.ns(f"c{i}")) for i in range(2)}
+    (rig.state / "reconciler" / "attachments.json").unlink()
+    rig.network(extra={"hairpinMode": True})
+    out = rig.run("apply")
+    assert out.returncode == 3 and "already exists" in out.stdout, out.stdout + out.stderr
+    assert {i: rig.addrs(rig.ns(f"c{i}")) for i in range(2)} == ips
+    assert len(rig.allocations()) == 2 and len(_results(rig)) == 2
+
+
+def _link_index(ns: str) -> int:
+    out = subprocess.run(["ip", "-j", "-n", ns, "link", "show", "eth0"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)[0]["ifindex"]
 
 
 def _host_firewall_text(rig) -> str:
