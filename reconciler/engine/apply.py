@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -254,6 +255,14 @@ class Engine:
         namespaces.create(att.netns)
         return True
 
+    def _follow_moved_entries(self, plan: Plan, specs: Specs, records: dict[str, Record]) -> None:
+        """An entry that moved to another spec file, unchanged: its record names the new file (the
+        pass saves it), which the plan's messages and the pruning of broken files go by."""
+        for step in plan.steps:
+            rec, att = records.get(step.key), specs.attachments.get(step.key)
+            if step.kind in ("noop", "backoff") and rec and att and rec.file != os.path.abspath(att.file):
+                self.inventory.put(dataclasses.replace(rec, file=os.path.abspath(att.file)))
+
     def _records_from_cache(self, specs: Specs, records: dict[str, Record]) -> dict[str, Record]:
         """Records rebuilt from the result cache for desired attachments that have none (`adopt`)."""
         missing = [k for k in specs.attachments if k not in records]
@@ -501,6 +510,7 @@ class Engine:
             self.inventory.put(rec)  # saved with the pass's records
             records[rec.key] = rec
         plan, _obs = self.plan(specs, records)
+        self._follow_moved_entries(plan, specs, records)
         report = PassReport(plan, recovered=recovered)
         status = self.inventory.status()
         per_key: dict[str, Any] = status["attachments"]

@@ -85,8 +85,8 @@ def make_plan(
         att = specs.attachments.get(key)
         rec = records.get(key)
         if att is None and rec is not None:
-            if specs.is_protected(key, rec.network, rec.file, rec.network_file):
-                why = "its spec file failed to load; left untouched"
+            why = specs.protected_because(key, rec.network, rec.file, rec.network_file)
+            if why:
                 plan.steps.append(Step("kept", key, rec.network, rec.id, rec.ifname, rec.netns, why, rec.file))
             else:
                 why = f"no longer in the specs (was in {rec.file})"

@@ -139,14 +139,18 @@ class Specs:
         else:
             self.broken_files.add(os.path.abspath(err.path))
 
-    def is_protected(self, key: str, network: str, file: str, network_file: str) -> bool:
-        """True when a record must not be pruned because its source failed to load."""
-        return (
-            key in self.protected_keys
-            or network in self.protected_networks
-            or os.path.abspath(file) in self.broken_files
-            or os.path.abspath(network_file) in self.broken_files
-        )
+    def protected_because(self, key: str, network: str, file: str, network_file: str) -> str | None:
+        """Why a record that no loaded spec names must not be pruned (None: it may be).
+
+        Its own entry or file failed to load; or an attachments file did: entries move between
+        files, and a broken one may name it now (its record still names the file it came from)."""
+        if (key in self.protected_keys or network in self.protected_networks
+                or os.path.abspath(file) in self.broken_files or os.path.abspath(network_file) in self.broken_files):
+            return "its spec file failed to load; left untouched"
+        broken = sorted(f for f in self.broken_files if f.endswith(".toml"))
+        if broken:
+            return f"not pruned while {broken[0]} fails to load (it may name it now); left untouched"
+        return None
 
 
 def network_hash(network: NetworkConfigList) -> str:

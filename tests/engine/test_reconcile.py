@@ -233,6 +233,25 @@ def test_bad_files_are_reported_and_nothing_is_removed(rig):
     assert [(r["last_action"], r["last_result"], r["error"]) for r in status["attachments"]] == [("noop", "ok", "")] * 2
 
 
+def test_an_entry_moved_to_another_file_is_kept_when_that_file_breaks(rig):
+    """`c1` moves from attachments.toml to moved.toml (a no-op: its record follows it), then
+    moved.toml breaks: c1 is kept, not pruned as if attachments.toml had dropped it."""
+    rig.network()
+    rig.attachments(three(rig)[:2])
+    assert rig.run("apply").returncode == 0
+    ips = rig.addrs(rig.ns("c1"))
+    rig.attachments(three(rig)[:1])
+    rig.attachments(three(rig)[1:2], file="moved.toml")
+    out = rig.run("apply")
+    assert out.returncode == 0 and "Nothing to do" in out.stdout, out.stdout
+    records = json.loads((rig.state / "reconciler" / "attachments.json").read_text())["attachments"]
+    assert records["net1/c1/eth0"]["file"] == str(rig.specs / "moved.toml")
+    (rig.specs / "moved.toml").write_text((rig.specs / "moved.toml").read_text() + "broken [[\n")
+    out = rig.run("apply")
+    assert out.returncode == 3 and "delete" not in out.stdout, out.stdout
+    assert rig.addrs(rig.ns("c1")) == ips and rig.run("check").returncode == 0
+
+
 def _results(rig) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (rig.state / "results").iterdir()}
 

@@ -119,3 +119,26 @@ def test_planner_never_prunes_what_a_broken_file_described(tmp_path):
     (tmp_path / "n1.conflist").write_text("{")
     plan = make_plan(load_specs(tmp_path), {rec.key: rec}, {}, {"ns-a"}, {"ns-a"})
     assert [s.kind for s in plan.steps] == ["kept"]
+
+
+def test_planner_prunes_nothing_while_an_attachments_file_is_broken(tmp_path):
+    """Entries move between files, and a record names the file its entry came from: an entry moved
+    into a file that is broken (one commit: `b` moved from a.toml to b.toml, b.toml invalid) must be
+    kept, so while any attachments file fails to load nothing is pruned. A broken network file holds
+    no entries: the removal of an entry from a file that loads is still pruned then."""
+    net(tmp_path, "n1", "10.50.0.0/24")
+    net(tmp_path, "n2", "10.51.0.0/24", bridge="rcnb1")
+    (tmp_path / "a.toml").write_text(att_toml('id = "a"\nnetwork = "n1"\nnetns = "ns-a"',
+                                              'id = "b"\nnetwork = "n1"\nnetns = "ns-b"'))
+    specs = load_specs(tmp_path)
+    records = {k: _record(specs, k) for k in specs.attachments}
+    (tmp_path / "a.toml").write_text(att_toml('id = "a"\nnetwork = "n1"\nnetns = "ns-a"'))
+    (tmp_path / "b.toml").write_text(att_toml('id = "b"\nnetwork = "n1"\nnetns = "ns-b"') + "broken [[\n")
+    plan = make_plan(load_specs(tmp_path), records, {}, {"ns-a", "ns-b"}, {"ns-a", "ns-b"})
+    kept = [s for s in plan.steps if s.kind == "kept"]
+    assert [s.key for s in kept] == ["n1/b/eth0"] and "b.toml fails to load" in kept[0].why
+    assert not plan.actions and not plan.delete_namespaces
+    (tmp_path / "b.toml").unlink()
+    (tmp_path / "n2.conflist").write_text("{")
+    plan = make_plan(load_specs(tmp_path), records, {}, {"ns-a", "ns-b"}, {"ns-a", "ns-b"})
+    assert [(s.key, s.kind) for s in plan.actions] == [("n1/b/eth0", "delete")]
