@@ -24,14 +24,13 @@ from reconciler.engine.specs import Attachment, Specs, network_hash
 log = logging.getLogger(__name__)
 
 
-def new_record(att: Attachment, network: NetworkConfigList, ips: list[str], owns_netns: bool,
-               applied_at: float | None = None) -> Record:
+def new_record(att: Attachment, network: NetworkConfigList, ips: list[str], owns_netns: bool) -> Record:
     """The record of `att` as applied with `network` (the spec's list, before dataDir is filled in)."""
     return Record(
         key=att.key, network=att.network, id=att.id, ifname=att.ifname, netns=att.netns,
         netns_path=att.netns_path, owns_netns=owns_netns, file=os.path.abspath(att.file),
         network_file=os.path.abspath(network.source), fingerprint=att.fingerprint(network), ips=ips,
-        applied_at=time.time() if applied_at is None else applied_at, network_hash=network_hash(network),
+        applied_at=time.time(), network_hash=network_hash(network),
     )
 
 
