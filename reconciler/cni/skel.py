@@ -91,6 +91,8 @@ def dispatch(module: ModuleType, args: CmdArgs) -> dict[str, Any] | None:
     func = getattr(module, VERB_FUNCS[args.command], None)
     if func is None:
         return None  # GC/STATUS not implemented: success, as the reference skel does
+    if args.command in ("ADD", "CHECK") and getattr(module, "ENTERS_NETNS", True):
+        check_netns(args.netns)
     result = func(args)
     if args.command == "ADD":
         try:
@@ -132,8 +134,8 @@ def args_from_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
     config = decode_config(stdin)
     validate_network_name(str(config.get("name") or ""))
     netns = env.get("CNI_NETNS", "")
-    if command in ("ADD", "CHECK"):
-        check_netns(netns)
+    if command in ("ADD", "CHECK") and not os.path.exists(netns):
+        raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: no such file or directory")
     return CmdArgs(
         command=command,
         container_id=env.get("CNI_CONTAINERID", ""),
@@ -150,7 +152,8 @@ def args_from_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
 def check_netns(netns: str) -> None:
     """CNI_NETNS must name a network namespace (code 8 otherwise, as the reference's "failed to open
     netns"): a file that is not on nsfs, such as one left when a namespace's mount was lost, would
-    otherwise fail deep inside the plugin with EINVAL."""
+    otherwise fail deep inside the plugin with EINVAL. Not for plugins that never enter it (the
+    IPAM plugins host-local and static, `ENTERS_NETNS = False`), which only need it to exist."""
     try:
         dev = os.stat(netns).st_dev
     except FileNotFoundError:

@@ -119,7 +119,7 @@ def test_roll_back_deletes_only_what_the_failed_add_made(env) -> None:
 
     ours_failing = {"cniVersion": "1.1.0", "name": "rcn-chain", "plugins": [
         {"type": "rec-a", "tag": "a"}, {"type": "tuning", "sysctl": {"kernel.hostname": "x"}}]}
-    with pytest.raises(CNIError, match="only net"):
+    with pytest.raises(CNIError, match="type='tuning' failed"):
         runner.add_cached(conflist_from_bytes(json.dumps(ours_failing).encode()), RuntimeConf("ctr-1", "/run/netns/x"),
                           roll_back=True)
     assert [(x["env"]["CNI_COMMAND"], x["stdin"]["tag"]) for x in calls(record)] == [("ADD", "a"), ("DEL", "a")]

@@ -22,6 +22,7 @@ from reconciler.cni.version import ALL_VERSIONS, at_least
 from reconciler.errors import INTERNAL, INVALID_NETWORK_CONFIG, CNIError, config_error
 
 SUPPORTED_VERSIONS = ALL_VERSIONS
+ENTERS_NETNS = False  # CNI_NETNS need only exist: the skel does not check it is a namespace
 
 Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -27,6 +27,7 @@ from .disk import DiskStore, Owner, Scan
 from .resolv import parse_resolv_conf
 
 SUPPORTED_VERSIONS = ALL_VERSIONS
+ENTERS_NETNS = False  # CNI_NETNS need only exist: the skel does not check it is a namespace
 log = logging.getLogger("reconciler.ipam.host-local")
 
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
