@@ -138,17 +138,13 @@ class Runner:
         done = 0  # plugins whose ADD succeeded
         try:
             for plugin in netlist.plugins:
-                try:
-                    prev = self._call("ADD", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
-                except CNIError:
-                    if not self._undoes_own_add(plugin):
-                        done += 1
-                    raise
+                prev = self._call("ADD", plugin, plugin_stdin(netlist, plugin, rt, prev), rt)
                 done += 1
             return self._finish_add(netlist, rt, prev)
         except BaseException:
-            if roll_back and done:
-                self._delete_plugins(netlist, netlist.plugins[:done], rt, prev)
+            if roll_back:
+                failed = [p for p in netlist.plugins[done:done + 1] if not self._undoes_own_add(p)]
+                self._delete_plugins(netlist, [*netlist.plugins[:done], *failed], rt, prev)
             raise
 
     def _undoes_own_add(self, plugin: dict[str, Any]) -> bool:

@@ -92,7 +92,7 @@ def dispatch(module: ModuleType, args: CmdArgs) -> dict[str, Any] | None:
     if func is None:
         return None  # GC/STATUS not implemented: success, as the reference skel does
     if args.command in ("ADD", "CHECK") and getattr(module, "ENTERS_NETNS", True):
-        check_netns(args.netns)
+        check_netns(args.netns, namespace=True)
     result = func(args)
     if args.command == "ADD":
         try:
@@ -134,8 +134,8 @@ def args_from_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
     config = decode_config(stdin)
     validate_network_name(str(config.get("name") or ""))
     netns = env.get("CNI_NETNS", "")
-    if command in ("ADD", "CHECK") and not os.path.exists(netns):
-        raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: no such file or directory")
+    if command in ("ADD", "CHECK"):
+        check_netns(netns, namespace=False)  # which plugins need a namespace there, dispatch knows
     return CmdArgs(
         command=command,
         container_id=env.get("CNI_CONTAINERID", ""),
@@ -149,18 +149,18 @@ def args_from_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
     )
 
 
-def check_netns(netns: str) -> None:
-    """CNI_NETNS must name a network namespace (code 8 otherwise, as the reference's "failed to open
-    netns"): a file that is not on nsfs, such as one left when a namespace's mount was lost, would
-    otherwise fail deep inside the plugin with EINVAL. Not for plugins that never enter it (the
-    IPAM plugins host-local and static, `ENTERS_NETNS = False`), which only need it to exist."""
+def check_netns(netns: str, namespace: bool) -> None:
+    """CNI_NETNS must exist and, with `namespace`, be a network namespace (code 8 otherwise, as the
+    reference's "failed to open netns"): a file that is not on nsfs, such as one left when a
+    namespace's mount was lost, would otherwise fail deep inside the plugin with EINVAL. Plugins
+    that never enter it (host-local and static, `ENTERS_NETNS = False`) only need it to exist."""
     try:
         dev = os.stat(netns).st_dev
     except FileNotFoundError:
         raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: no such file or directory") from None
     except OSError as exc:
         raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: {exc.strerror}") from None
-    if dev != os.stat("/proc/self/ns/net").st_dev:  # every namespace file lives on the one nsfs
+    if namespace and dev != os.stat("/proc/self/ns/net").st_dev:  # every namespace file lives on the one nsfs
         raise CNIError(INVALID_NETNS, f"failed to open netns {netns!r}: not a network namespace")
 
 

@@ -34,16 +34,14 @@ def new_record(att: Attachment, network: NetworkConfigList, ips: list[str], owns
     )
 
 
-def from_cache(specs: Specs, records: dict[str, Record], cache_dir: str,
+def from_cache(unrecorded: list[Attachment], specs: Specs, cache_dir: str,
                netlist_for: Callable[[Attachment], NetworkConfigList], owned: set[str]) -> dict[str, Record]:
-    """Records for the desired attachments that have none and whose cache entry matches the spec.
+    """Records for the `unrecorded` desired attachments whose cache entry matches the spec.
 
     `netlist_for(att)`: the config an ADD of `att` would run with (what the entry must hold);
     `owned`: the namespaces the inventory has claimed."""
     out: dict[str, Record] = {}
-    for key, att in specs.attachments.items():
-        if key in records:
-            continue
+    for att in unrecorded:
         entry = cache.read(cache_dir, att.network, att.id, att.ifname)
         if entry is None or not isinstance(entry.result, dict):
             continue
@@ -52,6 +50,6 @@ def from_cache(specs: Specs, records: dict[str, Record], cache_dir: str,
                 or entry.capability_args != att.capabilities):
             continue
         ips = [str(ip.get("address")) for ip in entry.result.get("ips") or [] if isinstance(ip, dict)]
-        out[key] = new_record(att, specs.networks[att.network], ips, att.owns_netns or att.netns in owned)
-        log.warning("%s: no record of it, but its result cache entry matches the spec: record taken from it", key)
+        out[att.key] = new_record(att, specs.networks[att.network], ips, att.owns_netns or att.netns in owned)
+        log.warning("%s: no record of it, but its result cache entry matches the spec: record taken from it", att.key)
     return out

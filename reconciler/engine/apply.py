@@ -265,10 +265,10 @@ class Engine:
 
     def _records_from_cache(self, specs: Specs, records: dict[str, Record]) -> dict[str, Record]:
         """Records rebuilt from the result cache for desired attachments that have none (`adopt`)."""
-        missing = [k for k in specs.attachments if k not in records]
-        if not missing:
+        unrecorded = [att for key, att in specs.attachments.items() if key not in records]
+        if not unrecorded:
             return {}
-        return from_cache(specs, records, self.state_dir, lambda att: self._netlist(att, specs),
+        return from_cache(unrecorded, specs, self.state_dir, lambda att: self._netlist(att, specs),
                           self.inventory.namespaces())
 
     def _netlist(self, att: Attachment, specs: Specs, requested: list[str] | None = None) -> NetworkConfigList:
@@ -565,9 +565,7 @@ class Engine:
             if step.kind == "noop":
                 entry.update(repairs=0, backoff_until=0)
                 if entry.get("result") != "ok":  # in sync now: a failure, or a broken spec, is over
-                    rec = records.get(step.key)
-                    entry.update(action="noop", result="ok", error="", time=time.time(),
-                                 ips=list(rec.ips) if rec else entry.get("ips", []))
+                    entry.update(action="noop", result="ok", error="", time=time.time(), ips=list(records[step.key].ips))
             elif step.kind == "backoff":
                 entry.update(result="failing", error="repair backing off: " + "; ".join(step.drift), time=time.time())
                 report.outcomes.append(Outcome(step.key, "backoff", "failing", entry["error"]))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from reconciler.cni.registry import implemented
 from reconciler.cni.skel import run
 from tests.cnitest import exec_plugin
+from tests.plugins.main.maintest import ip_json
 
 pytestmark = pytest.mark.skipif("loopback" not in implemented(), reason="loopback plugin not built yet")
 
@@ -167,8 +168,7 @@ def test_fuzz_answer_is_result_or_error(environ: dict[str, str], stdin: bytes) -
 
 
 def _link_names(ns: str) -> set[str]:
-    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show"], capture_output=True, text=True, check=True)
-    return {link["ifname"] for link in json.loads(out.stdout or "[]")}
+    return {link["ifname"] for link in ip_json(ns, "link", "show")}
 
 
 @pytest.mark.parametrize("version", ["0.1.0", "0.2.0"])

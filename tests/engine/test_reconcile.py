@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.plugins.main.maintest import ip_json
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -299,8 +301,7 @@ def test_a_failed_add_never_removes_what_was_there_before_it(rig):
 
 
 def _link_index(ns: str) -> int:
-    out = subprocess.run(["ip", "-j", "-n", ns, "link", "show", "eth0"], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)[0]["ifindex"]
+    return ip_json(ns, "link", "show", "eth0")[0]["ifindex"]
 
 
 def _host_firewall_text(rig) -> str:

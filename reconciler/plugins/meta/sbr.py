@@ -209,24 +209,22 @@ def delete(args: CmdArgs) -> None:
 def check(args: CmdArgs) -> None:
     """Each IP of the interface has a source rule; without `table`, its table has the default route."""
     from reconciler.kernel import routes
-    from reconciler.kernel.netns import KernelError
+    from reconciler.plugins.iface import kernel_errors
 
     conf = args.conf(SbrConf)
     result = _prev(conf)
-    try:
+    with kernel_errors("sbr"):
         rules = [r for family in (4, 6) for r in routes.list_rules(args.netns, family)]
-    except KernelError as exc:
-        raise CNIError(INTERNAL, f"sbr: cannot read the rules of {args.netns}", str(exc)) from exc
-    for ip in ip_configs(result, args.ifname):
-        src = _host_net(ip)
-        mine = [r for r in rules if r.src == src and r.dst is None]
-        if conf.table is not None:
-            mine = [r for r in mine if r.table == conf.table]
-        if not mine:
-            raise CNIError(INTERNAL, f"sbr: no rule 'from {src}' for {args.ifname}")
-        if conf.table is None and ip.gateway:
-            table = mine[0].table
-            defaults = [r for r in routes.list_routes(args.netns, family=ip.version, table=table)
-                        if r.dst.prefixlen == 0 and str(r.gateway) == ip.gateway]
-            if not defaults:
-                raise CNIError(INTERNAL, f"sbr: table {table} has no default route via {ip.gateway}")
+        for ip in ip_configs(result, args.ifname):
+            src = _host_net(ip)
+            mine = [r for r in rules if r.src == src and r.dst is None]
+            if conf.table is not None:
+                mine = [r for r in mine if r.table == conf.table]
+            if not mine:
+                raise CNIError(INTERNAL, f"sbr: no rule 'from {src}' for {args.ifname}")
+            if conf.table is None and ip.gateway:
+                table = mine[0].table
+                defaults = [r for r in routes.list_routes(args.netns, family=ip.version, table=table)
+                            if r.dst.prefixlen == 0 and str(r.gateway) == ip.gateway]
+                if not defaults:
+                    raise CNIError(INTERNAL, f"sbr: table {table} has no default route via {ip.gateway}")
